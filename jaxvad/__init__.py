@@ -1,0 +1,1 @@
+"""jaxvad: explainable video anomaly detection in JAX/Flax."""

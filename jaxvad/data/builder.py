@@ -1,0 +1,302 @@
+"""TFDS builders that write prepared datasets as ArrayRecord: one record per video frame.
+
+Usable as plain TFDS "manual download" builders:
+
+    builder = Ped2(config=VadConfig.make(size=224, flow="farneback"), data_dir=OUTPUT)
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=SOURCE))
+
+and read back with `tfds.builder_from_directory(prepared_dir(OUTPUT, "ped2", config))`.
+`python -m jaxvad.data_prep` is a thin command line over exactly this.
+
+Records (features): `video` (name), `video_index` (0-based position in the split), `frame_index`
+(1-based), `frame` `[S, S, C]` uint8, `flow` `[S, S, 2]` float16 (see `flow` for direction and
+normalisation), `label` (0/1; 0 throughout the train split), `mask` `[S, S]` uint8 0/1 (zeros
+where the dataset has no pixel masks; `metadata.splits[split].videos[i].has_pixel_mask` says
+which). Frame and flow are stored as raw bytes (fast to write and read), masks zlib-compressed.
+
+Work is done in two phases. First every video is decoded, resized and its flow computed, in
+parallel worker processes, each result cached as one `.npz` in `OUTPUT/<name>/<config>/cache/`
+(written atomically): a re-run after an interruption skips the videos already done. Then TFDS
+writes the records into its `incomplete.*` folder, which it renames to the version folder only
+when every split is written; the cache is deleted after that. A failed or killed run therefore
+never leaves a version folder with `dataset_info.json` behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tqdm import tqdm
+
+from jaxvad.data import flow as flow_lib
+from jaxvad.data import preprocess, readers, synthetic
+from jaxvad.data.readers import VideoSpec
+
+VERSION = "1.0.0"
+_BYTES = tfds.features.Encoding.BYTES
+_ZLIB = tfds.features.Encoding.ZLIB
+
+
+@dataclasses.dataclass(eq=False)
+class VadConfig(tfds.core.BuilderConfig):
+    """Preparation settings. `name` is derived from them (`make`), so each setting gets its
+    own folder and several can live side by side."""
+
+    size: int = 224
+    flow: str = "farneback"
+    label_version: str = "mask"  # Avenue only: "mask" or "interval".
+    synthetic: str = "full"  # Synthetic only: a preset of `synthetic.PRESETS`.
+    seed: int = 0  # Synthetic only.
+
+    @classmethod
+    def make(cls, dataset: str = "ped2", **settings) -> VadConfig:
+        config = cls(name="pending", **settings)
+        if config.size < 16:
+            raise ValueError(f"--size must be at least 16, got {config.size}")
+        if config.flow not in flow_lib.METHODS:
+            raise ValueError(
+                f"unknown flow method {config.flow!r}; choose one of {', '.join(flow_lib.METHODS)}"
+            )
+        parts = [str(config.size), config.flow]
+        if dataset == "avenue":
+            if config.label_version not in readers.AVENUE_LABEL_VERSIONS:
+                raise ValueError(f"Avenue labels: one of {readers.AVENUE_LABEL_VERSIONS}")
+            parts.append(config.label_version)
+        if dataset == "synthetic":
+            if config.synthetic not in synthetic.PRESETS:
+                raise ValueError(f"synthetic preset: one of {sorted(synthetic.PRESETS)}")
+            parts += [config.synthetic, f"seed{config.seed}"]
+        return dataclasses.replace(config, name="_".join(parts), version=VERSION)
+
+
+class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base builder: subclasses name the dataset, its channel count and its reader."""
+
+    VERSION = tfds.core.Version(VERSION)
+    BUILDER_CONFIGS: ClassVar[list[VadConfig]] = [VadConfig.make()]
+    CHANNELS: ClassVar[int] = 1
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Point manual_dir at the unpacked archive; see data_prep/."
+
+    def __init__(self, *, config: VadConfig | str | None = None, workers: int | None = None, **kwargs):
+        if isinstance(config, VadConfig):
+            # TFDS refuses a custom config named like a predefined one; names are derived from
+            # the settings, so the same name means the same settings: use the predefined one.
+            config = next((c for c in self.BUILDER_CONFIGS if c.name == config.name), config)
+        super().__init__(config=config, **kwargs)
+        self._workers = workers or os.cpu_count() or 1
+
+    def list_videos(self, source: Path) -> dict[str, list[VideoSpec]]:
+        raise NotImplementedError
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        s = self.builder_config.size
+        features = tfds.features.FeaturesDict(
+            {
+                "video": tfds.features.Text(),
+                "video_index": np.int32,
+                "frame_index": np.int32,
+                "frame": tfds.features.Tensor(
+                    shape=(s, s, self.CHANNELS), dtype=np.uint8, encoding=_BYTES
+                ),
+                "flow": tfds.features.Tensor(shape=(s, s, 2), dtype=np.float16, encoding=_BYTES),
+                "label": np.int32,
+                "mask": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding=_ZLIB),
+            }
+        )
+        return tfds.core.DatasetInfo(
+            builder=self, features=features, metadata=tfds.core.MetadataDict()
+        )
+
+    def _split_generators(self, dl_manager):
+        source = Path(dl_manager.manual_dir)
+        specs = self.list_videos(source)
+        cache = self._cache_dir()
+        cached = self._prepare_all(specs, cache)
+        self.info.metadata.update(self._metadata(source, specs, cached))
+        return {
+            split: self._generate_examples(videos, cached) for split, videos in specs.items()
+        }
+
+    def _generate_examples(self, videos: list[VideoSpec], cached: dict) -> Iterator:
+        for index, spec in enumerate(videos):
+            video = preprocess.load(cached[spec.split, spec.name])
+            for i in range(len(video.frames)):
+                yield f"{spec.name}_{i + 1:06d}", {
+                    "video": spec.name,
+                    "video_index": index,
+                    "frame_index": i + 1,
+                    "frame": video.frames[i],
+                    "flow": video.flow[i],
+                    "label": int(video.labels[i]),
+                    "mask": video.masks[i],
+                }
+
+    def _cache_dir(self) -> Path:
+        # data_dir is `<root>/<name>/<config>/<version>` (or TFDS's incomplete sibling of it).
+        cache = Path(self.data_dir).parent / "cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        return cache
+
+    def _prepare_all(self, specs: dict[str, list[VideoSpec]], cache: Path) -> dict:
+        """Prepares every video into the cache, in parallel; returns {(split, name): path}."""
+        config = self.builder_config
+        jobs = [
+            (spec, cache / f"{spec.split}-{spec.name}.npz")
+            for videos in specs.values()
+            for spec in videos
+        ]
+        kwargs = {"size": config.size, "channels": self.CHANNELS, "flow_method": config.flow}
+        done = {}
+        bar = tqdm(total=len(jobs), unit="video", desc=f"{self.name}: decode+resize+flow")
+        with bar:
+            if self._workers == 1:
+                results = (preprocess.prepare_to_cache(spec, path, **kwargs) for spec, path in jobs)
+                for split, name, path in results:
+                    done[split, name] = path
+                    bar.update()
+            else:
+                context = multiprocessing.get_context("spawn")
+                with context.Pool(min(self._workers, len(jobs))) as pool:
+                    pending = [
+                        pool.apply_async(preprocess.prepare_to_cache, (spec, path), kwargs)
+                        for spec, path in jobs
+                    ]
+                    for result in pending:
+                        split, name, path = result.get()
+                        done[split, name] = path
+                        bar.update()
+        return done
+
+    def _metadata(self, source: Path, specs: dict[str, list[VideoSpec]], cached: dict) -> dict:
+        config = self.builder_config
+        splits = {}
+        moments = np.zeros((2, 2))
+        for split, videos in specs.items():
+            entries = []
+            for spec in videos:
+                with np.load(cached[split, spec.name]) as data:  # Reads only these members.
+                    labels, has_masks = data["labels"], bool(data["has_masks"])
+                    if split == "train":
+                        moments += data["flow_moments"]
+                entries.append(
+                    {
+                        "name": spec.name,
+                        "frames": len(labels),
+                        "anomalous_frames": int(labels.sum()),
+                        "has_pixel_mask": has_masks,
+                    }
+                )
+            splits[split] = {
+                "videos": entries,
+                "num_videos": len(entries),
+                "num_frames": sum(e["frames"] for e in entries),
+                "num_anomalous_frames": sum(e["anomalous_frames"] for e in entries),
+            }
+        pixels = max(splits["train"]["num_frames"] * config.size**2, 1)
+        mean = moments[0] / pixels
+        std = np.sqrt(np.maximum(moments[1] / pixels - mean**2, 0))
+        return {
+            "dataset": self.name,
+            "source": str(source),
+            "size": config.size,
+            "channels": self.CHANNELS,
+            "label_version": config.label_version if self.name == "avenue" else "official",
+            "flow": {
+                **flow_lib.flow_metadata(config.flow, config.size),
+                "train_mean": mean.tolist(),
+                "train_std": std.tolist(),
+            },
+            "splits": splits,
+        }
+
+    def finish(self) -> None:
+        """Deletes the per-video cache once the dataset is complete."""
+        if (Path(self.data_dir) / "dataset_info.json").is_file():
+            shutil.rmtree(Path(self.data_dir).parent / "cache", ignore_errors=True)
+
+
+class Ped2(VadBuilder):
+    """UCSD Ped2, official or repackaged layout (grayscale)."""
+
+    name = "ped2"
+
+    def list_videos(self, source: Path) -> dict[str, list[VideoSpec]]:
+        return readers.ped2_videos(source)
+
+
+class Avenue(VadBuilder):
+    """CUHK Avenue (colour); frame-label version from the config."""
+
+    name = "avenue"
+    CHANNELS = 3
+    BUILDER_CONFIGS: ClassVar[list[VadConfig]] = [VadConfig.make("avenue")]
+
+    def list_videos(self, source: Path) -> dict[str, list[VideoSpec]]:
+        return readers.avenue_videos(source, self.builder_config.label_version)
+
+
+class ShanghaiTech(VadBuilder):
+    """ShanghaiTech Campus (colour)."""
+
+    name = "shanghaitech"
+    CHANNELS = 3
+
+    def list_videos(self, source: Path) -> dict[str, list[VideoSpec]]:
+        return readers.shanghaitech_videos(source)
+
+
+class Synthetic(VadBuilder):
+    """The embedded synthetic Ped2-like dataset: `manual_dir` is where its official-layout
+    source is generated (once, deterministically from the config's preset and seed)."""
+
+    name = "synthetic"
+    BUILDER_CONFIGS: ClassVar[list[VadConfig]] = [VadConfig.make("synthetic")]
+
+    def list_videos(self, source: Path) -> dict[str, list[VideoSpec]]:
+        config = self.builder_config
+        spec = dataclasses.replace(synthetic.PRESETS[config.synthetic], seed=config.seed)
+        synthetic.write_ped2_layout(source, spec)
+        return readers.ped2_videos(source)
+
+
+BUILDERS: dict[str, type[VadBuilder]] = {
+    "ped2": Ped2,
+    "avenue": Avenue,
+    "shanghaitech": ShanghaiTech,
+    "synthetic": Synthetic,
+}
+
+
+def prepared_dir(output: str | Path, dataset: str, config: VadConfig) -> Path:
+    """Where `data_prep` writes a dataset: `OUTPUT/<dataset>/<config name>/<version>`."""
+    return Path(output) / dataset / config.name / VERSION
+
+
+def prepare(
+    dataset: str,
+    config: VadConfig,
+    *,
+    output: str | Path,
+    source: str | Path,
+    workers: int | None = None,
+) -> Path:
+    """Builds (or finds complete) one prepared dataset; returns its directory."""
+    builder = BUILDERS[dataset](config=config, data_dir=str(output), workers=workers)
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_dir=str(Path(output) / dataset / config.name / "downloads"),
+        download_config=tfds.download.DownloadConfig(manual_dir=str(source)),
+    )
+    builder.finish()
+    shutil.rmtree(Path(output) / dataset / config.name / "downloads", ignore_errors=True)
+    return Path(builder.data_dir)

@@ -1,0 +1,598 @@
+"""Grain input pipeline: prepared datasets (one record per frame) → training windows and
+evaluation samples.
+
+A prepared dataset (see `builder`) holds one record per video frame with the fields `video`,
+`video_index` (0-based), `frame_index` (1-based), `frame` `[S, S, C]` uint8, `flow` `[S, S, 2]`
+float16 (from frame t−1 to frame t; zeros for frame 1 by the dataset's convention), `label` and
+`mask` `[S, S]` uint8. Record order in the files is not meaningful (TFDS orders records by key
+hash), so a `FrameTable` first indexes the split: for every video, the record ids of its frames
+in frame order. Everything else works on record ids.
+
+Training (`train_dataset`) samples windows: T = `history` consecutive past frames of one video
+plus the next (target) frame. Evaluation (`eval_dataset`) visits every frame of a split in order
+and pads the missing history of the first T frames of each video.
+
+Both return `grain.IterDataset`s whose elements are whole batches (dicts of numpy arrays with a
+fixed leading batch dimension B). Reading is done by `read_threads` grain threads, one batch per
+thread; a batch reads each distinct record it needs once. The training iterator's state is
+`{"next_index": <batches consumed>}` (JSON), restorable with `set_state` or through
+`grain.checkpoint.CheckpointSave` / `CheckpointRestore` inside an Orbax `Composite`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.proto import tf_example_pb2
+
+from jaxvad.data.video_io import to_gray
+
+Record = Mapping[str, Any]
+
+TRAIN_KEYS = ("frames", "flows", "target_frame", "target_flow", "video_index", "frame_index")
+EVAL_KEYS = (*TRAIN_KEYS, "label", "mask", "scored", "valid")
+
+_SCAN_CHUNK = 256
+
+
+class FrameTable:
+    """One split of a dataset: a random-access record source plus a frame index.
+
+    `frame_ids` `[N]` lists the record ids of all N frames ordered by (video, frame), and the
+    frames of video v are `frame_ids[video_starts[v]:video_starts[v + 1]]` (frame 1 first).
+
+    Args:
+        source: random-access records (`len(source)`, `source[i]` → dict with at least `frame`
+            and `flow`; `label` and `mask` for evaluation). Any order.
+        video_index: `[len(source)]` int, the 0-based video of each record; every video
+            0..V−1 must occur.
+        frame_index: `[len(source)]` int, the 1-based frame number of each record; the frames
+            of each video must be exactly 1..n_v.
+        name: what error messages call the dataset (e.g. its directory).
+        split: the split's name, for error messages.
+        video_names: `[V]` names of the videos, optional.
+
+    Attributes:
+        frame_ids: `[N]` int64 record ids ordered by (video, frame).
+        video_starts: `[V + 1]` int64 offsets of each video's frames in `frame_ids`.
+        video_index, frame_index: `[N]` int64 video and frame number of each record id.
+
+    Raises:
+        ValueError: the index arrays are inconsistent with the source or with each other.
+    """
+
+    def __init__(
+        self,
+        source: Sequence[Record],
+        video_index: np.ndarray,
+        frame_index: np.ndarray,
+        *,
+        name: str = "<in-memory>",
+        split: str = "",
+        video_names: Sequence[str] | None = None,
+    ):
+        self.source = source
+        self.name = name
+        self.split = split
+        video_index = np.asarray(video_index, np.int64)
+        frame_index = np.asarray(frame_index, np.int64)
+        if video_index.shape != (len(source),) or frame_index.shape != (len(source),):
+            raise ValueError(
+                f"{self._where()}: index arrays of shapes {video_index.shape} and "
+                f"{frame_index.shape} for a source of {len(source)} records"
+            )
+        if len(source) == 0:
+            raise ValueError(f"{self._where()}: no records")
+        if video_index.min() < 0:
+            raise ValueError(f"{self._where()}: negative video_index")
+        lengths = np.bincount(video_index)
+        if video_names is not None and len(video_names) != len(lengths):
+            raise ValueError(
+                f"{self._where()}: {len(video_names)} video names for {len(lengths)} videos"
+            )
+        self.video_names = None if video_names is None else [str(n) for n in video_names]
+        if (lengths == 0).any():
+            missing = int(np.flatnonzero(lengths == 0)[0])
+            raise ValueError(f"{self._where()}: video {self._video(missing)} has no records")
+        order = np.lexsort((frame_index, video_index))
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        expected = np.arange(len(order)) - np.repeat(starts[:-1], lengths) + 1
+        bad = frame_index[order] != expected
+        if bad.any():
+            video = int(video_index[order][np.flatnonzero(bad)[0]])
+            found = np.sort(frame_index[video_index == video])
+            raise ValueError(
+                f"{self._where()}: video {self._video(video)} has frame indices "
+                f"{_describe(found)}, expected 1..{lengths[video]}"
+            )
+        self.frame_ids = order
+        self.video_starts = starts
+        self.video_index = video_index
+        self.frame_index = frame_index
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.video_starts) - 1
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_ids)
+
+    @property
+    def video_lengths(self) -> np.ndarray:
+        """`[V]` number of frames of each video."""
+        return np.diff(self.video_starts)
+
+    def video_records(self, video: int) -> np.ndarray:
+        """`[n_v]` record ids of a video's frames, frame 1 first."""
+        return self.frame_ids[self.video_starts[video] : self.video_starts[video + 1]]
+
+    def fetch(self, record_ids: Iterable[int]) -> dict[int, Record]:
+        """Reads each distinct record once: record id → record."""
+        return {i: self.source[i] for i in dict.fromkeys(int(i) for i in record_ids)}
+
+    def gather(self, records: Mapping[int, Record], record_ids: np.ndarray, key: str) -> np.ndarray:
+        """`[*record_ids.shape, *field shape]` values of field `key` of fetched records."""
+        flat = np.asarray(record_ids).ravel()
+        values: dict[int, np.ndarray] = {}
+        for i in flat:
+            if int(i) not in values:
+                values[int(i)] = np.asarray(records[int(i)][key])
+        first = next(iter(values.values()))
+        out = np.empty((len(flat), *first.shape), first.dtype)
+        for j, i in enumerate(flat):
+            out[j] = values[int(i)]
+        return out.reshape(*np.shape(record_ids), *first.shape)
+
+    def read(self, record_ids: np.ndarray, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """Fields `keys` of records `record_ids` (any shape), each distinct record read once."""
+        records = self.fetch(np.asarray(record_ids).ravel())
+        return {key: self.gather(records, record_ids, key) for key in keys}
+
+    def _video(self, video: int) -> str:
+        if self.video_names is None:
+            return str(video)
+        return f"{video} ({self.video_names[video]})"
+
+    def _where(self) -> str:
+        return f"{self.name} split {self.split!r}" if self.split else self.name
+
+
+def _describe(values: np.ndarray) -> str:
+    shown = ", ".join(str(v) for v in values[:8])
+    return f"[{shown}{', ...' if len(values) > 8 else ''}] ({len(values)} records)"
+
+
+def open_prepared(dataset_dir: str | os.PathLike, split: str) -> FrameTable:
+    """Opens one split of a prepared TFDS ArrayRecord dataset as a `FrameTable`.
+
+    `dataset_dir` is the version folder holding `dataset_info.json` (a local directory). Records
+    are read as raw bytes and each field is decoded only when accessed (training never decodes
+    `mask`), with the features' own `decode_example_np`. The frame index is cached as
+    `index_<split>.npz` in that folder: built on first use by scanning the split's
+    `video_index` / `frame_index` / `video` fields, reused afterwards, rebuilt when missing or
+    when its record count does not match. When the folder is not writable the index is built in
+    memory every time.
+
+    Raises:
+        ValueError: the frames of a video are not exactly 1..n, or the index disagrees with the
+            dataset's metadata (`metadata["splits"][split]["videos"]`).
+    """
+    directory = Path(dataset_dir)
+    builder = tfds.builder_from_directory(os.fspath(directory))
+    raw = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    source = ExampleSource(raw, builder.info.features)
+    cache = directory / f"index_{split}.npz"
+    index = _load_index(cache, len(source))
+    if index is None:
+        index = _scan_index(source, f"{directory} split {split!r}")
+        _save_index(cache, index)
+    video_index, frame_index, names = index
+    table = FrameTable(
+        source, video_index, frame_index, name=str(directory), split=split, video_names=names
+    )
+    _check_metadata(table, builder.info.metadata)
+    return table
+
+
+class ExampleSource(Sequence[Record]):
+    """Raw serialized `tf.train.Example` records → lazily decoded records.
+
+    `source[i]` parses record i's proto (cheap: the tensor bytes are not copied out) and returns
+    a read-only mapping that decodes a field when it is accessed. Every feature must serialize
+    to a single value, as `builder`'s features do (scalars, text, and tensors stored as bytes).
+    """
+
+    def __init__(self, raw: Sequence[bytes], features: tfds.features.FeaturesDict):
+        for key, feature in features.items():
+            info = feature.get_serialized_info()
+            if not isinstance(info, tfds.features.TensorInfo) or info.shape != ():
+                raise ValueError(f"feature {key!r} does not serialize to a single value: {info}")
+        self.raw = raw
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: int) -> _LazyExample:
+        example = tf_example_pb2.Example.FromString(self.raw[index])
+        return _LazyExample(example.features.feature, self.features)
+
+
+class _LazyExample(Mapping[str, Any]):
+    def __init__(self, fields: Any, features: tfds.features.FeaturesDict):
+        self._fields = fields
+        self._features = features
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._fields:  # Indexing a proto map would insert the key.
+            raise KeyError(key)
+        field = self._fields[key]
+        value = getattr(field, field.WhichOneof("kind")).value[0]
+        return self._features[key].decode_example_np(value)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+
+def _scan_index(source: Sequence[Record], where: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Reads (video_index, frame_index, video name) of every record, in parallel chunks."""
+
+    def scan(start: int) -> list[tuple[int, int, str]]:
+        out = []
+        for i in range(start, min(start + _SCAN_CHUNK, len(source))):
+            record = source[i]
+            video = record["video"]
+            video = video.decode() if isinstance(video, bytes) else str(video)
+            out.append((int(record["video_index"]), int(record["frame_index"]), video))
+        return out
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        chunks = pool.map(scan, range(0, len(source), _SCAN_CHUNK))
+        rows = [row for chunk in chunks for row in chunk]
+    video_index = np.array([r[0] for r in rows], np.int32)
+    frame_index = np.array([r[1] for r in rows], np.int32)
+    names: dict[int, str] = {}
+    for v, _, name in rows:
+        if names.setdefault(v, name) != name:
+            raise ValueError(f"{where}: video_index {v} holds videos {names[v]!r} and {name!r}")
+    num_videos = int(video_index.max()) + 1 if rows else 0
+    return video_index, frame_index, [names.get(v, "") for v in range(num_videos)]
+
+
+def _load_index(path: Path, num_records: int) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    try:
+        with np.load(path) as data:
+            video_index, frame_index = data["video_index"], data["frame_index"]
+            names = [str(n) for n in data["video_names"]]
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    if len(video_index) != num_records:
+        return None
+    return video_index, frame_index, names
+
+
+def _save_index(path: Path, index: tuple[np.ndarray, np.ndarray, list[str]]) -> None:
+    """Writes the index atomically (temp file + rename); does nothing if that fails."""
+    video_index, frame_index, names = index
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".npz", dir=path.parent)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f, video_index=video_index, frame_index=frame_index, video_names=np.array(names)
+            )
+        Path(tmp).replace(path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _check_metadata(table: FrameTable, metadata: Mapping[str, Any]) -> None:
+    videos = (metadata or {}).get("splits", {}).get(table.split, {}).get("videos")
+    if videos is None:
+        return
+    expected = [(str(v["name"]), int(v["frames"])) for v in videos]
+    found = list(zip(table.video_names or [], table.video_lengths.tolist(), strict=False))
+    if found != expected:
+        mismatch = next(
+            (i for i, (a, b) in enumerate(zip(found, expected, strict=False)) if a != b),
+            min(len(found), len(expected)),
+        )
+        raise ValueError(
+            f"{table.name} split {table.split!r}: the records hold {len(found)} videos and the "
+            f"metadata lists {len(expected)}; first difference at video {mismatch}: records "
+            f"{found[mismatch] if mismatch < len(found) else None}, metadata "
+            f"{expected[mismatch] if mismatch < len(expected) else None}"
+        )
+
+
+def window_index(table: FrameTable, history: int) -> np.ndarray:
+    """`[W, history + 1]` record ids of every training window, video by video.
+
+    Row w is `history` consecutive frames t−T..t−1 of one video followed by its target frame t,
+    for every t in T+1..n_v (windows never cross videos; videos of at most T frames give none).
+    The first window of a video starts at frame 1, whose flow is zeros by the dataset's
+    convention (there is no frame 0), so its first past flow carries no motion.
+    """
+    if history < 1:
+        raise ValueError(f"history must be at least 1, got {history}")
+    rows = [
+        np.lib.stride_tricks.sliding_window_view(table.video_records(v), history + 1)
+        for v in range(table.num_videos)
+        if table.video_lengths[v] > history
+    ]
+    if not rows:
+        return np.zeros((0, history + 1), np.int64)
+    return np.concatenate(rows).astype(np.int64)
+
+
+def convert_channels(frames: np.ndarray, channels: int | None) -> np.ndarray:
+    """`[..., S, S, C]` uint8 → `[..., S, S, channels]` (None: unchanged).
+
+    Gray → 3 channels repeats the channel; RGB → 1 channel is the luminance of
+    `video_io.to_gray` (ITU-R BT.601 weights, as everywhere else in jaxvad).
+    """
+    stored = frames.shape[-1]
+    if channels is None or channels == stored:
+        return frames
+    if stored == 1 and channels == 3:
+        return np.repeat(frames, 3, axis=-1)
+    if stored == 3 and channels == 1:
+        gray = to_gray(frames.reshape(-1, *frames.shape[-3:]))
+        return gray.reshape(*frames.shape[:-1], 1)
+    raise ValueError(f"cannot convert frames with {stored} channels to {channels}")
+
+
+def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+    index = jax.process_index() if shard_index is None else shard_index
+    count = jax.process_count() if shard_count is None else shard_count
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard_index {index} out of range for shard_count {count}")
+    return index, count
+
+
+def _shuffle_seed(seed: int) -> int:
+    """A well-mixed 32-bit seed. Grain's shuffle uses seed + epoch for each epoch, which would
+    make epoch e + 1 of seed s equal epoch e of seed s + 1 without this mixing."""
+    return int(np.random.SeedSequence(seed).generate_state(1)[0])
+
+
+def _read_options(read_threads: int) -> grain.ReadOptions:
+    # Elements are whole batches: a small buffer keeps memory bounded.
+    return grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _TrainBatch:
+    """Window ids `[B]` → a training batch (see `train_dataset`)."""
+
+    table: FrameTable
+    windows: np.ndarray
+    channels: int | None
+
+    def __call__(self, window_ids: np.ndarray) -> dict[str, np.ndarray]:
+        table, ids = self.table, self.windows[window_ids]  # [B, T + 1]
+        past, target = ids[:, :-1], ids[:, -1]
+        records = table.fetch(ids.ravel())
+        # Past and target are gathered separately so that every output array is contiguous.
+        return {
+            "frames": convert_channels(table.gather(records, past, "frame"), self.channels),
+            "flows": table.gather(records, past, "flow"),
+            "target_frame": convert_channels(table.gather(records, target, "frame"), self.channels),
+            "target_flow": table.gather(records, target, "flow"),
+            "video_index": table.video_index[target].astype(np.int32),
+            "frame_index": table.frame_index[target].astype(np.int32),
+        }
+
+
+def steps_per_epoch(
+    table: FrameTable, *, history: int, batch_size: int, shard_count: int | None = None
+) -> int:
+    """Batches per epoch of each shard of `train_dataset` (`shard_count` default: processes)."""
+    count = jax.process_count() if shard_count is None else shard_count
+    return len(window_index(table, history)) // count // batch_size
+
+
+def train_dataset(
+    table: FrameTable,
+    *,
+    history: int,
+    batch_size: int,
+    seed: int,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    num_epochs: int | None = None,
+    channels: int | None = None,
+    read_threads: int = 4,
+) -> grain.IterDataset:
+    """Shuffled training batches of windows for this process.
+
+    Each element is a dict of numpy arrays, B = `batch_size` (per process), T = `history`:
+    `frames` `[B, T, S, S, C]` uint8 (past frames, oldest first), `flows` `[B, T, S, S, 2]`
+    float16 (the flow into each past frame; zeros for frame 1), `target_frame` `[B, S, S, C]`
+    uint8, `target_flow` `[B, S, S, 2]` float16, `video_index` `[B]` int32 and `frame_index`
+    `[B]` int32 (the target's, 1-based). C is as stored unless `channels` is given (3: repeat
+    a gray channel; 1: luminance of RGB).
+
+    Order: every epoch shuffles all W windows of `window_index` with a permutation derived from
+    (`seed`, epoch), the same on every process, so each epoch's order differs and all are
+    reproducible. The last W mod `shard_count` windows of that order are dropped, and process
+    `shard_index` takes every `shard_count`-th of the rest from position `shard_index`: shards
+    are disjoint, of equal length, and together cover the epoch. Each shard's epoch is batched
+    with `drop_remainder=True` (an epoch never mixes into the next; see `steps_per_epoch`), and
+    epochs repeat `num_epochs` times (None: forever). `shard_index` / `shard_count` default to
+    `jax.process_index()` / `jax.process_count()`.
+
+    `iter()` of the result gives a `grain.DatasetIterator` with `get_state()` / `set_state()`
+    (state: `{"next_index": batches consumed}`), usable with `grain.checkpoint.CheckpointSave`
+    and `CheckpointRestore`. `read_threads` batches are read in parallel (0: read in the
+    calling thread); results do not depend on it.
+
+    Raises:
+        ValueError: a shard gets fewer windows than one batch.
+    """
+    shard_index, shard_count = _process_shard(shard_index, shard_count)
+    windows = window_index(table, history)
+    per_epoch = len(windows) - len(windows) % shard_count
+    if per_epoch // shard_count < batch_size:
+        raise ValueError(
+            f"{table.name} split {table.split!r}: {len(windows)} windows of {history} + 1 "
+            f"frames give fewer than one batch of {batch_size} per shard ({shard_count} shards)"
+        )
+    ds = grain.MapDataset.range(len(windows)).shuffle(seed=_shuffle_seed(seed))
+    ds = ds[:per_epoch][shard_index::shard_count]
+    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=np.asarray)
+    ds = ds.repeat(num_epochs).map(_TrainBatch(table, windows, channels))
+    return ds.to_iter_dataset(_read_options(read_threads))
+
+
+def _eval_blocks(num_frames: int, batch_size: int, shard_count: int) -> tuple[np.ndarray, int]:
+    """Contiguous blocks of sample positions: `starts` `[shard_count + 1]` and steps per shard."""
+    starts = np.linspace(0, num_frames, shard_count + 1).round().astype(np.int64)
+    longest = int(np.diff(starts).max())
+    return starts, max(1, -(-longest // batch_size))
+
+
+def eval_steps(table: FrameTable, *, batch_size: int, shard_count: int | None = None) -> int:
+    """Number of batches of every shard of `eval_dataset`."""
+    count = jax.process_count() if shard_count is None else shard_count
+    return _eval_blocks(table.num_frames, batch_size, count)[1]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _EvalBatch:
+    """Batch number → an evaluation batch (see `eval_dataset`)."""
+
+    table: FrameTable
+    history: int
+    batch_size: int
+    start: int  # First sample position of this shard's block.
+    stop: int
+    channels: int | None
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        table, T = self.table, self.history
+        positions = self.start + step * self.batch_size + np.arange(self.batch_size)
+        valid = positions < self.stop
+        # Padding repeats the block's last sample (or the split's first for an empty block).
+        positions = np.where(valid, positions, self.stop - 1 if self.stop > self.start else 0)
+        target = table.frame_ids[positions]  # [B]
+        t = table.frame_index[target]  # [B] 1-based
+        first = table.video_starts[table.video_index[target]]  # [B] position of frame 1
+        past = t[:, None] - T + np.arange(T)  # [B, T] frame numbers, < 1 where missing
+        ids = table.frame_ids[first[:, None] + np.maximum(past, 1) - 1]
+        records = table.fetch(np.concatenate([ids.ravel(), target]))
+        frames = convert_channels(table.gather(records, ids, "frame"), self.channels)
+        flows = table.gather(records, ids, "flow")
+        flows[past < 1] = 0
+        target_frame = convert_channels(table.gather(records, target, "frame"), self.channels)
+        label = table.gather(records, target, "label").astype(np.int32)
+        mask = table.gather(records, target, "mask").astype(np.uint8)
+        label[~valid] = 0
+        mask[~valid] = 0
+        return {
+            "frames": frames,
+            "flows": flows,
+            "target_frame": target_frame,
+            "target_flow": table.gather(records, target, "flow"),
+            "video_index": table.video_index[target].astype(np.int32),
+            "frame_index": t.astype(np.int32),
+            "label": label,
+            "mask": mask,
+            "scored": valid & (t > T),
+            "valid": valid,
+        }
+
+
+def eval_dataset(
+    table: FrameTable,
+    *,
+    history: int,
+    batch_size: int,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    channels: int | None = None,
+    read_threads: int = 4,
+) -> grain.IterDataset:
+    """Every frame of the split, in order (video by video, frame 1..n), one sample per frame.
+
+    Elements are dicts with the keys and shapes of `train_dataset` (for frame t the past frames
+    are t−T..t−1) plus `label` `[B]` int32, `mask` `[B, S, S]` uint8, `scored` `[B]` bool and
+    `valid` `[B]` bool. For t ≤ T the missing past frames (numbers < 1) repeat frame 1 with zero
+    flows, and `scored` is False (no real prediction). The batch shape is fixed: padding
+    samples, at the end, have `valid` and `scored` False and zero `label` and `mask`.
+
+    Several processes: the ordered samples are split into `shard_count` contiguous blocks
+    (sizes differ by at most one), each padded to the same number of batches (`eval_steps`),
+    so every process runs the same number of steps, and the valid samples of the shards
+    concatenated in shard order are the whole split in order. Shards default to the process
+    index and count.
+    """
+    if history < 1:
+        raise ValueError(f"history must be at least 1, got {history}")
+    shard_index, shard_count = _process_shard(shard_index, shard_count)
+    starts, steps = _eval_blocks(table.num_frames, batch_size, shard_count)
+    load = _EvalBatch(
+        table,
+        history,
+        batch_size,
+        int(starts[shard_index]),
+        int(starts[shard_index + 1]),
+        channels,
+    )
+    return grain.MapDataset.range(steps).map(load).to_iter_dataset(_read_options(read_threads))
+
+
+def measure_windows_per_second(
+    table: FrameTable,
+    *,
+    history: int,
+    batch_size: int,
+    steps: int = 50,
+    seconds: float | None = None,
+    warmup_steps: int = 5,
+    read_threads: int = 4,
+    channels: int | None = None,
+) -> float:
+    """Training windows per second of `train_dataset` (one shard), after `warmup_steps`.
+
+    Times `steps` batches, or as many as fit in `seconds` when that is given, and returns
+    windows/s = batches × `batch_size` / elapsed seconds.
+    """
+    ds = train_dataset(
+        table,
+        history=history,
+        batch_size=batch_size,
+        seed=0,
+        shard_index=0,
+        shard_count=1,
+        channels=channels,
+        read_threads=read_threads,
+    )
+    iterator = iter(ds)
+    for _ in range(warmup_steps):
+        next(iterator)
+    done, start = 0, time.perf_counter()
+    while (done < steps) if seconds is None else (time.perf_counter() - start < seconds):
+        next(iterator)
+        done += 1
+    elapsed = time.perf_counter() - start
+    iterator.close()
+    return done * batch_size / elapsed
