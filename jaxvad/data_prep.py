@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import tensorflow_datasets as tfds
+
 from jaxvad.data import builder as builder_lib
 from jaxvad.data import flow as flow_lib
 from jaxvad.data import readers, synthetic
@@ -71,6 +73,7 @@ def _remove_stale_incomplete(config_dir: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    tfds.disable_progress_bar()  # Ours shows the long phase with an ETA; TFDS's add noise.
     try:
         flow_lib.check_method(args.flow)
         config = builder_lib.VadConfig.make(
@@ -84,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    source = args.source or args.output / "synthetic" / "source" / f"{args.synthetic}_seed{args.seed}"
+    source = (
+        args.source or args.output / "synthetic" / "source" / f"{args.synthetic}_seed{args.seed}"
+    )
     if args.dataset != "synthetic" and not source.is_dir():
         print(f"error: {source}: source folder not found", file=sys.stderr)
         return 2

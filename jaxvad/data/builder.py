@@ -113,8 +113,13 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 "mask": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding=_ZLIB),
             }
         )
+        # Records are written in generation order (video, frame): skipping TFDS's shuffle pass
+        # saves a full re-read of the data. Readers still index frames by their fields.
         return tfds.core.DatasetInfo(
-            builder=self, features=features, metadata=tfds.core.MetadataDict()
+            builder=self,
+            features=features,
+            metadata=tfds.core.MetadataDict(),
+            disable_shuffling=True,
         )
 
     def _split_generators(self, dl_manager):
@@ -292,6 +297,10 @@ def prepare(
 ) -> Path:
     """Builds (or finds complete) one prepared dataset; returns its directory."""
     builder = BUILDERS[dataset](config=config, data_dir=str(output), workers=workers)
+    if dataset == "synthetic" and not (Path(builder.data_dir) / "dataset_info.json").is_file():
+        # TFDS refuses a missing or empty manual_dir before `list_videos` could write it.
+        spec = dataclasses.replace(synthetic.PRESETS[config.synthetic], seed=config.seed)
+        synthetic.write_ped2_layout(Path(source), spec)
     builder.download_and_prepare(
         file_format="array_record",
         download_dir=str(Path(output) / dataset / config.name / "downloads"),

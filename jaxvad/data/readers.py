@@ -22,6 +22,7 @@ Layouts (what the official archives unpack to):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def read_ucsd_m(path: Path) -> list[list[tuple[int, int]]]:
             continue
         match = re.fullmatch(r"TestVideoFile\{end\+1\}\.gt_frame\s*=\s*\[([^\]]*)\];?", line)
         if not match:
-            raise DataError(path, f"line {number} is not `TestVideoFile{{end+1}}.gt_frame = [a:b];`")
+            raise DataError(
+                path, f"line {number} is not `TestVideoFile{{end+1}}.gt_frame = [a:b];`"
+            )
         ranges = []
         for part in match.group(1).split(","):
             bounds = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", part)
@@ -135,7 +138,7 @@ def check_binary(path: Path, values: np.ndarray, what: str) -> None:
         raise DataError(path, f"{what}: frame labels must be 0 or 1")
 
 
-# ----------------------------------------------------------------------------- label and mask sources
+# ------------------------------------------------------------------ label and mask sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,13 +304,21 @@ def ped2_videos(source: Path) -> dict[str, list[VideoSpec]]:
         raise DataError(test_dir, f"expected one UCSD `.m` frame-label file, found {len(m_files)}")
     ranges = read_ucsd_m(m_files[0])
     clips = _clips(test_dir, "Test")
-    if len(ranges) != len(clips):
-        raise DataError(m_files[0], f"{len(ranges)} label entries for {len(clips)} test clips")
     test = []
-    for (name, path), video_ranges in zip(clips, ranges, strict=True):
+    # Entries are matched to clips by number (TestNNN ↔ entry NNN), so a subset of the clips
+    # (e.g. the official sample) reads correctly; a clip without an entry is an error.
+    for name, path in clips:
+        number = int(name[len("Test") :])
+        if number > len(ranges):
+            raise DataError(m_files[0], f"{len(ranges)} label entries, no entry for clip {name}")
         gt = test_dir / f"{name}_gt"
         masks = ImageMasks(gt) if gt.is_dir() else None
-        test.append(VideoSpec(name, "test", path, RangeLabels(m_files[0], tuple(video_ranges)), masks))
+        labels = RangeLabels(m_files[0], tuple(ranges[number - 1]))
+        test.append(VideoSpec(name, "test", path, labels, masks))
+    if len(clips) != len(ranges):
+        logging.warning(
+            "%s: %d label entries, %d test clips present", m_files[0], len(ranges), len(clips)
+        )
     return {"train": train, "test": test}
 
 

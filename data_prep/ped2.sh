@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Usage: bash data_prep/ped2.sh SOURCE OUTPUT [extra flags, e.g. --size=224 --flow=dis]
+set -euo pipefail
+source_dir=${1:?usage: $0 SOURCE OUTPUT [flags]}
+output_dir=${2:?usage: $0 SOURCE OUTPUT [flags]}
+shift 2
+python -m jaxvad.data_prep --dataset=ped2 --source="$source_dir" --output="$output_dir" "$@"

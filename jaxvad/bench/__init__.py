@@ -1,0 +1,1 @@
+"""Benchmark scripts: each prints measured numbers (`python -m jaxvad.bench.<name>`)."""
