@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
-from jaxvad.data.video_io import to_gray
+from jaxvad.data.video_io import convert_channels
 
 Record = Mapping[str, Any]
 
@@ -341,23 +341,6 @@ def window_index(table: FrameTable, history: int) -> np.ndarray:
     if not rows:
         return np.zeros((0, history + 1), np.int64)
     return np.concatenate(rows).astype(np.int64)
-
-
-def convert_channels(frames: np.ndarray, channels: int | None) -> np.ndarray:
-    """`[..., S, S, C]` uint8 → `[..., S, S, channels]` (None: unchanged).
-
-    Gray → 3 channels repeats the channel; RGB → 1 channel is the luminance of
-    `video_io.to_gray` (ITU-R BT.601 weights, as everywhere else in jaxvad).
-    """
-    stored = frames.shape[-1]
-    if channels is None or channels == stored:
-        return frames
-    if stored == 1 and channels == 3:
-        return np.repeat(frames, 3, axis=-1)
-    if stored == 3 and channels == 1:
-        gray = to_gray(frames.reshape(-1, *frames.shape[-3:]))
-        return gray.reshape(*frames.shape[:-1], 1)
-    raise ValueError(f"cannot convert frames with {stored} channels to {channels}")
 
 
 def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxvad.data import flow as flow_lib
 from jaxvad.data.readers import VideoSpec
-from jaxvad.data.video_io import resize_frames, resize_masks, to_gray
+from jaxvad.data.video_io import convert_channels, resize_frames, resize_masks, to_gray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,15 +32,6 @@ class PreparedVideo:
     masks: np.ndarray
     has_masks: bool
     flow_moments: np.ndarray
-
-
-def convert_channels(frames: np.ndarray, channels: int) -> np.ndarray:
-    """`[N, H, W, C]` uint8 → `[N, H, W, channels]` (gray repeated, or RGB → luminance)."""
-    if frames.shape[-1] == channels:
-        return frames
-    if channels == 3:
-        return np.repeat(frames, 3, axis=-1)
-    return to_gray(frames)[..., None]
 
 
 def frames_and_flow(

@@ -115,8 +115,11 @@ def read_avenue_label_mask(path: Path) -> np.ndarray:
 def read_keyed_mat_labels(path: Path) -> dict[str, np.ndarray]:
     """A `.mat` of per-video 0/1 frame labels keyed by video name (e.g. `'01'`…`'21'`)."""
     content = load_mat(path)
-    labels = {k: np.asarray(v).ravel().astype(np.int32) for k, v in content.items()}
-    labels = {k: v for k, v in labels.items() if not k.startswith("__")}
+    labels = {  # Skips scipy's `__header__` (bytes), `__version__` and `__globals__`.
+        k: np.asarray(v).ravel().astype(np.int32)
+        for k, v in content.items()
+        if not k.startswith("__")
+    }
     if not labels:
         raise DataError(path, "no label arrays in this file")
     for name, values in labels.items():

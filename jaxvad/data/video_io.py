@@ -165,3 +165,20 @@ def to_gray(frames: np.ndarray) -> np.ndarray:
     if frames.shape[-1] == 1:
         return frames[..., 0]
     return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+
+
+def convert_channels(frames: np.ndarray, channels: int | None) -> np.ndarray:
+    """`[..., S, S, C]` uint8 → `[..., S, S, channels]` (None: unchanged).
+
+    Gray → 3 channels repeats the channel; RGB → 1 channel is the luminance of
+    `to_gray` (ITU-R BT.601 weights, as everywhere else in jaxvad).
+    """
+    stored = frames.shape[-1]
+    if channels is None or channels == stored:
+        return frames
+    if stored == 1 and channels == 3:
+        return np.repeat(frames, 3, axis=-1)
+    if stored == 3 and channels == 1:
+        gray = to_gray(frames.reshape(-1, *frames.shape[-3:]))
+        return gray.reshape(*frames.shape[:-1], 1)
+    raise ValueError(f"cannot convert frames with {stored} channels to {channels}")
