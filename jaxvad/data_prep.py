@@ -24,7 +24,6 @@ import tensorflow_datasets as tfds
 from jaxvad.data import builder as builder_lib
 from jaxvad.data import flow as flow_lib
 from jaxvad.data import readers, synthetic
-from jaxvad.data.video_io import DataError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -92,13 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.dataset != "synthetic" and not source.is_dir():
         print(f"error: {source}: source folder not found", file=sys.stderr)
-        return 2
+        return 1
     _remove_stale_incomplete(args.output / args.dataset / config.name)
     try:
         dataset_dir = builder_lib.prepare(
             args.dataset, config, output=args.output, source=source, workers=args.workers
         )
-    except DataError as e:
+    except ValueError as e:  # DataError, or e.g. a foreign folder where the synthetic source goes.
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{args.dataset} prepared at {dataset_dir}")

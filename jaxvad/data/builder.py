@@ -261,16 +261,19 @@ class ShanghaiTech(VadBuilder):
 
 
 class Synthetic(VadBuilder):
-    """The embedded synthetic Ped2-like dataset: `manual_dir` is where its official-layout
-    source is generated (once, deterministically from the config's preset and seed)."""
+    """The embedded synthetic Ped2-like dataset. Its `manual_dir` holds the official-layout
+    source that `write_source` generates (`prepare` does it before building)."""
 
     name = "synthetic"
     BUILDER_CONFIGS: ClassVar[list[VadConfig]] = [VadConfig.make("synthetic")]
 
-    def list_videos(self, source: Path) -> dict[str, list[VideoSpec]]:
+    def write_source(self, source: Path) -> None:
+        """Generates the source once, deterministically from the config's preset and seed."""
         config = self.builder_config
         spec = dataclasses.replace(synthetic.PRESETS[config.synthetic], seed=config.seed)
         synthetic.write_ped2_layout(source, spec)
+
+    def list_videos(self, source: Path) -> dict[str, list[VideoSpec]]:
         return readers.ped2_videos(source)
 
 
@@ -297,15 +300,17 @@ def prepare(
 ) -> Path:
     """Builds (or finds complete) one prepared dataset; returns its directory."""
     builder = BUILDERS[dataset](config=config, data_dir=str(output), workers=workers)
-    if dataset == "synthetic" and not (Path(builder.data_dir) / "dataset_info.json").is_file():
-        # TFDS refuses a missing or empty manual_dir before `list_videos` could write it.
-        spec = dataclasses.replace(synthetic.PRESETS[config.synthetic], seed=config.seed)
-        synthetic.write_ped2_layout(Path(source), spec)
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_dir=str(Path(output) / dataset / config.name / "downloads"),
-        download_config=tfds.download.DownloadConfig(manual_dir=str(source)),
-    )
+    complete = (Path(builder.data_dir) / "dataset_info.json").is_file()
+    if isinstance(builder, Synthetic) and not complete:
+        builder.write_source(Path(source))  # TFDS refuses a missing manual_dir.
+    downloads = Path(output) / dataset / config.name / "downloads"  # TFDS wants one; unused.
+    try:
+        builder.download_and_prepare(
+            file_format="array_record",
+            download_dir=str(downloads),
+            download_config=tfds.download.DownloadConfig(manual_dir=str(source)),
+        )
+    finally:
+        shutil.rmtree(downloads, ignore_errors=True)
     builder.finish()
-    shutil.rmtree(Path(output) / dataset / config.name / "downloads", ignore_errors=True)
     return Path(builder.data_dir)

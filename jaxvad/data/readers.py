@@ -116,15 +116,13 @@ def read_keyed_mat_labels(path: Path) -> dict[str, np.ndarray]:
     """A `.mat` of per-video 0/1 frame labels keyed by video name (e.g. `'01'`…`'21'`)."""
     content = load_mat(path)
     labels = {  # Skips scipy's `__header__` (bytes), `__version__` and `__globals__`.
-        k: np.asarray(v).ravel().astype(np.int32)
-        for k, v in content.items()
-        if not k.startswith("__")
+        k: np.asarray(v).ravel() for k, v in content.items() if not k.startswith("__")
     }
     if not labels:
         raise DataError(path, "no label arrays in this file")
     for name, values in labels.items():
         check_binary(path, values, f"video {name}")
-    return dict(sorted(labels.items()))
+    return {name: values.astype(np.int32) for name, values in sorted(labels.items())}
 
 
 def split_concatenated(path: Path, lengths: list[int]) -> list[np.ndarray]:
@@ -329,7 +327,7 @@ def _videos_in(folder: Path) -> list[Path]:
     videos = [p for p in _require_dir(folder).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES]
     if not videos:
         raise DataError(folder, "no video files")
-    return sorted(videos, key=lambda p: (frame_number(p), p.name))
+    return sorted(videos, key=lambda p: p.name)  # `01_001` … `01_083`, `02_001` …
 
 
 def _video_length(path: Path) -> int:

@@ -86,12 +86,21 @@ def _maybe_gray(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
+def _jpeg_complete(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(max(path.stat().st_size - 64, 0))
+        return b"\xff\xd9" in f.read()
+
+
 def read_image(path: Path, *, grayscale: bool = False) -> np.ndarray:
     """One image as `[H, W, C]` uint8 (C = 1 with `grayscale`, else as stored)."""
     flag = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_UNCHANGED
     image = cv2.imread(str(path), flag)
     if image is None:
         raise DataError(path, "unreadable or truncated image")
+    if path.suffix.lower() in (".jpg", ".jpeg") and not _jpeg_complete(path):
+        # OpenCV decodes a cut JPEG with a grey tail and only a warning.
+        raise DataError(path, "truncated JPEG (no end-of-image marker)")
     if image.dtype != np.uint8:
         if image.dtype != np.uint16:
             raise DataError(path, f"unsupported pixel type {image.dtype}")
