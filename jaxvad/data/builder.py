@@ -87,7 +87,9 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     CHANNELS: ClassVar[int] = 1
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Point manual_dir at the unpacked archive; see data_prep/."
 
-    def __init__(self, *, config: VadConfig | str | None = None, workers: int | None = None, **kwargs):
+    def __init__(
+        self, *, config: VadConfig | str | None = None, workers: int | None = None, **kwargs
+    ):
         if isinstance(config, VadConfig):
             # TFDS refuses a custom config named like a predefined one; names are derived from
             # the settings, so the same name means the same settings: use the predefined one.
@@ -128,23 +130,24 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         cache = self._cache_dir()
         cached = self._prepare_all(specs, cache)
         self.info.metadata.update(self._metadata(source, specs, cached))
-        return {
-            split: self._generate_examples(videos, cached) for split, videos in specs.items()
-        }
+        return {split: self._generate_examples(videos, cached) for split, videos in specs.items()}
 
     def _generate_examples(self, videos: list[VideoSpec], cached: dict) -> Iterator:
         for index, spec in enumerate(videos):
             video = preprocess.load(cached[spec.split, spec.name])
             for i in range(len(video.frames)):
-                yield f"{spec.name}_{i + 1:06d}", {
-                    "video": spec.name,
-                    "video_index": index,
-                    "frame_index": i + 1,
-                    "frame": video.frames[i],
-                    "flow": video.flow[i],
-                    "label": int(video.labels[i]),
-                    "mask": video.masks[i],
-                }
+                yield (
+                    f"{spec.name}_{i + 1:06d}",
+                    {
+                        "video": spec.name,
+                        "video_index": index,
+                        "frame_index": i + 1,
+                        "frame": video.frames[i],
+                        "flow": video.flow[i],
+                        "label": int(video.labels[i]),
+                        "mask": video.masks[i],
+                    },
+                )
 
     def _cache_dir(self) -> Path:
         # data_dir is `<root>/<name>/<config>/<version>` (or TFDS's incomplete sibling of it).

@@ -8,7 +8,6 @@ processes start fast.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import cv2
@@ -64,7 +63,7 @@ def save(video: PreparedVideo, path: Path) -> None:
     """Writes atomically (a temp file renamed), so a killed run leaves no half-written cache."""
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **dataclasses.asdict(video))
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def load(path: Path) -> PreparedVideo:
