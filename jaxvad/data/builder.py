@@ -26,7 +26,9 @@ never leaves a version folder with `dataset_info.json` behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import multiprocessing
 import os
 import shutil
@@ -163,26 +165,25 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for videos in specs.values()
             for spec in videos
         ]
-        kwargs = {"size": config.size, "channels": self.CHANNELS, "flow_method": config.flow}
+        work = functools.partial(
+            preprocess.prepare_to_cache,
+            size=config.size,
+            channels=self.CHANNELS,
+            flow_method=config.flow,
+        )
         done = {}
-        bar = tqdm(total=len(jobs), unit="video", desc=f"{self.name}: decode+resize+flow")
-        with bar:
-            if self._workers == 1:
-                results = (preprocess.prepare_to_cache(spec, path, **kwargs) for spec, path in jobs)
-                for split, name, path in results:
-                    done[split, name] = path
-                    bar.update()
-            else:
-                context = multiprocessing.get_context("spawn")
-                with context.Pool(min(self._workers, len(jobs))) as pool:
-                    pending = [
-                        pool.apply_async(preprocess.prepare_to_cache, (spec, path), kwargs)
-                        for spec, path in jobs
-                    ]
-                    for result in pending:
-                        split, name, path = result.get()
-                        done[split, name] = path
-                        bar.update()
+        with contextlib.ExitStack() as stack:
+            mapper = map
+            if self._workers > 1 and len(jobs) > 1:
+                context = multiprocessing.get_context("spawn")  # No fork of TFDS's threads.
+                pool = stack.enter_context(context.Pool(min(self._workers, len(jobs))))
+                mapper = pool.imap_unordered
+            bar = stack.enter_context(
+                tqdm(total=len(jobs), unit="video", desc=f"{self.name}: decode+resize+flow")
+            )
+            for split, name, path in mapper(work, jobs):
+                done[split, name] = path
+                bar.update()
         return done
 
     def _metadata(self, source: Path, specs: dict[str, list[VideoSpec]], cached: dict) -> dict:

@@ -74,9 +74,11 @@ def load(path: Path) -> PreparedVideo:
 
 
 def prepare_to_cache(
-    spec: VideoSpec, path: Path, *, size: int, channels: int, flow_method: str
+    job: tuple[VideoSpec, Path], *, size: int, channels: int, flow_method: str
 ) -> tuple[str, str, Path]:
-    """Worker entry point: prepares one video into `path` unless it is already there."""
+    """Worker entry point: prepares the video `job[0]` into the file `job[1]` unless it is
+    already there; returns (split, name, path)."""
+    spec, path = job
     if not path.is_file():
         save(prepare_video(spec, size=size, channels=channels, flow_method=flow_method), path)
     return spec.split, spec.name, path
