@@ -74,7 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     tfds.disable_progress_bar()  # Ours shows the long phase with an ETA; TFDS's add noise.
     try:
-        flow_lib.check_method(args.flow)
         config = builder_lib.VadConfig.make(
             args.dataset,
             size=args.size,

@@ -65,10 +65,7 @@ class VadConfig(tfds.core.BuilderConfig):
         config = cls(name="pending", **settings)
         if config.size < 16:
             raise ValueError(f"--size must be at least 16, got {config.size}")
-        if config.flow not in flow_lib.METHODS:
-            raise ValueError(
-                f"unknown flow method {config.flow!r}; choose one of {', '.join(flow_lib.METHODS)}"
-            )
+        flow_lib.flow_function(config.flow)  # ValueError / ImportError (TV-L1's package).
         parts = [str(config.size), config.flow]
         if dataset == "avenue":
             if config.label_version not in readers.AVENUE_LABEL_VERSIONS:

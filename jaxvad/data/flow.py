@@ -86,11 +86,12 @@ _FACTORIES: dict[str, Callable[[], FlowFn]] = {
 }
 
 
-def check_method(method: str) -> None:
-    """Raises ValueError for an unknown method and ImportError when its package is missing."""
+def flow_function(method: str) -> FlowFn:
+    """`(prev, next)` `[H, W]` uint8 → `[H, W, 2]` float32 pixels. Raises ValueError for an
+    unknown method and ImportError when its package is missing."""
     if method not in _FACTORIES:
         raise ValueError(f"unknown flow method {method!r}; choose one of {', '.join(METHODS)}")
-    _FACTORIES[method]()
+    return _FACTORIES[method]()
 
 
 def flow_scale(size: int) -> float:
@@ -108,9 +109,7 @@ def video_flow(gray: np.ndarray, method: str = "farneback") -> np.ndarray:
     Returns:
       `[N, H, W, 2]` float32, (dx, dy) of frame k−1 → k divided by `flow_scale(W)`; zeros at k = 1.
     """
-    if method not in _FACTORIES:
-        raise ValueError(f"unknown flow method {method!r}; choose one of {', '.join(METHODS)}")
-    fn = _FACTORIES[method]()
+    fn = flow_function(method)
     flows = np.zeros((*gray.shape, 2), np.float32)
     for k in range(1, len(gray)):
         flows[k] = fn(gray[k - 1], gray[k])
