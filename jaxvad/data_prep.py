@@ -85,9 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    source = (
-        args.source or args.output / "synthetic" / "source" / f"{args.synthetic}_seed{args.seed}"
-    )
+    source = args.source or builder_lib.synthetic_source(args.output, config)
     if args.dataset != "synthetic" and not source.is_dir():
         print(f"error: {source}: source folder not found", file=sys.stderr)
         return 1

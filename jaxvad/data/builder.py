@@ -291,6 +291,24 @@ def prepared_dir(output: str | Path, dataset: str, config: VadConfig) -> Path:
     return Path(output) / dataset / config.name / VERSION
 
 
+def synthetic_source(output: str | Path, config: VadConfig) -> Path:
+    """Where the synthetic dataset's official-layout source is generated."""
+    return Path(output) / "synthetic" / "source" / f"{config.synthetic}_seed{config.seed}"
+
+
+def prepare_command(dataset: str, config: VadConfig, output: str | Path, source: str) -> str:
+    """The `jaxvad.data_prep` command line that prepares exactly this dataset and config."""
+    command = f"python -m jaxvad.data_prep --dataset={dataset}"
+    if dataset != "synthetic":
+        command += f" --source={source or '/path/to/' + dataset}"
+    command += f" --output={output} --size={config.size} --flow={config.flow}"
+    if dataset == "avenue":
+        command += f" --label_version={config.label_version}"
+    if dataset == "synthetic":
+        command += f" --synthetic={config.synthetic} --seed={config.seed}"
+    return command
+
+
 def prepare(
     dataset: str,
     config: VadConfig,

@@ -1,0 +1,29 @@
+"""UCSD Ped2 at a reduced size (96×96, patch 8, a small model) that trains on the 2-core CPU.
+
+    python -m jaxvad.data_prep --dataset=ped2 --source=../shared/data/ped2 --output=data --size=96
+    python -m jaxvad.train --config=configs/ped2_cpu.py --workdir=runs/ped2_cpu
+
+Measured: see the README's results.
+"""
+
+from jaxvad.config import base_config, finalize
+
+
+def get_config(arg=None):
+    config = base_config()
+    config.data.dataset = "ped2"
+    config.data.source = "../shared/data/ped2"
+    config.data.size = 96
+    config.model.update(
+        patch=8,
+        width=128,
+        spatial_depth=2,
+        temporal_depth=1,
+        heads=4,
+        motion_channels=(16, 32, 64),
+        decoder_channels=(96, 48, 24),
+    )
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.warmup_steps = 100
+    config.train.update(batch_size=16, num_steps=3000, log_every=20, checkpoint_every=500)
+    return finalize(config, arg)

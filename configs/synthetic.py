@@ -1,0 +1,27 @@
+"""The embedded default: the synthetic Ped2-like dataset at 64×64, a small model, 2-core CPU.
+
+    python -m jaxvad.train --config=configs/synthetic.py --workdir=runs/synthetic
+
+Prepares the synthetic dataset under data/ on first use. Measured: see the README's results.
+"""
+
+from jaxvad.config import base_config, finalize
+
+
+def get_config(arg=None):
+    config = base_config()
+    config.data.dataset = "synthetic"
+    config.data.size = 64
+    config.model.update(
+        patch=8,
+        width=96,
+        spatial_depth=2,
+        temporal_depth=1,
+        heads=4,
+        motion_channels=(16, 32, 64),
+        decoder_channels=(64, 32, 16),
+    )
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.warmup_steps = 50
+    config.train.update(batch_size=16, num_steps=1200, log_every=20, checkpoint_every=400)
+    return finalize(config, arg)

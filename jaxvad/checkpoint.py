@@ -1,0 +1,115 @@
+"""Checkpoints of a run: train state + grain iterator state + config, through Orbax.
+
+`WORKDIR/checkpoints/<step>/` holds three items: `state` (the train state pytree: step, model
+parameters, optimizer state), `data_iter` (the grain iterator position of every process, so a
+resumed run sees exactly the batches it would have seen) and `config` (the run's config as
+JSON). Orbax writes them collectively from every process and commits a step atomically: a run
+killed mid-save leaves the previous step as the latest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint in a workdir does not fit the configured model or optimizer."""
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/"): tuple(x.shape) for path, x in leaves
+    }
+
+
+class Checkpoints:
+    """The Orbax `CheckpointManager` of one workdir (`WORKDIR/checkpoints`)."""
+
+    def __init__(self, workdir: str | Path, *, keep: int = 3):
+        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data_iter": grain.checkpoint.CheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler(),
+            },
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(
+        self, step: int, state: Any, data_iter: grain.DatasetIterator, config: Mapping[str, Any]
+    ) -> None:
+        """Starts an asynchronous save (arrays are copied off the device before it returns)."""
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data_iter=grain.checkpoint.CheckpointSave(data_iter),
+                config=ocp.args.JsonSave(dict(config)),
+            ),
+        )
+
+    def config(self, step: int) -> dict[str, Any]:
+        """The config the run of `step` was saved with."""
+        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
+            "config"
+        ]
+
+    def check_fits(self, step: int, abstract_state: Any, config: Mapping[str, Any]) -> None:
+        """Raises CheckpointMismatchError naming the first array whose shape differs (model
+        parameters or optimizer state) and the model, data and optimizer settings that changed."""
+        stored = _shapes(self.manager.item_metadata(step)["state"].tree)
+        wanted = _shapes(abstract_state)
+        if stored == wanted:
+            return
+        differing = sorted(
+            k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k)
+        )
+        first = differing[0]
+        old = self.config(step)
+        changed = [
+            f"{section}.{key}: {old[section].get(key)!r} in the checkpoint, {value!r} now"
+            for section in ("model", "data", "optimizer")
+            for key, value in config[section].items()
+            if _plain(old.get(section, {}).get(key)) != _plain(value)
+        ]
+        raise CheckpointMismatchError(
+            f"{self.directory / str(step)}: the checkpoint's train state does not fit the "
+            f"config's model and optimizer ({len(differing)} arrays differ; first {first}: shape "
+            f"{stored.get(first, 'absent')} in the checkpoint, {wanted.get(first, 'absent')} in "
+            f"the config). Changed settings: {'; '.join(changed) or 'none found'}. Use a new "
+            "--workdir, or the checkpoint's config."
+        )
+
+    def restore(self, step: int, abstract_state: Any, data_iter: grain.DatasetIterator) -> Any:
+        """The train state of `step`, laid out as `abstract_state` (shapes, dtypes and
+        shardings); `data_iter` is moved to the saved position in place."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data_iter=grain.checkpoint.CheckpointRestore(data_iter),
+            ),
+        )
+        return restored["state"]
+
+    def close(self) -> None:
+        """Waits for a pending save to commit."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _plain(value: Any) -> Any:
+    """JSON turns tuples into lists: compare settings in that form."""
+    return list(value) if isinstance(value, tuple) else value

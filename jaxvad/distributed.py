@@ -1,0 +1,90 @@
+"""Device layout: one `Mesh` with axes ("data", "fsdp") and the `NamedSharding`s derived from it.
+
+The same code serves one CPU, eight GPUs and a multi-host pod: the batch is split over every
+device (logical axis "batch" → ("data", "fsdp")), and parameters carry logical axis names
+(`nnx.with_partitioning`) that one rules table (`config.mesh.rules`) maps to mesh axes, so
+with fsdp > 1 each parameter is split along "fsdp" on its embedding / output-channel dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxvad.config import ConfigError
+
+AXES = ("data", "fsdp")
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+
+def make_mesh(fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp) mesh over `devices` (default: all), data = devices // fsdp."""
+    devices = list(jax.devices() if devices is None else devices)
+    if fsdp < 1 or len(devices) % fsdp:
+        raise ConfigError(f"config.mesh.fsdp={fsdp} does not divide the {len(devices)} devices")
+    return jax.make_mesh(
+        (len(devices) // fsdp, fsdp),
+        AXES,
+        # Auto: XLA propagates the input and parameter shardings through the model.
+        axis_types=(jax.sharding.AxisType.Auto,) * 2,
+        devices=devices,
+    )
+
+
+def batch_axes(rules: Rules) -> tuple[str, ...]:
+    """The mesh axes the batch dimension is split over."""
+    axes = dict(rules)["batch"]
+    return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+    """Leading (batch) dimension split over the batch axes, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(batch_axes(rules)))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, rules: Rules) -> None:
+    """The global batch must split evenly over processes and over the batch's mesh axes."""
+    shards = int(np.prod([mesh.shape[a] for a in batch_axes(rules)]))
+    if batch_size % shards:
+        raise ConfigError(
+            f"config.train.batch_size={batch_size} is not divisible by the {shards} batch shards "
+            f"of the mesh {dict(mesh.shape)}"
+        )
+    if batch_size % jax.process_count():
+        raise ConfigError(
+            f"config.train.batch_size={batch_size} is not divisible by the "
+            f"{jax.process_count()} processes"
+        )
+
+
+def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+    """Replicates the dimensions the mesh axes do not divide (e.g. a 2-channel flow head)."""
+
+    def size(axes) -> int:
+        axes = (axes,) if isinstance(axes, str) else axes or ()
+        return int(np.prod([mesh.shape[a] for a in axes]))
+
+    return PartitionSpec(
+        *(axes if dim % size(axes) == 0 else None for axes, dim in zip(spec, shape, strict=False))
+    )
+
+
+def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
+    """NamedShardings for an (abstract) NNX state from its logical axis annotations."""
+    with nnx.logical_axis_rules(tuple(rules)):
+        specs = nnx.get_partition_spec(abstract_state)
+    return jax.tree.map(
+        lambda spec, x: NamedSharding(mesh, _fit(spec, x.shape, mesh)),
+        specs,
+        abstract_state,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+
+
+def global_batch(local: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """This process's part of the batch (leading dim B / processes) → global arrays."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}

@@ -1,0 +1,328 @@
+"""Reusable Flax NNX blocks: attention, MLP, pre-LN transformer block, temporal (3D) convolution,
+upsampling conv decoder.
+
+Conventions shared by every block here (and by the detectors built from them):
+
+* Shapes are channels-last: tokens `[B, L, D]`, images `[B, H, W, C]`, clips `[B, T, H, W, C]`.
+* `dtype` is the compute dtype (`jnp.float32` or `jnp.bfloat16`); parameters are always float32
+  (`param_dtype=jnp.float32`), so optimiser state and checkpoints do not depend on `dtype`.
+* Every parameter carries logical axis names (`nnx.with_partitioning`), one per dimension:
+
+  ============  ==================================================================
+  `embed`       the transformer width D
+  `mlp`         the MLP hidden width
+  `heads`       attention projection outputs/inputs (size heads · head_dim)
+  `conv_in`     convolution input channels (also: conv features entering a Linear)
+  `conv_out`    convolution output channels
+  `None`        spatial/temporal kernel taps, patch pixels, position index, and the
+                2- or 3-channel outputs of image/flow heads (they divide no mesh axis)
+  ============  ==================================================================
+
+  No parameter names the same logical axis twice, so any rules table mapping each logical axis
+  to at most one mesh axis gives a valid `PartitionSpec`. Turn the names into specs with::
+
+      with nnx.logical_axis_rules((("embed", "fsdp"), ("mlp", None), ...)):
+          specs = nnx.get_partition_spec(nnx.state(model))
+
+  The annotations are *not* applied eagerly (`eager_sharding=False`): flax 0.12 otherwise
+  shards each variable as it is created and fails without a mesh in context. Models are thus
+  built the same way on a laptop and on a pod; the trainer places the parameters with
+  `jax.jit(init, out_shardings=...)` from the specs above (shape first, then shard, then
+  materialise).
+* Dropout is stateless in the module: no RNG state is stored in the model. A block is
+  deterministic unless its call receives `rngs` (an `nnx.Rngs` with a `dropout` stream, or a
+  `default` one), e.g. `model(x, rngs=nnx.Rngs(dropout=key))` inside a jitted train step, and
+  `model(x)` for evaluation. The same key gives the same masks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+EMBED = "embed"
+MLP = "mlp"
+HEADS = "heads"
+CONV_IN = "conv_in"
+CONV_OUT = "conv_out"
+
+AxisNames = tuple[str | None, ...]
+Dtype = Any  # a jnp dtype such as jnp.float32 or jnp.bfloat16
+PARAM_DTYPE = jnp.float32
+
+# ViT-style initialisers (big_vision): Xavier-uniform matrices, N(0, 0.02) position embeddings.
+DENSE_INIT = nnx.initializers.xavier_uniform()
+CONV_INIT = nnx.initializers.lecun_normal()
+POSITION_INIT = nnx.initializers.normal(stddev=0.02)
+
+
+def partitioned(initializer: Callable[..., jax.Array], names: AxisNames) -> Callable[..., Any]:
+    """`initializer` annotated with logical axis `names` (one per dimension), not eagerly
+    sharded (see the module docstring)."""
+    return nnx.with_partitioning(initializer, names, eager_sharding=False)
+
+
+def position_embedding(length: int, dim: int, *, rngs: nnx.Rngs) -> nnx.Param:
+    """A learnable `[length, dim]` float32 position embedding, axes `(None, "embed")`."""
+    init = partitioned(POSITION_INIT, (None, EMBED))
+    return nnx.Param(init(rngs.params(), (length, dim), PARAM_DTYPE))
+
+
+def linear(
+    in_features: int,
+    out_features: int,
+    axes: tuple[str | None, str | None],
+    *,
+    dtype: Dtype,
+    rngs: nnx.Rngs,
+) -> nnx.Linear:
+    """`nnx.Linear` with a `axes`-annotated kernel `[in, out]` and a bias annotated `(axes[1],)`."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        dtype=dtype,
+        param_dtype=PARAM_DTYPE,
+        kernel_init=partitioned(DENSE_INIT, axes),
+        bias_init=partitioned(nnx.initializers.zeros_init(), (axes[1],)),
+        rngs=rngs,
+    )
+
+
+def conv2d(
+    in_features: int,
+    out_features: int,
+    *,
+    kernel_size: int = 3,
+    out_axis: str | None = CONV_OUT,
+    dtype: Dtype,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+    """'SAME'-padded 2D `nnx.Conv`, kernel `[k, k, in, out]` annotated
+    `(None, None, "conv_in", out_axis)`; pass `out_axis=None` for image/flow heads."""
+    return nnx.Conv(
+        in_features,
+        out_features,
+        kernel_size=(kernel_size, kernel_size),
+        padding="SAME",
+        dtype=dtype,
+        param_dtype=PARAM_DTYPE,
+        kernel_init=partitioned(CONV_INIT, (None, None, CONV_IN, out_axis)),
+        bias_init=partitioned(nnx.initializers.zeros_init(), (out_axis,)),
+        rngs=rngs,
+    )
+
+
+def layer_norm(dim: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm over the last axis (width `dim`, axis "embed"); statistics in float32."""
+    return nnx.LayerNorm(
+        dim,
+        epsilon=1e-6,
+        dtype=dtype,
+        param_dtype=PARAM_DTYPE,
+        scale_init=partitioned(nnx.initializers.ones_init(), (EMBED,)),
+        bias_init=partitioned(nnx.initializers.zeros_init(), (EMBED,)),
+        rngs=rngs,
+    )
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as PyTorch's `nn.GELU` in the paper's implementation."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def apply_dropout(layer: nnx.Dropout, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    """Applies `layer` only when `rngs` is given (training); identity otherwise."""
+    return layer(x, deterministic=rngs is None, rngs=rngs)
+
+
+class MultiHeadAttention(nnx.Module):
+    """Multi-head (self- or cross-) attention through `jax.nn.dot_product_attention`, so
+    XLA/cuDNN can choose a fused kernel.
+
+    q, k, v: `[dim → heads·head_dim]` projections (kernel axes `("embed", "heads")`);
+    out: `[heads·head_dim → dim]` (`("heads", "embed")`). head_dim = dim // heads.
+    """
+
+    def __init__(self, dim: int, heads: int, *, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by heads={heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.query = linear(dim, dim, (EMBED, HEADS), dtype=dtype, rngs=rngs)
+        self.key = linear(dim, dim, (EMBED, HEADS), dtype=dtype, rngs=rngs)
+        self.value = linear(dim, dim, (EMBED, HEADS), dtype=dtype, rngs=rngs)
+        self.out = linear(dim, dim, (HEADS, EMBED), dtype=dtype, rngs=rngs)
+
+    def __call__(
+        self, x: jax.Array, context: jax.Array | None = None, *, causal: bool = False
+    ) -> jax.Array:
+        """x: `[B, L, D]` queries; context: `[B, S, D]` keys/values (None: self-attention,
+        S = L). causal: query i attends to keys j ≤ i only (lower-triangular mask; meant for
+        self-attention). Returns `[B, L, D]` in the compute dtype."""
+        context = x if context is None else context
+        B, L, D = x.shape
+        S = context.shape[1]
+        split = (self.heads, self.head_dim)
+        q = self.query(x).reshape(B, L, *split)
+        k = self.key(context).reshape(B, S, *split)
+        v = self.value(context).reshape(B, S, *split)
+        y = jax.nn.dot_product_attention(q, k, v, is_causal=causal)  # [B, L, heads, head_dim]
+        return self.out(y.reshape(B, L, D))
+
+
+class Mlp(nnx.Module):
+    """`[..., dim] → GELU(Linear(dim → hidden)) → Linear(hidden → dim) → [..., dim]`."""
+
+    def __init__(self, dim: int, hidden: int, *, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        self.fc1 = linear(dim, hidden, (EMBED, MLP), dtype=dtype, rngs=rngs)
+        self.fc2 = linear(hidden, dim, (MLP, EMBED), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(gelu(self.fc1(x)))
+
+
+class TransformerBlock(nnx.Module):
+    """Pre-LN transformer block: `x + drop(attn(LN(x)))`, then `x + drop(mlp(LN(x)))`.
+
+    `causal=True` masks attention to the past (the temporal transformer). Dropout (rate
+    `dropout`, on both residual branches) is active only when the call gets `rngs`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        *,
+        dropout: float = 0.0,
+        causal: bool = False,
+        dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.causal = causal
+        self.norm1 = layer_norm(dim, dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(dim, heads, dtype=dtype, rngs=rngs)
+        self.norm2 = layer_norm(dim, dtype=dtype, rngs=rngs)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+        self.drop = nnx.Dropout(dropout)  # no stored RNG: keys come with the call
+
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """x: `[B, L, D]` → `[B, L, D]`."""
+        x = x + apply_dropout(self.drop, self.attn(self.norm1(x), causal=self.causal), rngs)
+        return x + apply_dropout(self.drop, self.mlp(self.norm2(x)), rngs)
+
+
+class TemporalConv(nnx.Module):
+    """3D convolution over a clip `[B, T, H, W, Cin] → [B, T, H', W', Cout]`, 'SAME' padded in
+    time (T' = T) and space (H' = ceil(H / stride_space)).
+
+    One kernel `[kt, ks, ks, Cin, Cout]` (axes `(None, None, None, "conv_in", "conv_out")`) and
+    bias `[Cout]`, used by two equivalent implementations:
+
+    * `impl="taps"`: the sum over the kt temporal taps of 2D convolutions of `[B·T, H, W, Cin]`
+      slices of the time-padded clip. XLA:CPU's native 3D convolution is slow, above all its
+      gradient (DESIGN.md: 1.73 s → 0.23 s in a stand-in train step; the 224² predictor's
+      forward + backward at batch 4 on 2 cores: 3.5 s with taps, 8.6 s native), so this is the
+      default.
+    * `impl="native"`: one 3D `lax.conv_general_dilated` (check which is faster on GPU/TPU).
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        *,
+        kernel_time: int = 3,
+        kernel_space: int = 3,
+        stride_space: int = 1,
+        impl: str = "taps",
+        dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if impl not in ("taps", "native"):
+            raise ValueError(f"TemporalConv impl must be 'taps' or 'native', got {impl!r}")
+        self.kernel_time = kernel_time
+        self.kernel_space = kernel_space
+        self.stride_space = stride_space
+        self.impl = impl
+        self.dtype = dtype
+        shape = (kernel_time, kernel_space, kernel_space, in_ch, out_ch)
+        kernel_init = partitioned(CONV_INIT, (None, None, None, CONV_IN, CONV_OUT))
+        bias_init = partitioned(nnx.initializers.zeros_init(), (CONV_OUT,))
+        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, PARAM_DTYPE))
+        self.bias = nnx.Param(bias_init(rngs.params(), (out_ch,), PARAM_DTYPE))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: `[B, T, H, W, Cin]` → `[B, T, ceil(H/s), ceil(W/s), Cout]` in the compute dtype."""
+        B, T, H, W, _ = x.shape
+        kt, ks, s = self.kernel_time, self.kernel_space, self.stride_space
+        x = x.astype(self.dtype)
+        kernel = self.kernel[...].astype(self.dtype)
+        # 'SAME' as XLA defines it: the extra pad (even kernels) goes after.
+        time_pad = ((kt - 1) // 2, kt - 1 - (kt - 1) // 2)
+        space_pad = jax.lax.padtype_to_pads((H, W), (ks, ks), (s, s), "SAME")
+        if self.impl == "native":
+            y = jax.lax.conv_general_dilated(
+                x,
+                kernel,
+                window_strides=(1, s, s),
+                padding=[time_pad, *space_pad],
+                dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+            )
+        else:
+            padded = jnp.pad(x, ((0, 0), time_pad, (0, 0), (0, 0), (0, 0)))
+            y = None
+            for tap in range(kt):
+                frames = padded[:, tap : tap + T].reshape(B * T, *padded.shape[2:])
+                term = jax.lax.conv_general_dilated(
+                    frames,
+                    kernel[tap],
+                    window_strides=(s, s),
+                    padding=space_pad,
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                )
+                y = term if y is None else y + term
+            y = y.reshape(B, T, *y.shape[1:])
+        return y + self.bias[...].astype(self.dtype)
+
+
+def upsample2x(x: jax.Array) -> jax.Array:
+    """Nearest-neighbour ×2 upsampling: `[B, h, w, C] → [B, 2h, 2w, C]`."""
+    B, h, w, C = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (B, h, 2, w, 2, C))
+    return x.reshape(B, 2 * h, 2 * w, C)
+
+
+class ConvDecoder(nnx.Module):
+    """Upsampling conv decoder `[B, h, w, in_ch] → [B, h·2^n, w·2^n, out_ch]`, n = len(channels).
+
+    Each stage: nearest ×2 upsampling, then 3×3 conv + GELU (upsample-then-convolve avoids the
+    checkerboard artefacts of strided transposed convolutions, Odena et al. 2016). A final 3×3
+    conv maps to `out_ch` with a linear output: the caller applies any squashing (tanh for RGB).
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        channels: Sequence[int],
+        out_ch: int,
+        *,
+        dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        widths = [in_ch, *channels]
+        self.stages = nnx.List(
+            [conv2d(a, b, dtype=dtype, rngs=rngs) for a, b in itertools.pairwise(widths)]
+        )
+        self.head = conv2d(widths[-1], out_ch, out_axis=None, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: `[B, h, w, in_ch]` → `[B, h·2^n, w·2^n, out_ch]` in the compute dtype."""
+        for conv in self.stages:
+            x = gelu(conv(upsample2x(x)))
+        return self.head(x)

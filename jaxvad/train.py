@@ -1,0 +1,410 @@
+"""Trains a detector.
+
+    python -m jaxvad.train --config=configs/synthetic.py --workdir=runs/synthetic
+
+Any config field can be overridden (`--config.train.batch_size=64`); `--config=FILE:tiny`
+selects the config's tiny variant. The run resumes from the latest checkpoint in `--workdir`
+(model, optimizer, data iterator: the resumed run sees exactly the batches it would have seen),
+otherwise it starts from the config's seed.
+
+The workdir receives `config.json` (the resolved config), `checkpoints/<step>/` (Orbax),
+`metrics.jsonl` and `tensorboard/` (every loss term, gradient and parameter norms, learning rate,
+steps/s). The loop reads top to bottom in `train`: mesh, input, model, shard, step, restore, loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags
+from absl import logging as absl_logging
+from flax import nnx
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from jaxvad import config as config_lib
+from jaxvad import distributed, losses, model
+from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints
+from jaxvad.data import builder, pipeline
+from jaxvad.data.video_io import DataError
+from jaxvad.metric_writer import MetricWriter
+
+log = logging.getLogger("jaxvad.train")
+
+State = dict[str, Any]  # {"step": int32 [], "params": nnx.State, "opt_state": optax state}
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A real dataset is not prepared under `config.data.root`."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss or parameters."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces the loop is made of (each importable and tested on its own).
+
+
+def _vad_config(data: ml_collections.ConfigDict) -> builder.VadConfig:
+    return builder.VadConfig.make(
+        data.dataset,
+        size=data.size,
+        flow=data.flow,
+        label_version=data.label_version,
+        synthetic=data.synthetic,
+        seed=data.synthetic_seed,
+    )
+
+
+def dataset_path(config: ml_collections.ConfigDict) -> Path | None:
+    """The prepared dataset of `config.data`, or None when it is not prepared."""
+    path = builder.prepared_dir(config.data.root, config.data.dataset, _vad_config(config.data))
+    return path if (path / "dataset_info.json").is_file() else None
+
+
+def dataset_dir(config: ml_collections.ConfigDict) -> Path:
+    """The prepared dataset of `config.data`; the synthetic one is prepared when missing."""
+    data = config.data
+    path = dataset_path(config)
+    if path is not None:
+        return path
+    vad = _vad_config(data)
+    if data.dataset != "synthetic":
+        command = builder.prepare_command(data.dataset, vad, data.root, data.source)
+        raise DatasetNotPreparedError(
+            f"{builder.prepared_dir(data.root, data.dataset, vad)}: the {data.dataset} dataset "
+            f"is not prepared (config.data.root={data.root!r}). Prepare it with:\n  {command}"
+        )
+    if jax.process_index() == 0:
+        log.info("synthetic dataset not prepared under %s: preparing it", data.root)
+        builder.prepare(
+            "synthetic", vad, output=data.root, source=builder.synthetic_source(data.root, vad)
+        )
+    multihost_utils.sync_global_devices("synthetic dataset prepared")
+    return builder.prepared_dir(data.root, data.dataset, vad)
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer and learning-rate schedule of `config.optimizer`."""
+    opt = config.optimizer
+    if opt.schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0,
+            opt.learning_rate,
+            warmup_steps=min(opt.warmup_steps, total_steps // 2),
+            decay_steps=total_steps,
+            end_value=opt.learning_rate * 0.01,
+        )
+    else:
+        schedule = optax.constant_schedule(opt.learning_rate)
+    if opt.name == "adamw":
+        tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
+    else:
+        tx = optax.adam(schedule, b1=opt.b1, b2=opt.b2)
+    if opt.grad_clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+    return tx, schedule
+
+
+def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Stored batch → model space: frames uint8 → [-1, 1] float32, flows float16 → float32."""
+    frames = lambda x: x.astype(jnp.float32) / 127.5 - 1.0  # noqa: E731
+    return {
+        "frames": frames(batch["frames"]),
+        "flows": batch["flows"].astype(jnp.float32),
+        "target_frame": frames(batch["target_frame"]),
+        "target_flow": batch["target_flow"].astype(jnp.float32),
+    }
+
+
+def train_step(
+    state: State,
+    batch: Mapping[str, jax.Array],
+    key: jax.Array,
+    vgg: losses.Vgg16Features | None,
+    *,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    weights: Mapping[str, float],
+) -> tuple[State, dict[str, jax.Array]]:
+    """One optimizer step on a global batch; a pure function of its arguments.
+
+    `key` is the run's base key; the step's dropout key is `fold_in(key, step)`, so a resumed run
+    draws the same randomness. `vgg`: the frozen perceptual-loss network, or None (term off).
+    Returns the new state and scalar metrics.
+    """
+    inputs = model_inputs(batch)
+    step_key = jax.random.fold_in(key, state["step"])
+
+    def loss_fn(params: nnx.State) -> tuple[jax.Array, dict[str, jax.Array]]:
+        out = nnx.merge(graphdef, params)(
+            inputs["frames"], inputs["flows"], rngs=nnx.Rngs(dropout=step_key)
+        )
+        terms = losses.loss_terms(
+            out["frame"], out["flow"], inputs["target_frame"], inputs["target_flow"], vgg=vgg
+        )
+        return losses.total_loss(terms, weights), terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {
+        "loss": loss,
+        **{f"loss_{name}": value for name, value in terms.items()},
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+        "learning_rate": schedule(state["step"]),
+    }
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+
+def check_finite(
+    metrics: Mapping[str, float], step: int, last_good: int | None, where: Path
+) -> None:
+    """Stops the run when the loss or the parameters stopped being finite."""
+    bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+    if bad:
+        kept = (
+            f"the last good checkpoint, step {last_good}, is kept in {where}"
+            if last_good is not None
+            else "no checkpoint was written"
+        )
+        raise NonFiniteLossError(
+            f"step {step}: non-finite {', '.join(f'{k}={v}' for k, v in bad.items())}; training "
+            f"stopped and {kept}. Lower config.optimizer.learning_rate or set "
+            "config.optimizer.grad_clip_norm, then rerun to resume from it."
+        )
+
+
+def total_steps(config: ml_collections.ConfigDict, table: pipeline.FrameTable) -> int:
+    if config.train.num_steps > 0:
+        return config.train.num_steps
+    per_epoch = pipeline.steps_per_epoch(
+        table,
+        history=config.history,
+        batch_size=config.train.batch_size // jax.process_count(),
+    )
+    return config.train.num_epochs * per_epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """The jitted pieces of a run on a mesh.
+
+    `abstract` is the train state's shapes, dtypes and shardings (what a checkpoint restores
+    into), `init()` materialises the initial state sharded, and `jitted_step` is `train_step`
+    jitted with the state donated; `step(state, batch, key)` calls it with the run's `vgg`.
+    Batches go in with `data_sharding`.
+    """
+
+    graphdef: nnx.GraphDef
+    abstract: State
+    data_sharding: jax.sharding.NamedSharding
+    init: Callable[[], State]
+    jitted_step: Any
+    vgg: losses.Vgg16Features | None
+
+    def step(
+        self, state: State, batch: Mapping[str, jax.Array], key: jax.Array
+    ) -> tuple[State, dict[str, jax.Array]]:
+        return self.jitted_step(state, batch, key, self.vgg)
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, steps: int) -> Run:
+    """Model, optimizer, shardings and the jitted step of `config` on `mesh` (`steps` sets the
+    learning-rate schedule's length)."""
+    rules = tuple(tuple(rule) for rule in config.mesh.rules)
+    distributed.check_batch_size(config.train.batch_size, mesh, rules)
+    tx, schedule = make_optimizer(config, steps)
+    key_params = jax.random.fold_in(jax.random.key(config.seed), 0)  # Dropout: fold_in 1.
+
+    def init() -> State:
+        params = nnx.state(model.make_model(config, rngs=nnx.Rngs(params=key_params)), nnx.Param)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: model.make_model(config, rngs=nnx.Rngs(0))))
+    abstract = jax.eval_shape(init)
+    shardings = distributed.state_shardings(abstract, mesh, rules)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+    vgg = None
+    if config.loss.vgg16:
+        vgg = losses.load_vgg16_features(config.loss.vgg16, layers=config.loss.perceptual_layers)
+    else:
+        log.info("perceptual loss off: config.loss.vgg16 names no VGG16 weights file")
+    weights = {k: config.loss[k] for k in losses.LOSS_TERMS if k != "perceptual" or vgg}
+    step = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, weights=weights),
+        out_shardings=(shardings, None),
+        donate_argnums=0,
+    )
+    return Run(
+        graphdef=graphdef,
+        abstract=abstract,
+        data_sharding=distributed.batch_sharding(mesh, rules),
+        init=jax.jit(init, out_shardings=shardings),
+        jitted_step=step,
+        vgg=vgg,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+    """Trains (or resumes) the run of `config` in `workdir`; returns the last step's metrics."""
+    config_lib.validate(config)
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+    # --- Mesh: every device in (data, fsdp); the batch is split over both axes.
+    mesh = distributed.make_mesh(config.mesh.fsdp)
+
+    # --- Input: this process's shard of shuffled windows, batches of B / processes.
+    table = pipeline.open_prepared(dataset_dir(config), "train")
+    steps = total_steps(config, table)
+    dataset = pipeline.train_dataset(
+        table,
+        history=config.history,
+        batch_size=config.train.batch_size // jax.process_count(),
+        seed=config.seed,
+        channels=config.data.channels,
+        read_threads=config.data.read_threads,
+    )
+    data_iter = iter(dataset)
+
+    # --- Model, optimizer, step: shapes first, then shardings, then materialise sharded.
+    run = build(config, mesh, steps)
+    num_params = sum(x.size for x in jax.tree.leaves(run.abstract["params"]))
+    log.info(
+        "model %s: %s parameters; mesh %s", config.model.name, f"{num_params:,}", dict(mesh.shape)
+    )
+    key_dropout = jax.random.fold_in(jax.random.key(config.seed), 1)
+
+    # --- Restore: this workdir's latest checkpoint, else initialise from the seed.
+    checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints)
+    start = checkpoints.latest_step()
+    if start is None:
+        state = run.init()
+        start = 0
+    else:
+        checkpoints.check_fits(start, run.abstract, config.to_dict())
+        state = checkpoints.restore(start, run.abstract, data_iter)
+        log.info("resumed from %s at step %d", checkpoints.directory, start)
+    last_good = None if start == 0 else start
+
+    # --- Loop.
+    writer = MetricWriter(workdir)
+    metrics: dict[str, float] = {}
+    bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not is_main)
+    tick, tick_step = time.perf_counter(), start
+    try:
+        for step in range(start + 1, steps + 1):
+            batch = distributed.global_batch(next(data_iter), run.data_sharding)
+            state, device_metrics = run.step(state, batch, key_dropout)
+            bar.update()
+            save = step % config.train.checkpoint_every == 0 or step == steps
+            if step % config.train.log_every == 0 or save:
+                metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+                now = time.perf_counter()
+                metrics["steps_per_second"] = (step - tick_step) / (now - tick)
+                tick, tick_step = now, step
+                writer.write(step, metrics)
+                check_finite(metrics, step, last_good, checkpoints.directory)
+                bar.set_postfix(loss=f"{metrics['loss']:.4g}")
+            if save:
+                checkpoints.save(step, state, data_iter, config.to_dict())
+                last_good = step
+    finally:
+        bar.close()
+        writer.close()
+        checkpoints.close()
+        data_iter.close()
+    if start >= steps:
+        log.info("nothing to do: the checkpoint at step %d is the last of %d steps", start, steps)
+    else:
+        log.info(
+            "done: step %d, loss %.5g; checkpoints in %s",
+            steps,
+            metrics["loss"],
+            checkpoints.directory,
+        )
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a config file, e.g. configs/ped2.py")
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and the config go")
+flags.mark_flags_as_required(["config", "workdir"])
+
+USAGE = "python -m jaxvad.train --config=FILE[:tiny] --workdir=DIR [--config.a.b=v ...]"
+
+# Errors whose message says all a user needs; anything else keeps its traceback.
+USER_ERRORS = (
+    config_lib.ConfigError,
+    DatasetNotPreparedError,
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    DataError,
+)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Orbax logs every file it writes at INFO; ours stay at INFO.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("jaxvad").setLevel(logging.INFO)
+    try:
+        train(_CONFIG.value, _WORKDIR.value)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with config errors (a missing file, an unknown field in the file or
+    in a `--config.a.b=v` override, a bad value) as one message instead of a traceback."""
+    try:
+        args = flags.FLAGS(argv)
+        _CONFIG.value.is_locked  # noqa: B018  (config_flags defers the file's errors to here)
+        return args
+    except flags.Error as e:
+        lines = str(e).strip().splitlines()  # A config file's error comes with its traceback.
+        message = f"{lines[0]} {lines[-1]}" if len(lines) > 1 else lines[0]
+    except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+        while isinstance(e, BaseException) and e.args:  # Unwrap AttributeError(KeyError(...)).
+            e = e.args[0]
+        message = " ".join(str(e).split())
+    print(f"error: {message}\nusage: {USAGE}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
