@@ -16,14 +16,14 @@ def get_config(arg=None):
     config.data.size = 96
     config.model.update(
         patch=8,
-        width=128,
+        width=96,
         spatial_depth=2,
         temporal_depth=1,
         heads=4,
         motion_channels=(16, 32, 64),
-        decoder_channels=(96, 48, 24),
+        decoder_channels=(64, 32, 16),
     )
     config.optimizer.learning_rate = 1e-3
     config.optimizer.warmup_steps = 100
-    config.train.update(batch_size=16, num_steps=3000, log_every=20, checkpoint_every=500)
+    config.train.update(batch_size=16, num_steps=2000, log_every=20, checkpoint_every=500)
     return finalize(config, arg)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,15 +27,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 from flax import nnx
 from jax.experimental import multihost_utils
-from ml_collections import config_flags
 from tqdm import tqdm
 
+from jaxvad import cli, distributed, losses, model
 from jaxvad import config as config_lib
-from jaxvad import distributed, losses, model
 from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints
 from jaxvad.data import builder, pipeline
 from jaxvad.data.video_io import DataError
@@ -321,11 +318,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     metrics: dict[str, float] = {}
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not is_main)
     tick, tick_step = time.perf_counter(), start
+    previous = None  # The step before: waiting for it keeps one step queued on the devices.
     try:
         for step in range(start + 1, steps + 1):
             batch = distributed.global_batch(next(data_iter), run.data_sharding)
             state, device_metrics = run.step(state, batch, key_dropout)
-            bar.update()
+            if previous is not None:
+                jax.block_until_ready(previous["loss"])
+                bar.update()  # Counts finished steps, so its rate and ETA are real.
+            previous = device_metrics
             save = step % config.train.checkpoint_every == 0 or step == steps
             if step % config.train.log_every == 0 or save:
                 metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
@@ -338,6 +339,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
             if save:
                 checkpoints.save(step, state, data_iter, config.to_dict())
                 last_good = step
+        bar.update(steps - bar.n)
     finally:
         bar.close()
         writer.close()
@@ -358,10 +360,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
 # ---------------------------------------------------------------------------------------------
 # Command line.
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a config file, e.g. configs/ped2.py")
-_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and the config go")
-flags.mark_flags_as_required(["config", "workdir"])
-
 USAGE = "python -m jaxvad.train --config=FILE[:tiny] --workdir=DIR [--config.a.b=v ...]"
 
 # Errors whose message says all a user needs; anything else keeps its traceback.
@@ -374,37 +372,16 @@ USER_ERRORS = (
 )
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Orbax logs every file it writes at INFO; ours stay at INFO.
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("jaxvad").setLevel(logging.INFO)
-    try:
-        train(_CONFIG.value, _WORKDIR.value)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with config errors (a missing file, an unknown field in the file or
-    in a `--config.a.b=v` override, a bad value) as one message instead of a traceback."""
-    try:
-        args = flags.FLAGS(argv)
-        _CONFIG.value.is_locked  # noqa: B018  (config_flags defers the file's errors to here)
-        return args
-    except flags.Error as e:
-        lines = str(e).strip().splitlines()  # A config file's error comes with its traceback.
-        message = f"{lines[0]} {lines[-1]}" if len(lines) > 1 else lines[0]
-    except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
-        while isinstance(e, BaseException) and e.args:  # Unwrap AttributeError(KeyError(...)).
-            e = e.args[0]
-        message = " ".join(str(e).split())
-    print(f"error: {message}\nusage: {USAGE}", file=sys.stderr)
-    sys.exit(2)
+def main() -> None:
+    config = cli.define_config_flag()
+    workdir = flags.DEFINE_string("workdir", None, "checkpoints, logs, config", required=True)
+    cli.run(
+        lambda: train(config.value, workdir.value),
+        config=config,
+        usage=USAGE,
+        user_errors=USER_ERRORS,
+    )
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+    main()

@@ -20,17 +20,13 @@ import resource
 import time
 
 import jax
+import ml_collections
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from jaxvad import distributed
+from jaxvad import cli, distributed
 from jaxvad import train as train_lib
 from jaxvad.data import pipeline
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a config file")
-_STEPS = flags.DEFINE_integer("steps", 20, "timed steps")
-flags.mark_flag_as_required("config")
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5e": 197e12}
@@ -51,9 +47,8 @@ def peak_flops(device: jax.Device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in device.device_kind), None)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    config = _CONFIG.value
+def benchmark(config: ml_collections.ConfigDict, steps: int) -> None:
+    """Prints the measurements of the module docstring for `config`."""
     mesh = distributed.make_mesh(config.mesh.fsdp)
     device = jax.devices()[0]
     print(
@@ -72,10 +67,10 @@ def main(argv: list[str]) -> None:
         state, metrics = run.step(state, batch, key)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
-    for _ in range(_STEPS.value):
+    for _ in range(steps):
         state, metrics = run.step(state, batch, key)
     jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - start) / _STEPS.value
+    seconds = (time.perf_counter() - start) / steps
     print(
         f"train step: {seconds * 1e3:.1f} ms, {batch_size / seconds:.1f} samples/s "
         f"(batch {batch_size}, {config.data.size}×{config.data.size}, T={config.history}, "
@@ -123,5 +118,15 @@ def main(argv: list[str]) -> None:
     )
 
 
+def main() -> None:
+    config = cli.define_config_flag()
+    steps = flags.DEFINE_integer("steps", 20, "timed steps")
+    cli.run(
+        lambda: benchmark(config.value, steps.value),
+        config=config,
+        usage="python -m jaxvad.bench.train --config=FILE [--steps=N] [--config.a.b=v ...]",
+    )
+
+
 if __name__ == "__main__":
-    app.run(main)
+    main()

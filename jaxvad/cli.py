@@ -1,0 +1,67 @@
+"""What every command line of jaxvad shares: the `--config` flag (an ml_collections config file,
+`FILE[:variant]`, any field overridable as `--config.a.b=v`) and running a command with clear
+errors: a bad flag or config is one line and exit status 2, a known user error (bad data, a
+checkpoint that does not fit, ...) is one line and exit status 1, anything else a traceback.
+
+Flags are defined when a command starts, not at import, so modules stay importable side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+
+def define_config_flag() -> flags.FlagHolder:
+    return config_flags.DEFINE_config_file("config", None, "a config file, e.g. configs/ped2.py")
+
+
+def _parse_flags(config: flags.FlagHolder, usage: str) -> Callable[[list[str]], list[str]]:
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            args = flags.FLAGS(argv)
+            config.value.is_locked  # noqa: B018  (config_flags defers the file's errors to here)
+            return args
+        except flags.Error as e:
+            lines = str(e).strip().splitlines()  # A config file's error comes with a traceback.
+            message = f"{lines[0]} {lines[-1]}" if len(lines) > 1 else lines[0]
+        except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+            while isinstance(e, BaseException) and e.args:  # AttributeError(KeyError(...)).
+                e = e.args[0]
+            message = " ".join(str(e).split())
+        print(f"error: {message}\nusage: {usage}", file=sys.stderr)
+        sys.exit(2)
+
+    return parse
+
+
+def run(
+    command: Callable[[], object],
+    *,
+    config: flags.FlagHolder,
+    usage: str,
+    user_errors: tuple[type[Exception], ...] = (),
+) -> NoReturn:
+    """Parses the flags, then runs `command()`; `user_errors` are reported as one line."""
+
+    def main(argv: list[str]) -> int:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        # Orbax logs every file it writes at INFO; jaxvad's own logs stay at INFO.
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger("jaxvad").setLevel(logging.INFO)
+        try:
+            command()
+        except user_errors as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
+
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags(config, usage))
+    raise AssertionError("unreachable: app.run exits")
