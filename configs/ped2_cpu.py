@@ -3,7 +3,8 @@
     python -m jaxvad.data_prep --dataset=ped2 --source=../shared/data/ped2 --output=data --size=96
     python -m jaxvad.train --config=configs/ped2_cpu.py --workdir=runs/ped2_cpu
 
-Measured: see the README's results.
+Measured on the 2-core CPU: 2,000 steps (≈ 12.5 epochs) in 42 min 38 s wall, final loss 0.0397
+(the data preparation at 96×96 takes 12 s). Evaluation numbers: see the README's results.
 """
 
 from jaxvad.config import base_config, finalize
