@@ -7,7 +7,7 @@ Measured on the 2-core CPU: 2,000 steps (≈ 12.5 epochs) in 42 min 38 s wall, f
 (the data preparation at 96×96 takes 12 s). Evaluation numbers: see the README's results.
 """
 
-from jaxvad.config import base_config, finalize
+from jaxvad.config import CPU_MODEL, base_config, finalize
 
 
 def get_config(arg=None):
@@ -15,15 +15,7 @@ def get_config(arg=None):
     config.data.dataset = "ped2"
     config.data.source = "../shared/data/ped2"
     config.data.size = 96
-    config.model.update(
-        patch=8,
-        width=96,
-        spatial_depth=2,
-        temporal_depth=1,
-        heads=4,
-        motion_channels=(16, 32, 64),
-        decoder_channels=(64, 32, 16),
-    )
+    config.model.update(CPU_MODEL)
     config.optimizer.learning_rate = 1e-3
     config.optimizer.warmup_steps = 100
     config.train.update(batch_size=16, num_steps=2000, log_every=20, checkpoint_every=500)
