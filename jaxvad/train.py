@@ -56,8 +56,9 @@ class NonFiniteLossError(FloatingPointError):
 # Pieces the loop is made of (each importable and tested on its own).
 
 
-def _vad_config(data: ml_collections.ConfigDict) -> builder.VadConfig:
-    return builder.VadConfig.make(
+def _prepared(data: ml_collections.ConfigDict) -> tuple[builder.VadConfig, Path]:
+    """The preparation settings of `config.data` and the folder they are prepared into."""
+    vad = builder.VadConfig.make(
         data.dataset,
         size=data.size,
         flow=data.flow,
@@ -65,26 +66,26 @@ def _vad_config(data: ml_collections.ConfigDict) -> builder.VadConfig:
         synthetic=data.synthetic,
         seed=data.synthetic_seed,
     )
+    return vad, builder.prepared_dir(data.root, data.dataset, vad)
 
 
 def dataset_path(config: ml_collections.ConfigDict) -> Path | None:
     """The prepared dataset of `config.data`, or None when it is not prepared."""
-    path = builder.prepared_dir(config.data.root, config.data.dataset, _vad_config(config.data))
-    return path if (path / "dataset_info.json").is_file() else None
+    _, path = _prepared(config.data)
+    return path if builder.is_complete(path) else None
 
 
 def dataset_dir(config: ml_collections.ConfigDict) -> Path:
     """The prepared dataset of `config.data`; the synthetic one is prepared when missing."""
     data = config.data
-    path = dataset_path(config)
-    if path is not None:
+    vad, path = _prepared(data)
+    if builder.is_complete(path):
         return path
-    vad = _vad_config(data)
     if data.dataset != "synthetic":
         command = builder.prepare_command(data.dataset, vad, data.root, data.source)
         raise DatasetNotPreparedError(
-            f"{builder.prepared_dir(data.root, data.dataset, vad)}: the {data.dataset} dataset "
-            f"is not prepared (config.data.root={data.root!r}). Prepare it with:\n  {command}"
+            f"{path}: the {data.dataset} dataset is not prepared (config.data.root="
+            f"{data.root!r}). Prepare it with:\n  {command}"
         )
     if jax.process_index() == 0:
         log.info("synthetic dataset not prepared under %s: preparing it", data.root)
@@ -92,7 +93,7 @@ def dataset_dir(config: ml_collections.ConfigDict) -> Path:
             "synthetic", vad, output=data.root, source=builder.synthetic_source(data.root, vad)
         )
     multihost_utils.sync_global_devices("synthetic dataset prepared")
-    return builder.prepared_dir(data.root, data.dataset, vad)
+    return path
 
 
 def make_optimizer(

@@ -227,7 +227,7 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def finish(self) -> None:
         """Deletes the per-video cache once the dataset is complete."""
-        if (Path(self.data_dir) / "dataset_info.json").is_file():
+        if is_complete(Path(self.data_dir)):
             shutil.rmtree(Path(self.data_dir).parent / "cache", ignore_errors=True)
 
 
@@ -286,6 +286,12 @@ BUILDERS: dict[str, type[VadBuilder]] = {
 }
 
 
+def is_complete(dataset_dir: Path) -> bool:
+    """Whether a version folder holds a finished dataset (TFDS writes `dataset_info.json`
+    last, when it renames its `incomplete.*` folder)."""
+    return (dataset_dir / "dataset_info.json").is_file()
+
+
 def prepared_dir(output: str | Path, dataset: str, config: VadConfig) -> Path:
     """Where `data_prep` writes a dataset: `OUTPUT/<dataset>/<config name>/<version>`."""
     return Path(output) / dataset / config.name / VERSION
@@ -319,7 +325,7 @@ def prepare(
 ) -> Path:
     """Builds (or finds complete) one prepared dataset; returns its directory."""
     builder = BUILDERS[dataset](config=config, data_dir=str(output), workers=workers)
-    complete = (Path(builder.data_dir) / "dataset_info.json").is_file()
+    complete = is_complete(Path(builder.data_dir))
     if isinstance(builder, Synthetic) and not complete:
         builder.write_source(Path(source))  # TFDS refuses a missing manual_dir.
     downloads = Path(output) / dataset / config.name / "downloads"  # TFDS wants one; unused.
