@@ -212,18 +212,12 @@ import sys
 import jax, numpy as np
 from tests.test_train import load_config
 from jaxvad import distributed, train as train_lib
+from jaxvad.bench.train import random_batch
 from jaxvad.config import ConfigError
 
 assert jax.device_count() == 8
 config = load_config("synthetic", **{"train.batch_size": 8})
-rng = np.random.default_rng(0)
-T, S = config.history, config.data.size
-batch = {
-    "frames": rng.integers(0, 256, (8, T, S, S, 1), dtype=np.uint8),
-    "flows": rng.normal(size=(8, T, S, S, 2)).astype(np.float16),
-    "target_frame": rng.integers(0, 256, (8, S, S, 1), dtype=np.uint8),
-    "target_flow": rng.normal(size=(8, S, S, 2)).astype(np.float16),
-}
+batch = random_batch(config, 8)
 key = jax.random.key(1)
 results = {}
 layouts = (("one", 1, jax.devices()[:1]), ("data8", 1, None), ("data4fsdp2", 2, None))
