@@ -208,7 +208,6 @@ def test_cli_errors(tmp_path):
 
 
 _SHARDING_SCRIPT = """
-import sys
 import jax, numpy as np
 from tests.test_train import load_config
 from jaxvad import distributed, train as train_lib
