@@ -5,6 +5,11 @@ parameters, optimizer state), `data_iter` (the grain iterator position of every 
 resumed run sees exactly the batches it would have seen) and `config` (the run's config as
 JSON). Orbax writes them collectively from every process and commits a step atomically: a run
 killed mid-save leaves the previous step as the latest.
+
+A fourth item, `normal_errors`, is added to a step once its model has scored the training
+split (the per-frame errors that scores are normalised and thresholded with; see
+`jaxvad.scoring`): by the trainer after its last step, or by the first evaluation of a step
+that lacks it. It is written atomically (a temporary folder renamed) into the step's folder.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+NORMAL_ERRORS = "normal_errors"
 
 
 class CheckpointMismatchError(ValueError):
@@ -41,6 +49,7 @@ class Checkpoints:
                 "state": ocp.StandardCheckpointHandler(),
                 "data_iter": grain.checkpoint.CheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler(),
+                NORMAL_ERRORS: ocp.StandardCheckpointHandler(),
             },
         )
 
@@ -66,10 +75,14 @@ class Checkpoints:
             "config"
         ]
 
-    def check_fits(self, step: int, abstract_state: Any, config: Mapping[str, Any]) -> None:
+    def check_fits(
+        self, step: int, abstract_state: Any, config: Mapping[str, Any], part: str | None = None
+    ) -> None:
         """Raises CheckpointMismatchError naming the first array whose shape differs (model
-        parameters or optimizer state) and the model, data and optimizer settings that changed."""
-        stored = _shapes(self.manager.item_metadata(step)["state"].tree)
+        parameters or optimizer state) and the model, data and optimizer settings that changed.
+        `part`: compare only this entry of the train state (e.g. "params")."""
+        stored = self.manager.item_metadata(step)["state"].tree
+        stored = _shapes(stored[part] if part else stored)
         wanted = _shapes(abstract_state)
         if stored == wanted:
             return
@@ -91,6 +104,31 @@ class Checkpoints:
             f"the config). Changed settings: {'; '.join(changed) or 'none found'}. Use a new "
             "--workdir, or the checkpoint's config."
         )
+
+    def params(self, step: int, abstract_params: Any) -> Any:
+        """Only the model parameters of `step`'s train state, laid out as `abstract_params`."""
+        abstract = {"params": abstract_params}
+        restored = ocp.PyTreeCheckpointer().restore(
+            self.directory / str(step) / "state",
+            args=ocp.args.PyTreeRestore(
+                abstract,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                partial_restore=True,
+            ),
+        )
+        return restored["params"]
+
+    def normal_errors(self, step: int) -> dict[str, np.ndarray] | None:
+        """The training split's per-frame errors stored with `step`, or None."""
+        if not (self.directory / str(step) / NORMAL_ERRORS).is_dir():
+            return None
+        args = ocp.args.Composite(**{NORMAL_ERRORS: ocp.args.StandardRestore()})
+        return self.manager.restore(step, args=args)[NORMAL_ERRORS]
+
+    def save_normal_errors(self, step: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Adds the `normal_errors` item to `step` (collective; atomic)."""
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(self.directory / str(step) / NORMAL_ERRORS, dict(arrays))
 
     def restore(self, step: int, abstract_state: Any, data_iter: grain.DatasetIterator) -> Any:
         """The train state of `step`, laid out as `abstract_state` (shapes, dtypes and

@@ -19,6 +19,8 @@ DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 CONV3D = ("taps", "native")
+SCORE_VARIANTS = ("error", "psnr")
+NORMALISATIONS = ("train", "minmax", "none")
 
 
 # The small model of the CPU configs (`synthetic`, `ped2_cpu`): 64×64 or 96×96 frames in 8×8
@@ -98,6 +100,23 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 500
     config.train.keep_checkpoints = 3
 
+    # Frame scores (see jaxvad/scoring.py): S = n(c_rgb) + α·n(c_flow), c = E (variant "error")
+    # or −PSNR (variant "psnr"), n = the normalisation, then Gaussian smoothing over frames.
+    config.score = ml_collections.ConfigDict()
+    config.score.variant = "error"
+    config.score.alpha = 1.0
+    # "train": z-scores from the training split's errors (stored with the checkpoint; usable on
+    # unlabeled video); "minmax": per test video (needs the whole video); "none": raw.
+    config.score.normalisation = "train"
+    config.score.smoothing_sigma = 0.0  # Gaussian σ in frames; 0: no smoothing.
+    config.score.threshold_quantile = 0.99  # Alarm threshold: this quantile of training scores.
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 32  # Global, like train.batch_size.
+    config.eval.pixel_metrics = True  # Pixel AUC/AP and RBDC/TBDC where the split has masks.
+    config.eval.rbdc_thresholds = 50  # Map thresholds of the RBDC/TBDC curves.
+    config.eval.map_sigma = 0.04  # Spatial Gaussian blur of pixel maps, in frame widths.
+
     config.mesh = ml_collections.ConfigDict()
     config.mesh.fsdp = 1  # Devices per parameter shard; the data axis takes the rest.
     # Logical axis → mesh axis. The batch goes over every device; parameters are split along
@@ -132,6 +151,7 @@ def make_tiny(config: ml_collections.ConfigDict) -> None:
     config.loss.vgg16 = ""
     config.optimizer.warmup_steps = 2
     config.train.update(batch_size=4, num_steps=6, log_every=1, checkpoint_every=3)
+    config.eval.batch_size = 8
 
 
 def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
@@ -165,6 +185,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(t.num_steps > 0 or t.num_epochs > 0, "train.num_steps", "or train.num_epochs must be > 0")
     check(t.log_every >= 1 and t.checkpoint_every >= 1, "train", "log/checkpoint every ≥ 1 step")
     check(config.mesh.fsdp >= 1, "mesh.fsdp", "at least 1")
+    s = config.score
+    check(s.variant in SCORE_VARIANTS, "score.variant", f"one of {SCORE_VARIANTS}")
+    check(s.normalisation in NORMALISATIONS, "score.normalisation", f"one of {NORMALISATIONS}")
+    check(math.isfinite(s.alpha) and s.alpha >= 0, "score.alpha", "a number ≥ 0")
+    check(s.smoothing_sigma >= 0, "score.smoothing_sigma", "≥ 0 (0: no smoothing)")
+    check(0 < s.threshold_quantile <= 1, "score.threshold_quantile", "in (0, 1]")
+    check(config.eval.batch_size >= 1, "eval.batch_size", "at least 1")
+    check(config.eval.rbdc_thresholds >= 2, "eval.rbdc_thresholds", "at least 2")
+    check(config.eval.map_sigma >= 0, "eval.map_sigma", "≥ 0 (0: no blur)")
     for name in ("rgb", "flow", "perceptual", "ssim", "gradient"):
         check(config.loss[name] >= 0, f"loss.{name}", "weights are ≥ 0")
     check(

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvad.config import ConfigError
@@ -46,18 +47,20 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(batch_axes(rules)))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, rules: Rules) -> None:
-    """The global batch must split evenly over processes and over the batch's mesh axes."""
+def check_batch_size(
+    batch_size: int, mesh: Mesh, rules: Rules, field: str = "train.batch_size"
+) -> None:
+    """The global batch (`config.<field>`) must split evenly over processes and over the
+    batch's mesh axes."""
     shards = int(np.prod([mesh.shape[a] for a in batch_axes(rules)]))
     if batch_size % shards:
         raise ConfigError(
-            f"config.train.batch_size={batch_size} is not divisible by the {shards} batch shards "
+            f"config.{field}={batch_size} is not divisible by the {shards} batch shards "
             f"of the mesh {dict(mesh.shape)}"
         )
     if batch_size % jax.process_count():
         raise ConfigError(
-            f"config.train.batch_size={batch_size} is not divisible by the "
-            f"{jax.process_count()} processes"
+            f"config.{field}={batch_size} is not divisible by the {jax.process_count()} processes"
         )
 
 
@@ -88,3 +91,11 @@ def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.
 def global_batch(local: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     """This process's part of the batch (leading dim B / processes) → global arrays."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def to_host(tree: object) -> object:
+    """Global arrays → numpy arrays holding every process's part, in global order (on every
+    process); with one process, a plain device-to-host copy."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)

@@ -259,9 +259,11 @@ def rbdc_tbdc(
 
     `maps [N, H, W] float` (compared in float32), `masks [N, H, W] 0/1`, `videos [N]` ids; the
     frames of a video must be adjacent and in temporal order (tracks link adjacent frames with
-    the same id). `thresholds`: an int k → the k quantiles at levels linspace(0, 1, k) of all map
-    values (actual map values, `method="lower"`; repeated values kept once), or all distinct map
-    values when there are at most k of them; or an explicit sequence. The definitions and the
+    the same id). `thresholds`: an int k → the quantiles of all P map values at the levels
+    1 − f for k fractions f geometrically spaced from 1/P to 1 (dense where few pixels fire,
+    the part of the curve with FPR ≤ 1; actual map values, `method="lower"`; repeated values
+    kept once), or all distinct map values when there are at most k of them; or an explicit
+    sequence. The definitions and the
     area convention are in the module docstring.
 
     Returns `rbdc`, `tbdc` (floats in [0, 1]), `regions` and `tracks` (the GT counts) and
@@ -348,7 +350,8 @@ def _rbdc_thresholds(maps: np.ndarray, thresholds: int | Sequence[float]) -> np.
     if isinstance(thresholds, int | np.integer):
         if thresholds < 1:
             raise ValueError(f"thresholds must be a positive count, got {thresholds}")
-        values = np.unique(np.quantile(maps, np.linspace(0, 1, thresholds), method="lower"))
+        above = np.geomspace(1 / maps.size, 1, thresholds)  # Fraction of pixels above.
+        values = np.unique(np.quantile(maps, 1 - above, method="lower"))
         if values.size < thresholds:  # Repeated quantiles: the map may have ≤ k distinct values.
             distinct = np.unique(maps)
             if distinct.size <= thresholds:

@@ -9,7 +9,10 @@ otherwise it starts from the config's seed.
 
 The workdir receives `config.json` (the resolved config), `checkpoints/<step>/` (Orbax),
 `metrics.jsonl` and `tensorboard/` (every loss term, gradient and parameter norms, learning rate,
-steps/s). The loop reads top to bottom in `train`: mesh, input, model, shard, step, restore, loop.
+steps/s). After the last step the final model scores the training split, and these per-frame
+errors (the normal statistics that `jaxvad.evaluate` and `jaxvad.explain` normalise and
+threshold scores with) are stored with the last checkpoint. The loop reads top to bottom in
+`train`: mesh, input, model, shard, step, restore, loop.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from jaxvad import cli, distributed, losses, model
+from jaxvad import cli, distributed, losses, model, scoring
 from jaxvad import config as config_lib
 from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints
 from jaxvad.data import builder, pipeline
@@ -120,17 +123,6 @@ def make_optimizer(
     return tx, schedule
 
 
-def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """Stored batch → model space: frames uint8 → [-1, 1] float32, flows float16 → float32."""
-    frames = lambda x: x.astype(jnp.float32) / 127.5 - 1.0  # noqa: E731
-    return {
-        "frames": frames(batch["frames"]),
-        "flows": batch["flows"].astype(jnp.float32),
-        "target_frame": frames(batch["target_frame"]),
-        "target_flow": batch["target_flow"].astype(jnp.float32),
-    }
-
-
 def train_step(
     state: State,
     batch: Mapping[str, jax.Array],
@@ -148,7 +140,7 @@ def train_step(
     draws the same randomness. `vgg`: the frozen perceptual-loss network, or None (term off).
     Returns the new state and scalar metrics.
     """
-    inputs = model_inputs(batch)
+    inputs = model.model_inputs(batch)
     step_key = jax.random.fold_in(key, state["step"])
 
     def loss_fn(params: nnx.State) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -282,7 +274,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     mesh = distributed.make_mesh(config.mesh.fsdp)
 
     # --- Input: this process's shard of shuffled windows, batches of B / processes.
-    table = pipeline.open_prepared(dataset_dir(config), "train")
+    data_path = dataset_dir(config)
+    table = pipeline.open_prepared(data_path, "train")
     steps = total_steps(config, table)
     dataset = pipeline.train_dataset(
         table,
@@ -341,6 +334,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                 checkpoints.save(step, state, data_iter, config.to_dict())
                 last_good = step
         bar.update(steps - bar.n)
+        bar.close()
+        # The final model's errors on the training split: what scores are normalised and
+        # thresholded with (stored with the last checkpoint; kept when already there).
+        checkpoints.manager.wait_until_finished()
+        scorer = scoring.ErrorScorer(config, run.graphdef, mesh)
+        scoring.normal_errors(checkpoints, steps, scorer, state["params"], data_path)
     finally:
         bar.close()
         writer.close()

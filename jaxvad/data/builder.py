@@ -12,9 +12,11 @@ and read back with `tfds.builder_from_directory(prepared_dir(OUTPUT, "ped2", con
 
 Records (features): `video` (name), `video_index` (0-based position in the split), `frame_index`
 (1-based), `frame` `[S, S, C]` uint8, `flow` `[S, S, 2]` float16 (see `flow` for direction and
-normalisation), `label` (0/1; 0 throughout the train split), `mask` `[S, S]` uint8 0/1 (zeros
-where the dataset has no pixel masks; `metadata.splits[split].videos[i].has_pixel_mask` says
-which). Frame and flow are stored as raw bytes (fast to write and read), masks zlib-compressed.
+normalisation), `label` (0/1; 0 throughout the train split and for unlabeled videos), `mask`
+`[S, S]` uint8 0/1 (zeros where the dataset has no pixel masks;
+`metadata.splits[split].videos[i]` says which videos have labels (`has_labels`) and masks
+(`has_pixel_mask`)). Frame and flow are stored as raw bytes (fast to write and read), masks
+zlib-compressed.
 
 Work is done in two phases. First every video is decoded, resized and its flow computed, in
 parallel worker processes, each result cached as one `.npz` in `OUTPUT/<name>/<config>/cache/`
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import multiprocessing
 import os
 import shutil
@@ -192,6 +195,7 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for spec in videos:
                 with np.load(cached[split, spec.name]) as data:  # Reads only these members.
                     labels, has_masks = data["labels"], bool(data["has_masks"])
+                    has_labels = bool(data["has_labels"])
                     if split == "train":
                         moments += data["flow_moments"]
                 entries.append(
@@ -199,6 +203,7 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                         "name": spec.name,
                         "frames": len(labels),
                         "anomalous_frames": int(labels.sum()),
+                        "has_labels": has_labels,
                         "has_pixel_mask": has_masks,
                     }
                 )
@@ -290,6 +295,22 @@ def is_complete(dataset_dir: Path) -> bool:
     """Whether a version folder holds a finished dataset (TFDS writes `dataset_info.json`
     last, when it renames its `incomplete.*` folder)."""
     return (dataset_dir / "dataset_info.json").is_file()
+
+
+def read_metadata(dataset_dir: Path) -> dict:
+    """The metadata a prepared dataset was written with (see `VadBuilder._metadata`)."""
+    return json.loads((Path(dataset_dir) / "metadata.json").read_text())
+
+
+def split_has_labels(metadata: dict, split: str) -> bool:
+    """Whether every video of `split` has frame labels (datasets prepared before the
+    `has_labels` field existed always had them)."""
+    return all(v.get("has_labels", True) for v in metadata["splits"][split]["videos"])
+
+
+def split_has_masks(metadata: dict, split: str) -> bool:
+    """Whether any video of `split` has pixel masks."""
+    return any(v["has_pixel_mask"] for v in metadata["splits"][split]["videos"])
 
 
 def prepared_dir(output: str | Path, dataset: str, config: VadConfig) -> Path:

@@ -20,8 +20,9 @@ from jaxvad.data.video_io import convert_channels, resize_frames, resize_masks, 
 
 @dataclasses.dataclass(frozen=True)
 class PreparedVideo:
-    """frames `[N, S, S, C]` uint8, flow `[N, S, S, 2]` float16, labels `[N]` int32,
-    masks `[N, S, S]` uint8 0/1 (zeros when the dataset has none), has_masks, and
+    """frames `[N, S, S, C]` uint8, flow `[N, S, S, 2]` float16, labels `[N]` int32 (zeros
+    when the video is unlabeled), masks `[N, S, S]` uint8 0/1 (zeros when the dataset has
+    none), has_labels, has_masks, and
     flow_moments `[2, 2]` float64: per flow component (dx, dy), the sum and the sum of squares
     over all pixels and frames (for dataset statistics without re-reading the flow)."""
 
@@ -29,6 +30,7 @@ class PreparedVideo:
     flow: np.ndarray
     labels: np.ndarray
     masks: np.ndarray
+    has_labels: bool
     has_masks: bool
     flow_moments: np.ndarray
 
@@ -56,7 +58,9 @@ def prepare_video(spec: VideoSpec, *, size: int, channels: int, flow_method: str
     masks = resize_masks(video.masks, size) if has_masks else np.zeros((n, size, size), np.uint8)
     flat = flow.reshape(-1, 2).astype(np.float64)
     moments = np.stack([flat.sum(0), (flat**2).sum(0)])
-    return PreparedVideo(frames, flow, labels.astype(np.int32), masks, has_masks, moments)
+    return PreparedVideo(
+        frames, flow, labels.astype(np.int32), masks, video.labels is not None, has_masks, moments
+    )
 
 
 def save(video: PreparedVideo, path: Path) -> None:
@@ -69,6 +73,7 @@ def save(video: PreparedVideo, path: Path) -> None:
 def load(path: Path) -> PreparedVideo:
     with np.load(path) as data:
         fields = {f.name: data[f.name] for f in dataclasses.fields(PreparedVideo)}
+    fields["has_labels"] = bool(fields["has_labels"])
     fields["has_masks"] = bool(fields["has_masks"])
     return PreparedVideo(**fields)
 

@@ -296,15 +296,21 @@ def _clips(folder: Path, prefix: str) -> list[tuple[str, Path]]:
 
 
 def ped2_videos(source: Path) -> dict[str, list[VideoSpec]]:
-    """UCSD Ped2 (official `.tif`/`.bmp` layout or the repackaged `.mp4`/`.png` one)."""
+    """UCSD Ped2 (official `.tif`/`.bmp` layout or the repackaged `.mp4`/`.png` one). Without
+    a `.m` label file in `Test/` the test videos are read unlabeled (with a warning)."""
     source = _require_dir(Path(source))
     test_dir = source / "Test"
     train = [VideoSpec(n, "train", p) for n, p in _clips(source / "Train", "Train")]
     m_files = sorted(_require_dir(test_dir).glob("*.m"))
-    if len(m_files) != 1:
+    clips = _clips(test_dir, "Test")
+    if not m_files:
+        logging.warning(
+            "%s: no UCSD `.m` frame-label file: the test videos are unlabeled", test_dir
+        )
+        return {"train": train, "test": [VideoSpec(n, "test", p) for n, p in clips]}
+    if len(m_files) > 1:
         raise DataError(test_dir, f"expected one UCSD `.m` frame-label file, found {len(m_files)}")
     ranges = read_ucsd_m(m_files[0])
-    clips = _clips(test_dir, "Test")
     test = []
     # Entries are matched to clips by number (TestNNN ↔ entry NNN), so a subset of the clips
     # (e.g. the official sample) reads correctly; a clip without an entry is an error.

@@ -7,6 +7,10 @@ works); every class takes typed keyword arguments and `rngs`, never a config obj
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -27,4 +31,15 @@ def make_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> nnx.Modu
     )
 
 
-__all__ = ["MODELS", "Predictor", "make_model"]
+def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Stored batch → model space: frames uint8 → [-1, 1] float32, flows float16 → float32."""
+    frames = lambda x: x.astype(jnp.float32) / 127.5 - 1.0  # noqa: E731
+    return {
+        "frames": frames(batch["frames"]),
+        "flows": batch["flows"].astype(jnp.float32),
+        "target_frame": frames(batch["target_frame"]),
+        "target_flow": batch["target_flow"].astype(jnp.float32),
+    }
+
+
+__all__ = ["MODELS", "Predictor", "make_model", "model_inputs"]

@@ -1,0 +1,375 @@
+"""Anomaly scores from prediction errors, and the statistics of normal (training) video.
+
+For frame t the model predicts the frame Î and the flow F̂ into it from frames t−T..t−1. The
+first T frames of a video have no prediction: they are "not scored" and every metric leaves
+them out. Per scored frame:
+
+    E_rgb(t)  = mean over pixels and channels of (Î − I)²   (frames in [−1, 1])
+    E_flow(t) = mean over pixels and both components of (F̂ − F)²   (the dataset's flow units)
+
+A score is built from the two components c ∈ {rgb, flow} in three steps, all config fields
+(`config.score`):
+
+1. variant: c = E ("error", the paper's) or c = −PSNR = 10·log10(E / P²) ("psnr", the
+   field's), with peak P = 2 for frames (the range of [−1, 1], i.e. 255 of 8-bit) and 1 for flow.
+2. normalisation n(c): "train" — z-score (c − μ) / σ with μ, σ over the scored frames of the
+   training split (normal video only; stored with the checkpoint, so it works on any unlabeled
+   video); "minmax" — (c − min) / (max − min) over the scored frames of each video (the field's
+   per-video normalisation: needs the whole video); "none" — c itself.
+3. S = n(c_rgb) + α·n(c_flow), then Gaussian smoothing over each video's scored frames with σ
+   frames (σ = 0: none). Smoothing is linear, so it is applied to both normalised components and
+   S = score_rgb + α·score_flow holds for the reported numbers too.
+
+The alarm threshold is the `threshold_quantile` quantile of the training split's scores, passed
+through the same three steps (for "minmax", each training video normalised on its own).
+
+Pixel anomaly maps: with m_c the per-pixel squared error (mean over channels) of a frame,
+A = Σ_c w_c·(m_c − b_c) / s_c with weights (1, α) and (b_c, s_c) the shift and scale with which
+the normalisation maps E_c of that frame ("none": 0, 1; "train": μ, σ; "minmax": the video's
+min and range), so the spatial mean of A is the frame's unsmoothed "error" score; then A is
+blurred by a Gaussian of σ = `config.eval.map_sigma` × S pixels (squared errors are speckled
+at the pixel level; regions for RBDC/TBDC need blobs, as in the field's evaluations). Maps
+always use the error variant's normalisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import scipy.ndimage
+from flax import nnx
+from tqdm import tqdm
+
+from jaxvad import distributed, model
+from jaxvad.checkpoint import Checkpoints
+from jaxvad.data import pipeline
+
+log = logging.getLogger("jaxvad.scoring")
+
+COMPONENTS = ("rgb", "flow")
+PEAK = {"rgb": 2.0, "flow": 1.0}  # PSNR peaks: frames span [−1, 1]; flow in dataset units.
+TINY = 1e-12  # Floor of E in −PSNR (a perfect prediction would give log(0)).
+
+
+def error_step(
+    params: nnx.State, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef, maps: bool
+) -> dict[str, jax.Array]:
+    """Per-sample errors of one evaluation batch (B samples, S×S frames); a pure function.
+
+    Returns `rgb`, `flow` `[B]` float32 (E_rgb, E_flow), the batch's `video_index`,
+    `frame_index`, `label` `[B]` int32, `scored`, `valid` `[B]` bool and, when `maps`,
+    `rgb_map`, `flow_map` `[B, S, S]` float16 (per-pixel squared error, mean over channels) and
+    `mask` `[B, S, S]` uint8.
+    """
+    inputs = model.model_inputs(batch)
+    out = nnx.merge(graphdef, params)(inputs["frames"], inputs["flows"])
+    rgb_map = jnp.mean((out["frame"] - inputs["target_frame"]) ** 2, axis=-1)
+    flow_map = jnp.mean((out["flow"] - inputs["target_flow"]) ** 2, axis=-1)
+    result = {
+        "rgb": rgb_map.mean(axis=(1, 2)),
+        "flow": flow_map.mean(axis=(1, 2)),
+        **{k: batch[k] for k in ("video_index", "frame_index", "label", "scored", "valid")},
+    }
+    if maps:
+        result |= {
+            "rgb_map": rgb_map.astype(jnp.float16),
+            "flow_map": flow_map.astype(jnp.float16),
+            "mask": batch["mask"],
+        }
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitErrors:
+    """Prediction errors of every frame of a split, in (video, frame) order; N frames.
+
+    `video` `[N]` int32 (0-based index into `names`), `frame` `[N]` int32 (1-based),
+    `scored` `[N]` bool (False: no prediction), `rgb`, `flow` `[N]` float64 (E; 0 where not
+    scored), `label` `[N]` int32 0/1 or None (an unlabeled split), `maps`: None or
+    {"rgb", "flow": `[N, S, S]` float16, "mask": `[N, S, S]` uint8}.
+    """
+
+    names: list[str]
+    video: np.ndarray
+    frame: np.ndarray
+    scored: np.ndarray
+    rgb: np.ndarray
+    flow: np.ndarray
+    label: np.ndarray | None = None
+    maps: dict[str, np.ndarray] | None = None
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """What a checkpoint stores of the training split (no labels, no maps)."""
+        return {
+            "video": self.video,
+            "frame": self.frame,
+            "scored": self.scored.astype(np.int8),
+            "rgb": self.rgb,
+            "flow": self.flow,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> SplitErrors:
+        video = np.asarray(arrays["video"], np.int32)
+        return cls(
+            names=[str(v) for v in range(int(video.max()) + 1)],
+            video=video,
+            frame=np.asarray(arrays["frame"], np.int32),
+            scored=np.asarray(arrays["scored"]).astype(bool),
+            rgb=np.asarray(arrays["rgb"], np.float64),
+            flow=np.asarray(arrays["flow"], np.float64),
+        )
+
+
+class ErrorScorer:
+    """The jitted `error_step` of a model on a mesh, and the loop over a split."""
+
+    def __init__(self, config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, mesh):
+        rules = tuple(tuple(rule) for rule in config.mesh.rules)
+        distributed.check_batch_size(config.eval.batch_size, mesh, rules, field="eval.batch_size")
+        self.config = config
+        self.data_sharding = distributed.batch_sharding(mesh, rules)
+        self._steps = {
+            maps: jax.jit(functools.partial(error_step, graphdef=graphdef, maps=maps))
+            for maps in (False, True)
+        }
+
+    def step(
+        self, params: nnx.State, batch: Mapping[str, jax.Array], *, maps: bool
+    ) -> dict[str, jax.Array]:
+        """The jitted `error_step` on a global batch (laid out with `data_sharding`)."""
+        return self._steps[maps](params, batch)
+
+    def split_errors(
+        self,
+        params: nnx.State,
+        table: pipeline.FrameTable,
+        *,
+        labels: bool,
+        maps: bool,
+        desc: str,
+    ) -> tuple[SplitErrors, float]:
+        """Errors of every frame of `table` (this process scores its shard, every process gets
+        all of them); returns them and the seconds spent (reading + model + copy back)."""
+        config = self.config
+        dataset = pipeline.eval_dataset(
+            table,
+            history=config.history,
+            batch_size=config.eval.batch_size // jax.process_count(),
+            channels=config.data.channels,
+            read_threads=config.data.read_threads,
+        )
+        keys = pipeline.EVAL_KEYS if maps else tuple(k for k in pipeline.EVAL_KEYS if k != "mask")
+        steps = pipeline.eval_steps(table, batch_size=config.eval.batch_size // jax.process_count())
+        parts: list[dict[str, np.ndarray]] = []
+        start = time.perf_counter()
+        for local in tqdm(
+            dataset, total=steps, desc=desc, unit="batch", disable=jax.process_index() != 0
+        ):
+            batch = distributed.global_batch({k: local[k] for k in keys}, self.data_sharding)
+            parts.append(self.step(params, batch, maps=maps))
+            if len(parts) > 1:  # Copy the previous batch back while this one computes.
+                parts[-2] = distributed.to_host(parts[-2])
+        parts[-1] = distributed.to_host(parts[-1])
+        seconds = time.perf_counter() - start
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        keep = out.pop("valid")
+        out = {k: v[keep] for k, v in out.items()}
+        scored = out["scored"].astype(bool)
+        errors = SplitErrors(
+            names=list(table.video_names or [str(v) for v in range(table.num_videos)]),
+            video=out["video_index"].astype(np.int32),
+            frame=out["frame_index"].astype(np.int32),
+            scored=scored,
+            rgb=np.where(scored, out["rgb"], 0.0).astype(np.float64),
+            flow=np.where(scored, out["flow"], 0.0).astype(np.float64),
+            label=out["label"].astype(np.int32) if labels else None,
+            maps=(
+                {"rgb": out["rgb_map"], "flow": out["flow_map"], "mask": out["mask"]}
+                if maps
+                else None
+            ),
+        )
+        if len(errors.video) != table.num_frames:
+            raise AssertionError(f"scored {len(errors.video)} of {table.num_frames} frames")
+        return errors, seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores (numpy; every array below holds the N frames of a split in (video, frame) order).
+
+
+@dataclasses.dataclass(frozen=True)
+class Affine:
+    """Per-frame normalisation n = (c − shift) / scale; `shift`, `scale` `[N]`."""
+
+    shift: np.ndarray
+    scale: np.ndarray
+
+    def __call__(self, c: np.ndarray) -> np.ndarray:
+        return (c - self.shift) / self.scale
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """Scores of a split: `score`, `rgb`, `flow` `[N]` float64 (NaN where not scored; `rgb` and
+    `flow` are the normalised, smoothed components), and each component's `error_affine`
+    (the error variant's normalisation, for pixel maps)."""
+
+    score: np.ndarray
+    rgb: np.ndarray
+    flow: np.ndarray
+    error_affine: dict[str, Affine]
+
+
+def components(errors: SplitErrors, variant: str) -> dict[str, np.ndarray]:
+    """c_rgb, c_flow `[N]` of `variant` ("error": E, "psnr": −PSNR)."""
+    if variant == "error":
+        return {"rgb": errors.rgb, "flow": errors.flow}
+    return {
+        c: 10 * np.log10(np.maximum(getattr(errors, c), TINY) / PEAK[c] ** 2) for c in COMPONENTS
+    }
+
+
+def _per_video(values: np.ndarray, videos: np.ndarray, reduce) -> np.ndarray:
+    """`reduce` of each video's `values`, broadcast back to its frames."""
+    out = np.empty_like(values)
+    for v in np.unique(videos):
+        out[videos == v] = reduce(values[videos == v])
+    return out
+
+
+def normaliser(
+    c: np.ndarray, errors: SplitErrors, method: str, normal_c: np.ndarray | None
+) -> Affine:
+    """The affine map of `method` for component values `c` `[N]` of `errors`' frames;
+    `normal_c`: the same component on the scored training frames ("train" only)."""
+    n = len(c)
+    if method == "none":
+        return Affine(np.zeros(n), np.ones(n))
+    if method == "train":
+        mu, sigma = float(np.mean(normal_c)), float(np.std(normal_c))
+        return Affine(np.full(n, mu), np.full(n, sigma if sigma > 0 else 1.0))
+    scored, videos = errors.scored, errors.video
+    low = np.full(n, np.nan)
+    high = np.full(n, np.nan)
+    low[scored] = _per_video(c[scored], videos[scored], np.min)
+    high[scored] = _per_video(c[scored], videos[scored], np.max)
+    span = high - low
+    return Affine(low, np.where(span > 0, span, 1.0))
+
+
+def smooth(values: np.ndarray, errors: SplitErrors, sigma: float) -> np.ndarray:
+    """Gaussian smoothing (σ frames, edges repeat the end values) over each video's scored
+    frames; σ = 0 returns `values`."""
+    if sigma == 0:
+        return values
+    out = values.copy()
+    scored = errors.scored
+    out[scored] = _per_video(
+        values[scored],
+        errors.video[scored],
+        lambda x: scipy.ndimage.gaussian_filter1d(x, sigma, mode="nearest"),
+    )
+    return out
+
+
+def frame_scores(
+    errors: SplitErrors, score: ml_collections.ConfigDict, normal: SplitErrors
+) -> Scores:
+    """The scores of `errors` under `config.score`; `normal`: the training split's errors."""
+    scored = errors.scored
+    result, error_affine = {}, {}
+    for variant in dict.fromkeys((score.variant, "error")):
+        c, c_normal = components(errors, variant), components(normal, variant)
+        for name in COMPONENTS:
+            affine = normaliser(c[name], errors, score.normalisation, c_normal[name][normal.scored])
+            if variant == "error":
+                error_affine[name] = affine
+            if variant == score.variant:
+                value = np.where(scored, affine(c[name]), np.nan)
+                result[name] = smooth(value, errors, score.smoothing_sigma)
+    return Scores(
+        score=result["rgb"] + score.alpha * result["flow"],
+        rgb=result["rgb"],
+        flow=result["flow"],
+        error_affine=error_affine,
+    )
+
+
+def training_threshold(normal: SplitErrors, score: ml_collections.ConfigDict) -> float:
+    """The `score.threshold_quantile` quantile of the training split's own scores."""
+    scores = frame_scores(normal, score, normal).score[normal.scored]
+    return float(np.quantile(scores, score.threshold_quantile))
+
+
+def anomaly_maps(
+    errors: SplitErrors, scores: Scores, alpha: float, sigma: float = 0.0
+) -> np.ndarray:
+    """Pixel anomaly maps `[M, S, S]` float32 of the scored frames (see the module docstring),
+    each blurred by a Gaussian of `sigma` pixels (0: none)."""
+    if errors.maps is None:
+        raise ValueError("these errors were collected without pixel maps")
+    scored = errors.scored
+    out = np.zeros(errors.maps["rgb"][scored].shape, np.float32)
+    for name, weight in zip(COMPONENTS, (1.0, alpha), strict=True):
+        affine = scores.error_affine[name]
+        shift = affine.shift[scored][:, None, None].astype(np.float32)
+        scale = affine.scale[scored][:, None, None].astype(np.float32)
+        out += np.float32(weight) * (errors.maps[name][scored].astype(np.float32) - shift) / scale
+    if sigma > 0:
+        out = scipy.ndimage.gaussian_filter(out, (0, sigma, sigma), mode="nearest")
+    return out
+
+
+def describe(score: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The scoring protocol, as metrics.json states it."""
+    return {
+        "variant": score.variant,
+        "formula": (
+            "S = n(E_rgb) + alpha*n(E_flow)"
+            if score.variant == "error"
+            else "S = n(-PSNR_rgb) + alpha*n(-PSNR_flow)"
+        ),
+        "alpha": score.alpha,
+        "normalisation": {
+            "train": "z-score with mean/std of the training split's scored frames",
+            "minmax": "per video min-max over its scored frames",
+            "none": "none (raw components)",
+        }[score.normalisation],
+        "normalisation_name": score.normalisation,
+        "smoothing": (
+            f"gaussian, sigma={score.smoothing_sigma} frames, per video"
+            if score.smoothing_sigma
+            else "none"
+        ),
+    }
+
+
+def normal_errors(
+    checkpoints: Checkpoints,
+    step: int,
+    scorer: ErrorScorer,
+    params: nnx.State,
+    dataset_dir: Path,
+) -> SplitErrors:
+    """The training split's errors under the parameters of `step`: stored with the checkpoint,
+    or computed now (every process) and stored there."""
+    arrays = checkpoints.normal_errors(step)
+    if arrays is None:
+        log.info("scoring the training split with step %d (stored with the checkpoint)", step)
+        table = pipeline.open_prepared(dataset_dir, "train")
+        errors, _ = scorer.split_errors(params, table, labels=False, maps=False, desc="train")
+        arrays = errors.to_arrays()
+        checkpoints.save_normal_errors(step, arrays)
+    return SplitErrors.from_arrays(arrays)
