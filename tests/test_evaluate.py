@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+from test_train import ROOT, load_config
 
 from jaxvad import evaluate as evaluate_lib
 from jaxvad import train as train_lib
 from jaxvad.checkpoint import Checkpoints
 from jaxvad.data import builder, synthetic
-from tests.test_train import ROOT, load_config
 
 pytestmark = pytest.mark.slow
 
