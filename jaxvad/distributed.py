@@ -88,6 +88,13 @@ def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.
     )
 
 
+def with_shardings(abstract: nnx.State, shardings: nnx.State) -> nnx.State:
+    """Abstract arrays (shapes, dtypes) → the same with `shardings`: what Orbax restores into."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
 def global_batch(local: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     """This process's part of the batch (leading dim B / processes) → global arrays."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}

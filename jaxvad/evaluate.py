@@ -116,9 +116,7 @@ def load_params(
     graphdef, abstract = nnx.split(abstract_model, nnx.Param)
     checkpoints.check_fits(step, abstract, config.to_dict(), part="params")
     shardings = distributed.state_shardings(abstract, mesh, config.mesh.rules)
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
+    abstract = distributed.with_shardings(abstract, shardings)
     return graphdef, checkpoints.params(step, abstract)
 
 

@@ -162,15 +162,16 @@ class ErrorScorer:
         """Errors of every frame of `table` (this process scores its shard, every process gets
         all of them); returns them and the seconds spent (reading + model + copy back)."""
         config = self.config
+        batch_size = config.eval.batch_size // jax.process_count()  # This process's part.
         dataset = pipeline.eval_dataset(
             table,
             history=config.history,
-            batch_size=config.eval.batch_size // jax.process_count(),
+            batch_size=batch_size,
             channels=config.data.channels,
             read_threads=config.data.read_threads,
         )
         keys = pipeline.EVAL_KEYS if maps else tuple(k for k in pipeline.EVAL_KEYS if k != "mask")
-        steps = pipeline.eval_steps(table, batch_size=config.eval.batch_size // jax.process_count())
+        steps = pipeline.eval_steps(table, batch_size=batch_size)
         parts: list[dict[str, np.ndarray]] = []
         start = time.perf_counter()
         for local in tqdm(

@@ -232,9 +232,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, steps: int
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: model.make_model(config, rngs=nnx.Rngs(0))))
     abstract = jax.eval_shape(init)
     shardings = distributed.state_shardings(abstract, mesh, rules)
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
+    abstract = distributed.with_shardings(abstract, shardings)
 
     vgg = None
     if config.loss.vgg16:
