@@ -21,6 +21,7 @@ SCHEDULES = ("constant", "cosine")
 CONV3D = ("taps", "native")
 SCORE_VARIANTS = ("error", "psnr")
 NORMALISATIONS = ("train", "minmax", "none")
+CAPTION_SOURCES = ("frame", "crop", "overlay")
 
 
 # The small model of the CPU configs (`synthetic`, `ped2_cpu`): 64×64 or 96×96 frames in 8×8
@@ -117,6 +118,20 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.rbdc_thresholds = 50  # Map thresholds of the RBDC/TBDC curves.
     config.eval.map_sigma = 0.04  # Spatial Gaussian blur of pixel maps, in frame widths.
 
+    # Explanations (see jaxvad/explain): Grad-CAM, overlays and captions of each anomaly.
+    config.explain = ml_collections.ConfigDict()
+    config.explain.batch_size = 8  # Anomalies per Grad-CAM and caption batch (global).
+    config.explain.overlay_beta = 0.5  # β of I_overlay = β·I + (1 − β)·colormap(H).
+    # What BLIP captions: "frame", "crop" (the frame around the Grad-CAM peak) or "overlay"
+    # (the paper's choice: the frame with the heatmap blended in).
+    config.explain.caption_source = "crop"
+    config.explain.crop_fraction = 0.5  # Side of the crop, in frame widths.
+    config.explain.caption_beams = 3  # 1: greedy search.
+    config.explain.caption_tokens = 30  # Most new tokens per caption.
+    # Pointing game (where masks are known): a map's peak within this distance of the mask,
+    # in frame widths, counts as "near" (15 px at 224 px, as usual).
+    config.explain.pointing_tolerance = 15 / 224
+
     config.mesh = ml_collections.ConfigDict()
     config.mesh.fsdp = 1  # Devices per parameter shard; the data axis takes the rest.
     # Logical axis → mesh axis. The batch goes over every device; parameters are split along
@@ -152,6 +167,7 @@ def make_tiny(config: ml_collections.ConfigDict) -> None:
     config.optimizer.warmup_steps = 2
     config.train.update(batch_size=4, num_steps=6, log_every=1, checkpoint_every=3)
     config.eval.batch_size = 8
+    config.explain.batch_size = 4
 
 
 def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
@@ -194,6 +210,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(config.eval.batch_size >= 1, "eval.batch_size", "at least 1")
     check(config.eval.rbdc_thresholds >= 2, "eval.rbdc_thresholds", "at least 2")
     check(config.eval.map_sigma >= 0, "eval.map_sigma", "≥ 0 (0: no blur)")
+    e = config.explain
+    check(e.batch_size >= 1, "explain.batch_size", "at least 1")
+    check(0 <= e.overlay_beta <= 1, "explain.overlay_beta", "in [0, 1]")
+    sources = CAPTION_SOURCES
+    check(e.caption_source in sources, "explain.caption_source", f"one of {sources}")
+    check(0 < e.crop_fraction <= 1, "explain.crop_fraction", "in (0, 1]")
+    check(e.caption_beams >= 1, "explain.caption_beams", "at least 1 (1: greedy)")
+    check(e.caption_tokens >= 1, "explain.caption_tokens", "at least 1")
+    check(e.pointing_tolerance >= 0, "explain.pointing_tolerance", "≥ 0")
     for name in ("rgb", "flow", "perceptual", "ssim", "gradient"):
         check(config.loss[name] >= 0, f"loss.{name}", "weights are ≥ 0")
     check(

@@ -24,6 +24,7 @@ with a message.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -118,6 +119,34 @@ def load_params(
     shardings = distributed.state_shardings(abstract, mesh, config.mesh.rules)
     abstract = distributed.with_shardings(abstract, shardings)
     return graphdef, checkpoints.params(step, abstract)
+
+
+@dataclasses.dataclass(frozen=True)
+class Detector:
+    """A run's latest checkpoint, ready to score: the model's graphdef and sharded parameters,
+    the jitted scorer, the training split's errors (normal statistics) and the prepared data."""
+
+    step: int
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    scorer: scoring.ErrorScorer
+    normal: scoring.SplitErrors
+    data_dir: Path
+
+
+def load_detector(config: ml_collections.ConfigDict, workdir: Path) -> Detector:
+    """The latest checkpoint of `workdir` (checked against `config`) on a mesh of every
+    device, with its normal statistics (computed and stored with the checkpoint if missing)."""
+    checkpoints, step = latest_checkpoint(workdir, config)
+    try:
+        mesh = distributed.make_mesh(config.mesh.fsdp)
+        data_dir = dataset_dir(config)
+        graphdef, params = load_params(config, checkpoints, step, mesh)
+        scorer = scoring.ErrorScorer(config, graphdef, mesh)
+        normal = scoring.normal_errors(checkpoints, step, scorer, params, data_dir)
+    finally:
+        checkpoints.close()
+    return Detector(step, graphdef, params, scorer, normal, data_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,25 +329,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     config_lib.validate(config)
     started = time.perf_counter()
     workdir = Path(workdir)
-    checkpoints, step = latest_checkpoint(workdir, config)
-    try:
-        mesh = distributed.make_mesh(config.mesh.fsdp)
-        data_dir = dataset_dir(config)
-        metadata = builder.read_metadata(data_dir)
-        graphdef, params = load_params(config, checkpoints, step, mesh)
-        scorer = scoring.ErrorScorer(config, graphdef, mesh)
-        normal = scoring.normal_errors(checkpoints, step, scorer, params, data_dir)
-    finally:
-        checkpoints.close()
-
+    detector = load_detector(config, workdir)
+    step, normal, data_dir = detector.step, detector.normal, detector.data_dir
+    metadata = builder.read_metadata(data_dir)
     table = pipeline.open_prepared(data_dir, "test")
     labeled = builder.split_has_labels(metadata, "test")
     masked_videos = [
         i for i, v in enumerate(metadata["splits"]["test"]["videos"]) if v["has_pixel_mask"]
     ]
     want_maps = labeled and config.eval.pixel_metrics and bool(masked_videos)
-    errors, seconds = scorer.split_errors(
-        params, table, labels=labeled, maps=want_maps, desc="test"
+    errors, seconds = detector.scorer.split_errors(
+        detector.params, table, labels=labeled, maps=want_maps, desc="test"
     )
     scores = scoring.frame_scores(errors, config.score, normal)
     threshold = scoring.training_threshold(normal, config.score)

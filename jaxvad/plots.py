@@ -39,9 +39,11 @@ def score_curve(
     scores: np.ndarray,
     labels: np.ndarray | None,
     threshold: float,
+    marks: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """One video's score against its frame numbers (`frames [n]`, `scores [n]` with NaN where
-    a frame has no score), ground-truth anomalous frames shaded, the threshold dashed."""
+    a frame has no score), ground-truth anomalous frames shaded, the threshold dashed, and
+    `marks` (frame numbers, scores) as red dots."""
     fig, ax = plt.subplots(figsize=(9, 2.8))
     if labels is not None:
         for i, (start, end) in enumerate(_spans(labels == 1)):
@@ -55,6 +57,8 @@ def score_curve(
             )
     ax.plot(frames, scores, color=NORMAL, lw=1.2, label="score")
     ax.axhline(threshold, color=THRESHOLD, ls="--", lw=1, label=f"threshold {threshold:.3g}")
+    if marks is not None and len(marks[0]):
+        ax.plot(*marks, "o", color=ANOMALOUS, ms=3, label="explained anomalies")
     ax.set(xlabel="frame", ylabel="anomaly score", title=video, xlim=(frames[0], frames[-1]))
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     return _save(fig, path)

@@ -322,12 +322,32 @@ def anomaly_maps(
     if errors.maps is None:
         raise ValueError("these errors were collected without pixel maps")
     scored = errors.scored
-    out = np.zeros(errors.maps["rgb"][scored].shape, np.float32)
+    return pixel_maps(
+        {name: errors.maps[name][scored] for name in COMPONENTS},
+        {name: scores.error_affine[name].shift[scored] for name in COMPONENTS},
+        {name: scores.error_affine[name].scale[scored] for name in COMPONENTS},
+        alpha,
+        sigma,
+    )
+
+
+def pixel_maps(
+    maps: Mapping[str, np.ndarray],
+    shift: Mapping[str, np.ndarray],
+    scale: Mapping[str, np.ndarray],
+    alpha: float,
+    sigma: float = 0.0,
+) -> np.ndarray:
+    """A = Σ_c w_c·(m_c − shift_c) / scale_c, blurred by a Gaussian of `sigma` pixels.
+
+    maps: per component `[M, S, S]` per-pixel squared errors; shift, scale: per component `[M]`
+    (each frame's error-variant normalisation). Returns `[M, S, S]` float32.
+    """
+    out = np.zeros(np.shape(maps["rgb"]), np.float32)
     for name, weight in zip(COMPONENTS, (1.0, alpha), strict=True):
-        affine = scores.error_affine[name]
-        shift = affine.shift[scored][:, None, None].astype(np.float32)
-        scale = affine.scale[scored][:, None, None].astype(np.float32)
-        out += np.float32(weight) * (errors.maps[name][scored].astype(np.float32) - shift) / scale
+        b = np.asarray(shift[name], np.float32)[:, None, None]
+        s = np.asarray(scale[name], np.float32)[:, None, None]
+        out += np.float32(weight) * (np.asarray(maps[name], np.float32) - b) / s
     if sigma > 0:
         out = scipy.ndimage.gaussian_filter(out, (0, sigma, sigma), mode="nearest")
     return out

@@ -459,6 +459,38 @@ def eval_steps(table: FrameTable, *, batch_size: int, shard_count: int | None = 
     return _eval_blocks(table.num_frames, batch_size, count)[1]
 
 
+def eval_samples(
+    table: FrameTable, positions: np.ndarray, *, history: int, channels: int | None = None
+) -> dict[str, np.ndarray]:
+    """The evaluation samples of the frames at `positions` `[B]` (indices into
+    `table.frame_ids`, i.e. the split's frames in (video, frame) order); any frames, in any order.
+
+    Returns the keys of `train_dataset` plus `label` `[B]` int32, `mask` `[B, S, S]` uint8 and
+    `scored` `[B]` bool. For frame t ≤ T the missing past frames repeat frame 1 with zero flows,
+    and `scored` is False (no real prediction).
+    """
+    T = history
+    target = table.frame_ids[positions]  # [B]
+    t = table.frame_index[target]  # [B] 1-based
+    first = table.video_starts[table.video_index[target]]  # [B] position of frame 1
+    past = t[:, None] - T + np.arange(T)  # [B, T] frame numbers, < 1 where missing
+    ids = table.frame_ids[first[:, None] + np.maximum(past, 1) - 1]
+    records = table.fetch(np.concatenate([ids.ravel(), target]))
+    flows = table.gather(records, ids, "flow")
+    flows[past < 1] = 0
+    return {
+        "frames": convert_channels(table.gather(records, ids, "frame"), channels),
+        "flows": flows,
+        "target_frame": convert_channels(table.gather(records, target, "frame"), channels),
+        "target_flow": table.gather(records, target, "flow"),
+        "video_index": table.video_index[target].astype(np.int32),
+        "frame_index": t.astype(np.int32),
+        "label": table.gather(records, target, "label").astype(np.int32),
+        "mask": table.gather(records, target, "mask").astype(np.uint8),
+        "scored": t > T,
+    }
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class _EvalBatch:
     """Batch number → an evaluation batch (see `eval_dataset`)."""
@@ -471,37 +503,16 @@ class _EvalBatch:
     channels: int | None
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        table, T = self.table, self.history
         positions = self.start + step * self.batch_size + np.arange(self.batch_size)
         valid = positions < self.stop
         # Padding repeats the block's last sample (or the split's first for an empty block).
         positions = np.where(valid, positions, self.stop - 1 if self.stop > self.start else 0)
-        target = table.frame_ids[positions]  # [B]
-        t = table.frame_index[target]  # [B] 1-based
-        first = table.video_starts[table.video_index[target]]  # [B] position of frame 1
-        past = t[:, None] - T + np.arange(T)  # [B, T] frame numbers, < 1 where missing
-        ids = table.frame_ids[first[:, None] + np.maximum(past, 1) - 1]
-        records = table.fetch(np.concatenate([ids.ravel(), target]))
-        frames = convert_channels(table.gather(records, ids, "frame"), self.channels)
-        flows = table.gather(records, ids, "flow")
-        flows[past < 1] = 0
-        target_frame = convert_channels(table.gather(records, target, "frame"), self.channels)
-        label = table.gather(records, target, "label").astype(np.int32)
-        mask = table.gather(records, target, "mask").astype(np.uint8)
-        label[~valid] = 0
-        mask[~valid] = 0
-        return {
-            "frames": frames,
-            "flows": flows,
-            "target_frame": target_frame,
-            "target_flow": table.gather(records, target, "flow"),
-            "video_index": table.video_index[target].astype(np.int32),
-            "frame_index": t.astype(np.int32),
-            "label": label,
-            "mask": mask,
-            "scored": valid & (t > T),
-            "valid": valid,
-        }
+        batch = eval_samples(self.table, positions, history=self.history, channels=self.channels)
+        batch["label"][~valid] = 0
+        batch["mask"][~valid] = 0
+        batch["scored"] &= valid
+        batch["valid"] = valid
+        return batch
 
 
 def eval_dataset(

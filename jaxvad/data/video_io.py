@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".bmp", ".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm")
@@ -108,14 +109,25 @@ def read_image(path: Path, *, grayscale: bool = False) -> np.ndarray:
     return _to_channels_last(image)
 
 
-def read_image_folder(files: Sequence[Path]) -> np.ndarray:
-    """Frames from numbered image files, `[N, H, W, C]` uint8 (C = 1 if all are gray)."""
-    frames = _as_nhwc([read_image(p) for p in files], files[0].parent)
-    return _maybe_gray(frames)
+def read_image_folder(files: Sequence[Path], size: int | None = None) -> np.ndarray:
+    """Frames from numbered image files, `[N, H, W, C]` uint8 (C = 1 if all are gray); with
+    `size`, each frame is resized to `size`×`size` as it is read (see `resize_frames`)."""
+    if size is None:
+        return _maybe_gray(_as_nhwc([read_image(p) for p in files], files[0].parent))
+    frames, shape = [], None
+    for path in tqdm(files, desc="read", unit="frame"):
+        image = read_image(path)
+        shape = shape or image.shape
+        if image.shape != shape:
+            raise DataError(path, f"frame of size {image.shape}, the first frame is {shape}")
+        frames.append(_resize(image, size))
+    return _maybe_gray(np.stack(frames))
 
 
-def read_video_file(path: Path) -> np.ndarray:
-    """Every frame of a video file, `[N, H, W, C]` uint8 (C = 1 if its channels are equal).
+def read_video_file(path: Path, size: int | None = None) -> np.ndarray:
+    """Every frame of a video file, `[N, H, W, C]` uint8 (C = 1 if its channels are equal);
+    with `size`, each frame is resized to `size`×`size` as it is decoded (see `resize_frames`),
+    so a long video never sits in memory at its full resolution.
 
     Raises DataError for a missing, unreadable or empty file, and for a file that ends before
     the frame count in its header (a truncated download).
@@ -127,11 +139,15 @@ def read_video_file(path: Path) -> np.ndarray:
         raise DataError(path, "OpenCV cannot open this video")
     declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     frames = []
+    progress = tqdm(total=max(declared, 0) or None, desc="decode", unit="frame", disable=not size)
     while True:
         ok, frame = capture.read()
         if not ok:
             break
-        frames.append(_to_channels_last(frame))
+        frame = _to_channels_last(frame)
+        frames.append(frame if size is None else _resize(frame, size))
+        progress.update()
+    progress.close()
     capture.release()
     if not frames:
         raise DataError(path, "unreadable video: no frame could be decoded")
@@ -142,13 +158,20 @@ def read_video_file(path: Path) -> np.ndarray:
     return _maybe_gray(_as_nhwc(frames, path))
 
 
-def read_frames(path: Path) -> np.ndarray:
-    """A video file or a folder of numbered frames → `[N, H, W, C]` uint8."""
+def read_frames(path: Path, size: int | None = None) -> np.ndarray:
+    """A video file or a folder of numbered frames → `[N, H, W, C]` uint8 (`[N, size, size, C]`
+    with `size`: resized frame by frame while reading)."""
     if path.is_dir():
-        return read_image_folder(numbered_images(path))
+        return read_image_folder(numbered_images(path), size)
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise DataError(path, "neither a folder of frames nor a video file")
-    return read_video_file(path)
+    return read_video_file(path, size)
+
+
+def _resize(frame: np.ndarray, size: int) -> np.ndarray:
+    """`[H, W, C]` uint8 → `[size, size, C]` (area interpolation, aspect not kept)."""
+    resized = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+    return resized.reshape(size, size, frame.shape[-1])
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
@@ -156,8 +179,7 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     as the field's 224×224 protocols do)."""
     out = np.empty((len(frames), size, size, frames.shape[-1]), np.uint8)
     for i, frame in enumerate(frames):
-        resized = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
-        out[i] = resized.reshape(size, size, -1)
+        out[i] = _resize(frame, size)
     return out
 
 

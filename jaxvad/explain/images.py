@@ -1,0 +1,72 @@
+"""Pictures of an explanation: heatmaps in a colour map, the overlay I_overlay = β·I +
+(1 − β)·colormap(H), the crop around the heatmap's peak, and PNG files.
+
+Images are numpy arrays, RGB `[S, S, 3]` uint8 (frames with one channel are shown as gray RGB);
+heatmaps `[S, S]` float.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import scipy.ndimage
+
+
+def as_rgb(frame: np.ndarray) -> np.ndarray:
+    """`[S, S, C]` uint8 (C = 1 or 3) → `[S, S, 3]` uint8."""
+    return np.repeat(frame, 3, axis=-1) if frame.shape[-1] == 1 else frame
+
+
+def unit_range(values: np.ndarray) -> np.ndarray:
+    """(v − min) / (max − min) `[S, S]` float32 (zeros for a constant map)."""
+    values = np.asarray(values, np.float32)
+    low, high = float(values.min()), float(values.max())
+    return (values - low) / (high - low) if high > low else np.zeros_like(values)
+
+
+def colormap(heat: np.ndarray) -> np.ndarray:
+    """`[S, S]` values in [0, 1] → `[S, S, 3]` uint8 RGB in the JET colour map (blue low,
+    red high)."""
+    levels = np.round(np.clip(heat, 0.0, 1.0) * 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
+def overlay(frame: np.ndarray, heat: np.ndarray, beta: float) -> np.ndarray:
+    """I_overlay = β·I + (1 − β)·colormap(H): `[S, S, 3]` uint8."""
+    blend = beta * as_rgb(frame).astype(np.float32) + (1 - beta) * colormap(heat)
+    return np.round(blend).astype(np.uint8)
+
+
+def peak(heat: np.ndarray) -> tuple[int, int]:
+    """(row, column) of the heatmap's maximum (the first one)."""
+    row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return int(row), int(col)
+
+
+def pointing(heat: np.ndarray, mask: np.ndarray) -> dict[str, bool | float]:
+    """The pointing game of one map: is its peak inside the ground-truth `mask` `[S, S]`
+    (non-empty), and how far (pixels) from the nearest mask pixel is it (0 inside)."""
+    distance = scipy.ndimage.distance_transform_edt(mask == 0)[peak(heat)]
+    return {"inside": bool(distance == 0), "distance": float(distance)}
+
+
+def crop_around(frame: np.ndarray, heat: np.ndarray, fraction: float) -> np.ndarray:
+    """The square of side `fraction`·S centred on the heatmap's peak, moved inside the frame:
+    `[s, s, 3]` uint8."""
+    size = frame.shape[0]
+    side = max(1, round(fraction * size))
+    row, col = peak(heat)
+    top = min(max(row - side // 2, 0), size - side)
+    left = min(max(col - side // 2, 0), size - side)
+    return as_rgb(frame)[top : top + side, left : left + side]
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    """Writes an RGB `[H, W, 3]` (or gray `[H, W]`) uint8 image as PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    if not cv2.imwrite(str(path), bgr):
+        raise OSError(f"{path}: could not write the PNG")
+    return path

@@ -1,0 +1,61 @@
+"""report.html: one page per explanation run, rendered with jinja2 (autoescaped: a video named
+`<script>…` is shown as text), images by relative, URL-quoted paths, no scripts and nothing
+fetched from the network, so the folder can be copied anywhere and opened offline."""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+TEMPLATE = "report.html.j2"
+
+# What each image of an anomaly shows, in the order of the page.
+IMAGE_TITLES = {
+    "frame": "frame",
+    "predicted": "predicted frame",
+    "error_rgb": "appearance error (Î − I)²",
+    "error_flow": "motion error (F̂ − F)²",
+    "anomaly_map": "anomaly map (normalised, blurred)",
+    "gradcam": "Grad-CAM (motion features)",
+    "overlay": "Grad-CAM overlay",
+    "crop": "captioned crop",
+}
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("jaxvad.explain", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["url"] = lambda path: urllib.parse.quote(str(path))
+    env.filters["num"] = lambda x, digits=3: "–" if x is None else f"{x:.{digits}f}"
+    return env
+
+
+def render(
+    *,
+    summary: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    curves: Mapping[str, str],
+) -> str:
+    """The page: the summary, each video's score curve (relative path in `curves`), then the
+    video's records in frame order."""
+    by_video = {name: [r for r in records if r["video"] == name] for name in curves}
+    return (
+        _environment()
+        .get_template(TEMPLATE)
+        .render(summary=summary, curves=curves, by_video=by_video, titles=IMAGE_TITLES)
+    )
+
+
+def write(path: Path, **context: Any) -> Path:
+    """Renders the page (`render`'s keyword arguments) into `path`."""
+    path.write_text(render(**context), encoding="utf-8")
+    return path

@@ -1,0 +1,131 @@
+"""Grad-CAM on constructed cases, and the explained forward pass of a real predictor."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxvad.explain import attribution, images
+from jaxvad.explain.gradcam import explain_step, grad_cam
+from jaxvad.model import Predictor
+
+B, T, h, w, K, S = 2, 3, 4, 4, 5, 32
+CELL = S // h  # Pixels per feature cell.
+
+
+def bumps(rng: np.random.Generator) -> np.ndarray:
+    """Positive features `[B, T, h, w, K]`: every channel has activity everywhere, channel 0
+    strongest at cell (1, 2) for sample 0 and (3, 0) for sample 1, channel 1 strongest at
+    other cells."""
+    a = rng.uniform(0.1, 0.3, (B, T, h, w, K)).astype(np.float32)
+    a[0, :, 1, 2, 0] += 2.0
+    a[1, :, 3, 0, 0] += 2.0
+    a[0, :, 3, 3, 1] += 5.0
+    a[1, :, 0, 3, 1] += 5.0
+    return a
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_heatmap_peaks_where_only_one_region_can_change_the_score(sign):
+    """S depends on the features of one cell only (channel 0 there, squared): Grad-CAM puts
+    its peak in that cell's pixels, whatever other channels hold (channel 1 is stronger
+    elsewhere but cannot change S); a score that falls with the region gives no heat."""
+    features = bumps(np.random.default_rng(0))
+    region = {0: (1, 2), 1: (3, 0)}
+
+    def score(a):
+        picks = jnp.stack([a[b, :, *region[b], 0] for b in range(B)])  # [B, T]
+        return sign * (picks**2).sum(axis=1), None
+
+    heat, _ = grad_cam(score, jnp.asarray(features), S)
+    heat = np.asarray(heat)
+    assert heat.shape == (B, S, S)
+    if sign < 0:
+        np.testing.assert_array_equal(heat, 0.0)  # ReLU: nothing raises S.
+        return
+    for b, (i, j) in region.items():
+        row, col = images.peak(heat[b])
+        assert (row // CELL, col // CELL) == (i, j)
+        assert heat[b].min() == 0.0 and heat[b].max() == pytest.approx(1.0)
+
+
+def test_weights_are_mean_gradients_and_time_is_averaged():
+    """Linear S = Σ_k c_k Σ_{t,i,j} A^k: ∂S/∂A^k = c_k everywhere, so α_k = c_k and the heatmap
+    is the min–max of mean_t ReLU(Σ_k c_k A^k) (the grid is the frame: no upsampling)."""
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0, 1, (1, T, 2, 2, K)).astype(np.float32)
+    c = rng.uniform(-0.5, 1.0, K).astype(np.float32)
+    heat, _ = grad_cam(lambda x: ((x * c).sum(axis=(1, 2, 3, 4)), None), jnp.asarray(a), 2)
+    expected = np.maximum((a * c).sum(-1), 0).mean(axis=1)[0]  # [2, 2]: the grid itself.
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    np.testing.assert_allclose(np.asarray(heat)[0], expected, atol=1e-6)
+
+
+def test_explain_step_matches_the_model_and_its_errors():
+    model = Predictor(
+        image_size=S,
+        channels=1,
+        history=T,
+        patch=8,
+        width=16,
+        spatial_depth=1,
+        temporal_depth=1,
+        heads=2,
+        motion_channels=(4, 8, 8),
+        decoder_channels=(8, 8, 4),
+        rngs=nnx.Rngs(0),
+    )
+    graphdef, params = nnx.split(model, nnx.Param)
+    rng = np.random.default_rng(2)
+    batch = {
+        "frames": rng.integers(0, 256, (B, T, S, S, 1), dtype=np.uint8),
+        "flows": rng.normal(0, 0.3, (B, T, S, S, 2)).astype(np.float16),
+        "target_frame": rng.integers(0, 256, (B, S, S, 1), dtype=np.uint8),
+        "target_flow": rng.normal(0, 0.3, (B, S, S, 2)).astype(np.float16),
+    }
+    shift = np.array([[0.1, 0.01], [0.2, 0.02]], np.float32)
+    scale = np.array([[0.5, 0.05], [0.25, 0.1]], np.float32)
+    out = jax.jit(lambda p, b, s0, s1: explain_step(p, b, s0, s1, graphdef=graphdef, alpha=2.0))(
+        params, batch, shift, scale
+    )
+    ref = model(
+        jnp.asarray(batch["frames"], jnp.float32) / 127.5 - 1,
+        jnp.asarray(batch["flows"], jnp.float32),
+    )
+    target = batch["target_frame"].astype(np.float32) / 127.5 - 1
+    e_rgb = ((np.asarray(ref["frame"]) - target) ** 2).mean(axis=(1, 2, 3))
+    e_flow = ((np.asarray(ref["flow"]) - batch["target_flow"].astype(np.float32)) ** 2).mean(
+        axis=(1, 2, 3)
+    )
+    np.testing.assert_allclose(out["rgb"], e_rgb, rtol=1e-5)
+    np.testing.assert_allclose(out["flow"], e_flow, rtol=1e-5)
+    expected = (e_rgb - shift[:, 0]) / scale[:, 0] + 2.0 * (e_flow - shift[:, 1]) / scale[:, 1]
+    np.testing.assert_allclose(out["score"], expected, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["rgb_map"]).mean(axis=(1, 2)), e_rgb, rtol=1e-5)
+    assert out["gradcam"].shape == (B, S, S) and out["predicted"].dtype == np.uint8
+    assert float(out["gradcam"].min()) >= 0.0 and float(out["gradcam"].max()) <= 1.0
+    predicted = np.round((np.clip(np.asarray(ref["frame"]), -1, 1) + 1) * 127.5)
+    np.testing.assert_allclose(np.asarray(out["predicted"], np.float32), predicted, atol=1)
+
+
+def test_attribution_uses_training_normalised_errors():
+    """E_flow is far smaller than E_rgb in raw units; z-scores decide."""
+    assert attribution.modality(z_rgb=0.5, z_flow=6.0) == "motion"
+    assert attribution.modality(z_rgb=4.0, z_flow=1.0) == "appearance"
+    text = attribution.sentence(0.5, 6.0)
+    assert text.startswith("Abnormal motion pattern") and "+6.0 σ" in text and "+0.5 σ" in text
+    assert attribution.sentence(4.0, -1.0).startswith("Unusual appearance")
+
+
+def test_overlay_and_crop():
+    frame = np.full((S, S, 1), 100, np.uint8)
+    heat = np.zeros((S, S), np.float32)
+    heat[3, 29] = 1.0
+    blended = images.overlay(frame, heat, beta=0.25)
+    red = images.colormap(np.ones((1, 1)))[0, 0].astype(np.float32)
+    np.testing.assert_array_equal(blended[3, 29], np.round(0.25 * 100 + 0.75 * red))
+    crop = images.crop_around(frame, heat, 0.5)
+    assert crop.shape == (16, 16, 3)  # Moved inside the frame at the top-right corner.
