@@ -1,4 +1,13 @@
-"""Device layout: one `Mesh` with axes ("data", "fsdp") and the `NamedSharding`s derived from it.
+"""Processes and device layout: JAX's multi-controller runtime started from the environment, one
+`Mesh` with axes ("data", "fsdp") and the `NamedSharding`s derived from it.
+
+`initialize` starts `jax.distributed` once per process, from (first match):
+- `JAXVAD_COORDINATOR=host:port`, `JAXVAD_NUM_PROCESSES`, `JAXVAD_PROCESS_ID`: explicit (local
+  multi-process runs, `launch/local_multiprocess.sh`, or any launcher); CPU collectives use gloo;
+- SLURM with more than one task (`srun`, `launch/slurm_gpu.sbatch`): JAX's SLURM detection;
+- a Cloud TPU VM pod (more than one worker in `TPU_WORKER_HOSTNAMES`, `launch/tpu_vm.sh`):
+  JAX's TPU detection;
+- otherwise one process: nothing to start.
 
 The same code serves one CPU, eight GPUs and a multi-host pod: the batch is split over every
 device (logical axis "batch" → ("data", "fsdp")), and parameters carry logical axis names
@@ -8,6 +17,8 @@ with fsdp > 1 each parameter is split along "fsdp" on its embedding / output-cha
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -18,8 +29,65 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvad.config import ConfigError
 
+log = logging.getLogger("jaxvad.distributed")
+
 AXES = ("data", "fsdp")
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+EXPLICIT = ("JAXVAD_COORDINATOR", "JAXVAD_NUM_PROCESSES", "JAXVAD_PROCESS_ID")
+
+
+def launcher() -> str:
+    """Who started this process, from the environment: "explicit" (the JAXVAD_* variables),
+    "slurm" (more than one task), "tpu" (a pod of more than one worker) or "single"."""
+    if any(os.environ.get(name) for name in EXPLICIT):
+        return "explicit"
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or "1"
+    if int(tasks) > 1 and "SLURM_JOB_ID" in os.environ:
+        return "slurm"
+    if len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return "tpu"
+    return "single"
+
+
+def initialize() -> None:
+    """Starts `jax.distributed` as `launcher()` says (see the module docstring), once; call it
+    before any other use of JAX. A single process starts nothing."""
+    if jax.distributed.is_initialized():
+        return
+    how = launcher()
+    if how == "explicit":
+        values = {name: os.environ.get(name) for name in EXPLICIT}
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            raise ConfigError(f"set all of {', '.join(EXPLICIT)} (missing: {', '.join(missing)})")
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=values["JAXVAD_COORDINATOR"],
+            num_processes=int(values["JAXVAD_NUM_PROCESSES"]),
+            process_id=int(values["JAXVAD_PROCESS_ID"]),
+        )
+    elif how == "slurm":
+        jax.distributed.initialize(cluster_detection_method="slurm")
+    elif how == "tpu":
+        jax.distributed.initialize()
+
+
+def setup(fsdp: int) -> Mesh:
+    """`initialize`, then the (data, fsdp) mesh over every device of every process; logs one
+    banner: processes, devices, mesh."""
+    initialize()
+    mesh = make_mesh(fsdp)
+    log.info(
+        "process %d of %d (%s); devices: %d local, %d global (%s); mesh %s",
+        jax.process_index(),
+        jax.process_count(),
+        launcher(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.devices()[0].platform,
+        dict(mesh.shape),
+    )
+    return mesh
 
 
 def make_mesh(fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:

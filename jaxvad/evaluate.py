@@ -137,9 +137,10 @@ class Detector:
 def load_detector(config: ml_collections.ConfigDict, workdir: Path) -> Detector:
     """The latest checkpoint of `workdir` (checked against `config`) on a mesh of every
     device, with its normal statistics (computed and stored with the checkpoint if missing)."""
+    distributed.initialize()  # Before any other use of JAX.
     checkpoints, step = latest_checkpoint(workdir, config)
     try:
-        mesh = distributed.make_mesh(config.mesh.fsdp)
+        mesh = distributed.setup(config.mesh.fsdp)
         data_dir = dataset_dir(config)
         graphdef, params = load_params(config, checkpoints, step, mesh)
         scorer = scoring.ErrorScorer(config, graphdef, mesh)

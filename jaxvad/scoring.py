@@ -183,7 +183,16 @@ class ErrorScorer:
                 parts[-2] = distributed.to_host(parts[-2])
         parts[-1] = distributed.to_host(parts[-1])
         seconds = time.perf_counter() - start
-        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        # Step k of the global batch holds every process's k-th local batch in process order;
+        # the split's order is process 0's whole block first: [steps, P, b] → [P, steps, b].
+        processes = jax.process_count()
+        out = {
+            k: np.stack([p[k] for p in parts])
+            .reshape(len(parts), processes, batch_size, *parts[0][k].shape[1:])
+            .swapaxes(0, 1)
+            .reshape(-1, *parts[0][k].shape[1:])
+            for k in parts[0]
+        }
         keep = out.pop("valid")
         out = {k: v[keep] for k, v in out.items()}
         scored = out["scored"].astype(bool)

@@ -262,6 +262,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, steps: int
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Trains (or resumes) the run of `config` in `workdir`; returns the last step's metrics."""
     config_lib.validate(config)
+    distributed.initialize()  # Before any other use of JAX.
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
     if is_main:
@@ -269,7 +270,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
     # --- Mesh: every device in (data, fsdp); the batch is split over both axes.
-    mesh = distributed.make_mesh(config.mesh.fsdp)
+    mesh = distributed.setup(config.mesh.fsdp)
 
     # --- Input: this process's shard of shuffled windows, batches of B / processes.
     data_path = dataset_dir(config)
@@ -288,9 +289,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     # --- Model, optimizer, step: shapes first, then shardings, then materialise sharded.
     run = build(config, mesh, steps)
     num_params = sum(x.size for x in jax.tree.leaves(run.abstract["params"]))
-    log.info(
-        "model %s: %s parameters; mesh %s", config.model.name, f"{num_params:,}", dict(mesh.shape)
-    )
+    log.info("model %s: %s parameters", config.model.name, f"{num_params:,}")
     key_dropout = jax.random.fold_in(jax.random.key(config.seed), 1)
 
     # --- Restore: this workdir's latest checkpoint, else initialise from the seed.
@@ -325,7 +324,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                 now = time.perf_counter()
                 metrics["steps_per_second"] = (step - tick_step) / (now - tick)
                 tick, tick_step = now, step
-                writer.write(step, metrics)
+                writer.write(step, metrics)  # Files: process 0 only.
+                log.info("step %d: loss %.9g", step, metrics["loss"])  # Every process.
                 check_finite(metrics, step, last_good, checkpoints.directory)
                 bar.set_postfix(loss=f"{metrics['loss']:.4g}")
             if save:

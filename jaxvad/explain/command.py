@@ -230,6 +230,7 @@ def explain(
         raise UsageError("give exactly one of --video=PATH and --split=NAME")
     if top < 0:
         raise UsageError(f"--top must be ≥ 0 (0: every anomaly), got {top}")
+    distributed.initialize()  # Before any other use of JAX.
     started = time.perf_counter()
     workdir = Path(workdir)
     captioner = blip_lib.Captioner.load(blip) if blip else None  # Bad folders fail first.

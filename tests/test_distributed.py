@@ -1,0 +1,191 @@
+"""Multi-process training and evaluation through `launch/local_multiprocess.sh` (2 processes × 4
+fake CPU devices, gloo collectives), compared with one process of 8 fake devices.
+
+The tiny config with a constant learning rate (so a run of 4 steps resumed to 6 follows the same
+schedule as a run of 6) and a global batch of 8: every process reads its half of each batch, so
+the global batch holds the same windows as the single process's, in another order; the loss (a
+mean) agrees up to summation order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_train import ROOT
+
+from jaxvad.data import builder
+
+pytestmark = pytest.mark.slow
+
+LAUNCH = ROOT / "launch" / "local_multiprocess.sh"
+# A line of the launcher's output: "[process i] " + what process i printed up to a newline
+# (progress-bar redraws with carriage returns, then a log line "... step N: loss X").
+LOSS = re.compile(r"^\[process (\d+)\] .*step (\d+): loss (\S+)$")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """The tiny synthetic dataset, prepared once (by one process) for every run."""
+    root = tmp_path_factory.mktemp("data")
+    vad = builder.VadConfig.make("synthetic", size=32, synthetic="tiny")
+    builder.prepare("synthetic", vad, output=root, source=builder.synthetic_source(root, vad))
+    return root
+
+
+def flags(data_root: Path, workdir: Path, steps: int) -> list[str]:
+    return [
+        "--config=configs/synthetic.py:tiny",
+        f"--config.data.root={data_root}",
+        "--config.optimizer.schedule=constant",
+        "--config.train.batch_size=8",
+        f"--config.train.num_steps={steps}",
+        "--config.train.checkpoint_every=2",
+        f"--workdir={workdir}",
+    ]
+
+
+def run_one(module: str, *args: str) -> subprocess.CompletedProcess:
+    """One process with 8 fake CPU devices."""
+    env = os.environ | {
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def run_two(module: str, *args: str) -> str:
+    """Two processes × 4 fake CPU devices through the launch script; returns its output (bytes
+    decoded as they are: text mode would turn progress bars' "\r" into line breaks)."""
+    command = [str(LAUNCH), "--processes", "2", "--devices", "4", "--port", str(free_port())]
+    result = subprocess.run(
+        [*command, "--", sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=900,
+    )
+    output = result.stdout.decode("utf-8", "replace")
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def losses_by_process(output: str) -> dict[int, dict[int, float]]:
+    """process → step → loss, from the "[process i] ... step N: loss X" lines."""
+    found: dict[int, dict[int, float]] = {}
+    for line in output.split("\n"):  # Not splitlines(): it also splits at "\r".
+        if match := LOSS.match(line.rstrip()):
+            process, step, loss = match.groups()
+            found.setdefault(int(process), {})[int(step)] = float(loss)
+    return found
+
+
+def single_losses(result: subprocess.CompletedProcess) -> dict[int, float]:
+    pattern = re.compile(r"step (\d+): loss (\S+)$")
+    return {
+        int(m.group(1)): float(m.group(2))
+        for line in result.stderr.splitlines()
+        if (m := pattern.search(line.strip()))
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(data_root, tmp_path_factory) -> tuple[Path, dict[int, float]]:
+    """One process, 8 devices, 6 steps."""
+    workdir = tmp_path_factory.mktemp("one") / "run"
+    result = run_one("jaxvad.train", *flags(data_root, workdir, 6))
+    losses = single_losses(result)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    return workdir, losses
+
+
+def test_two_processes_train_resume_and_match_one(data_root, reference, tmp_path):
+    _, expected = reference
+    workdir = tmp_path / "run"
+    first = run_two("jaxvad.train", *flags(data_root, workdir, 4))
+    assert "process 1 of 2 (explicit); devices: 4 local, 8 global (cpu)" in first
+    logged = losses_by_process(first)
+    assert sorted(logged) == [0, 1] and sorted(logged[0]) == [1, 2, 3, 4]
+    assert logged[0] == logged[1]  # Both processes log the same (global) loss.
+    for step, loss in logged[0].items():
+        assert loss == pytest.approx(expected[step], rel=1e-5), step
+    # One checkpoint per step, written collectively; metrics written by process 0 only.
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+
+    resumed = run_two("jaxvad.train", *flags(data_root, workdir, 6))
+    assert "resumed from" in resumed and "at step 4" in resumed
+    logged = losses_by_process(resumed)
+    assert sorted(logged[0]) == sorted(logged[1]) == [5, 6]
+    for step in (5, 6):
+        assert logged[0][step] == logged[1][step] == pytest.approx(expected[step], rel=1e-5)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4", "6"]
+
+
+def read_scores(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def same_numbers(a, b, path: str = "") -> None:
+    """Equal structure; floats equal to 1e-6 relative (device layouts sum in other orders)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            same_numbers(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            same_numbers(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-9), path
+    else:
+        assert a == b, path
+
+
+def test_two_process_evaluation_writes_what_one_process_writes(data_root, reference):
+    workdir, _ = reference
+    args = [*flags(data_root, workdir, 6)]
+    run_one("jaxvad.evaluate", *args)
+    one = {
+        "csv": read_scores(workdir / "eval" / "frame_scores.csv"),
+        "metrics": json.loads((workdir / "eval" / "metrics.json").read_text()),
+    }
+    run_two("jaxvad.evaluate", *args)
+    two = {
+        "csv": read_scores(workdir / "eval" / "frame_scores.csv"),
+        "metrics": json.loads((workdir / "eval" / "metrics.json").read_text()),
+    }
+    assert len(one["csv"]) == len(two["csv"]) > 0
+    for row_one, row_two in zip(one["csv"], two["csv"], strict=True):
+        assert row_one.keys() == row_two.keys()
+        for key, value in row_one.items():
+            if key.startswith("score") and value:
+                assert float(row_two[key]) == pytest.approx(float(value), rel=1e-6, abs=1e-9)
+            else:
+                assert row_two[key] == value, key
+    for metrics in (one["metrics"], two["metrics"]):
+        metrics.pop("timing")
+    same_numbers(one["metrics"], two["metrics"])
