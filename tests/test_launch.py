@@ -1,11 +1,16 @@
-"""The launch scripts' dry runs print what they would start, and their usage errors."""
+"""The launch scripts (dry runs, usage errors, a real local run) and how `jaxvad.distributed`
+reads who started the processes from the environment."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 
+import pytest
 from test_train import ROOT
+
+from jaxvad import distributed
+from jaxvad.config import ConfigError
 
 LAUNCH = ROOT / "launch"
 TRAIN = ["python", "-m", "jaxvad.train", "--config=configs/ped2.py", "--workdir=runs/ped2"]
@@ -83,3 +88,25 @@ def test_tpu_dry_run_prints_the_gcloud_line():
         f"'cd jaxvad && {' '.join(TRAIN)}'"
     )
     assert run(str(LAUNCH / "tpu_vm.sh"), "--dry-run", "--", *TRAIN).returncode == 2
+
+
+def test_the_environment_says_who_started_the_processes(monkeypatch):
+    cases = [
+        ({}, "single"),
+        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, "single"),
+        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, "slurm"),
+        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "1"}, "single"),
+        ({"TPU_WORKER_HOSTNAMES": "w0"}, "single"),
+        ({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"}, "tpu"),
+        ({"JAXVAD_PROCESS_ID": "1", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, "explicit"),
+    ]
+    names = (*distributed.EXPLICIT, "SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS")
+    for env, expected in cases:
+        for name in (*names, "TPU_WORKER_HOSTNAMES"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert distributed.launcher() == expected, env
+    # Explicit but incomplete: a clear error before anything starts.
+    with pytest.raises(ConfigError, match="missing: JAXVAD_COORDINATOR, JAXVAD_NUM_PROCESSES"):
+        distributed.initialize()
