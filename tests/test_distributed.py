@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import ROOT
+from test_train import ROOT, run_module
 
 from jaxvad.data import builder
 
@@ -60,18 +59,8 @@ def flags(data_root: Path, workdir: Path, steps: int) -> list[str]:
 
 def run_one(module: str, *args: str) -> subprocess.CompletedProcess:
     """One process with 8 fake CPU devices."""
-    env = os.environ | {
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    result = run_module(module, *args, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

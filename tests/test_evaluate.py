@@ -6,13 +6,12 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-from test_train import ROOT, load_config
+from test_train import load_config, run_module
 
 from jaxvad import evaluate as evaluate_lib
 from jaxvad import train as train_lib
@@ -122,14 +121,7 @@ def test_threshold_comes_from_the_stored_training_errors(run):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "jaxvad.evaluate", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_module("jaxvad.evaluate", *args)
 
 
 def test_bad_input_is_one_clear_line(run, roots, tmp_path):

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from browser import open_page, require_chromium
-from test_train import ROOT, load_config
+from test_train import load_config, run_module
 
 from jaxvad import train as train_lib
 from jaxvad.data import builder, preprocess, synthetic
@@ -74,13 +73,7 @@ def clip(root) -> dict:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "jaxvad.explain", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_module("jaxvad.explain", *args, timeout=600)
 
 
 def config_flags(config) -> list[str]:

@@ -44,15 +44,24 @@ def data_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m module args...` from the repository root (`env`: added to this environment);
+    the other test modules' command lines go through here too."""
     return subprocess.run(
-        [sys.executable, "-m", "jaxvad.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env=None if env is None else os.environ | env,
     )
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return run_module("jaxvad.train", *args, timeout=timeout)
 
 
 def test_configs_build_and_are_locked():
