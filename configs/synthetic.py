@@ -4,7 +4,9 @@
 
 Prepares the synthetic dataset under data/ on first use. Measured on the 2-core CPU from a fresh
 clone: 9 s to generate and prepare the data, 600 steps (batch 16) in 5 min 34 s with
-compilation, final loss 0.0426 (rgb MSE 0.0026, flow MSE 0.00086).
+compilation, final loss 0.0426 (rgb MSE 0.0026, flow MSE 0.00086). The other detectors train on
+the same data with `--config=configs/synthetic.py:motion_mae` or `:mdsf` (see the README's
+Models).
 """
 
 from jaxvad.config import CPU_MODEL, base_config, finalize

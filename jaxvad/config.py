@@ -18,15 +18,54 @@ from jaxvad.data import builder
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
-CONV3D = ("taps", "native")
 SCORE_VARIANTS = ("error", "psnr")
 NORMALISATIONS = ("train", "minmax", "none")
 CAPTION_SOURCES = ("frame", "crop", "overlay")
 
 
-# The small model of the CPU configs (`synthetic`, `ped2_cpu`): 64×64 or 96×96 frames in 8×8
-# patches, ~0.65 M parameters, about 0.5 s (64×64) to 1.1–1.3 s (96×96) a batch-16 train step
-# on 2 cores.
+# Each model's settings (`config.model`, its constructor's keyword arguments; see
+# jaxvad/model) and the past frames T it reads. `set_model` (or `--config=FILE:<name>`) switches.
+MODEL_DEFAULTS = {
+    # DESIGN.md's next-frame and next-flow predictor, full size (224×224, patch 16).
+    "predictor": {
+        "patch": 16,
+        "width": 256,
+        "spatial_depth": 4,
+        "temporal_depth": 2,
+        "heads": 8,
+        "mlp_ratio": 4.0,
+        "motion_channels": (32, 64, 128, 256),
+        "decoder_channels": (256, 128, 64, 32),
+        "dropout": 0.0,
+        "conv3d": "taps",  # 3D convs as summed 2D convs ("taps", fast on CPU) or "native".
+        "dtype": "float32",  # Compute dtype; parameters are always float32.
+    },
+    # The motion-enhanced masked autoencoder (its paper's Table 1 at widths 32-64-128).
+    "motion_mae": {
+        "widths": (32, 64, 128),
+        "mask_ratio": 0.25,  # Fraction of mask_patch² cells hidden in training.
+        "mask_patch": 8,
+        "dropout": 0.2,  # After each pooling (the paper's rate).
+        "dtype": "float32",
+    },
+    # MDSF: teacher and student conv autoencoders, discrepancy fusion over len(widths) scales.
+    "mdsf": {
+        "widths": (32, 64, 128),
+        "teacher_convs": 2,  # 3×3 convs per encoder stage.
+        "student_convs": 1,
+        "reduction": 4,  # Amplification MLP: w → w/reduction → w.
+        "mask_ratio": 0.25,  # Teacher's training mask (the MAE part); 0: none.
+        "mask_patch": 8,
+        "paste_fraction": 0.25,  # Side of the pseudo-anomaly square, in frame widths.
+        "margin": 1.0,  # Of the fusion ranking loss, in log units.
+        "dtype": "float32",
+    },
+}
+MODEL_HISTORY = {"predictor": 4, "motion_mae": 1, "mdsf": 1}  # Reconstruction: 1 (unused).
+
+# The small models of the CPU configs (`synthetic`, `ped2_cpu*`) and of the tiny variant.
+# CPU predictor: 64×64 or 96×96 frames in 8×8 patches, ~0.65 M parameters, about 0.5 s (64×64)
+# to 1.1–1.3 s (96×96) a batch-16 train step on 2 cores.
 CPU_MODEL = {
     "patch": 8,
     "width": 96,
@@ -36,6 +75,25 @@ CPU_MODEL = {
     "motion_channels": (16, 32, 64),
     "decoder_channels": (64, 32, 16),
 }
+TINY_MODELS = {
+    "predictor": {
+        "patch": 8,
+        "width": 32,
+        "spatial_depth": 1,
+        "temporal_depth": 1,
+        "heads": 2,
+        "motion_channels": (8, 16, 32),
+        "decoder_channels": (32, 16, 8),
+    },
+    "motion_mae": {"widths": (8, 16, 32)},
+    "mdsf": {"widths": (8, 16, 32)},
+}
+# Training loss weights (config.loss), per model: its LOSS_TERMS.
+LOSS_WEIGHTS = (
+    "rgb", "flow", "perceptual", "ssim", "gradient",  # predictor
+    "rec", "motion",  # motion_mae
+    "teacher", "student", "distill", "fusion",  # mdsf
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -60,21 +118,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.channels = 1  # Model input channels: stored frames are converted (gray ↔ RGB).
     config.data.read_threads = 4
 
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "predictor"
-    config.model.patch = 16
-    config.model.width = 256
-    config.model.spatial_depth = 4
-    config.model.temporal_depth = 2
-    config.model.heads = 8
-    config.model.mlp_ratio = 4.0
-    config.model.motion_channels = (32, 64, 128, 256)
-    config.model.decoder_channels = (256, 128, 64, 32)
-    config.model.dropout = 0.0
-    config.model.conv3d = "taps"  # 3D convs as summed 2D convs ("taps", fast on CPU) or "native".
-    config.model.dtype = "float32"  # Compute dtype; parameters are always float32.
+    set_model(config, "predictor")
 
-    config.loss = ml_collections.ConfigDict()  # λ1..λ5 of DESIGN.md's objective.
+    config.loss = ml_collections.ConfigDict()  # Weights of each model's loss terms.
+    # predictor: λ1..λ5 of DESIGN.md's objective.
     config.loss.rgb = 1.0
     config.loss.flow = 1.0
     config.loss.perceptual = 1.0  # Used only when loss.vgg16 names a weights file.
@@ -82,6 +129,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss.gradient = 1.0
     config.loss.vgg16 = ""  # VGG16 safetensors (torchvision names); empty: perceptual loss off.
     config.loss.perceptual_layers = ("relu1_2", "relu2_2", "relu3_3")
+    # motion_mae: α·L_rec + β·L_motion (jaxvad/model/motion_mae.py).
+    config.loss.rec = 1.0
+    config.loss.motion = 1.0
+    # mdsf (jaxvad/model/mdsf.py): teacher and student reconstruction, distillation, fusion.
+    config.loss.teacher = 1.0
+    config.loss.student = 1.0
+    config.loss.distill = 1.0
+    config.loss.fusion = 1.0
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"
@@ -147,6 +202,15 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
+def set_model(config: ml_collections.ConfigDict, name: str) -> None:
+    """Makes `config.model` model `name` with its defaults (`MODEL_DEFAULTS`) and sets
+    `config.history` to the past frames it reads. Call before `finalize`."""
+    if name not in MODEL_DEFAULTS:
+        raise ConfigError(f"config.model.name: one of {list(MODEL_DEFAULTS)}, got {name!r}")
+    config.model = ml_collections.ConfigDict({"name": name, **MODEL_DEFAULTS[name]})
+    config.history = MODEL_HISTORY[name]
+
+
 def make_tiny(config: ml_collections.ConfigDict) -> None:
     """Shrinks `config` in place to the tiny variant: tiny synthetic data, a small model, a
     few steps. Channels, history, loss weights and the optimizer are kept."""
@@ -154,15 +218,7 @@ def make_tiny(config: ml_collections.ConfigDict) -> None:
     config.data.synthetic = "tiny"
     config.data.size = 32
     config.data.read_threads = 2
-    config.model.update(
-        patch=8,
-        width=32,
-        spatial_depth=1,
-        temporal_depth=1,
-        heads=2,
-        motion_channels=(8, 16, 32),
-        decoder_channels=(32, 16, 8),
-    )
+    config.model.update(TINY_MODELS[config.model.name])
     config.loss.vgg16 = ""
     config.optimizer.warmup_steps = 2
     config.train.update(batch_size=4, num_steps=6, log_every=1, checkpoint_every=3)
@@ -171,11 +227,21 @@ def make_tiny(config: ml_collections.ConfigDict) -> None:
 
 
 def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Applies the variant named by `arg` (None or "tiny") and locks the config."""
-    if arg == "tiny":
+    """Applies the variants named by `arg` and locks the config. `arg` is None or a
+    comma-separated list of a model name (`set_model`) and "tiny" (`make_tiny`), e.g.
+    `--config=configs/synthetic.py:mdsf,tiny`."""
+    variants = arg.split(",") if arg else []
+    unknown = [v for v in variants if v != "tiny" and v not in MODEL_DEFAULTS]
+    if unknown:
+        raise ValueError(
+            f"unknown config variant {unknown[0]!r}: use 'tiny' and/or a model name "
+            f"({', '.join(MODEL_DEFAULTS)}), comma-separated"
+        )
+    for name in variants:
+        if name in MODEL_DEFAULTS:
+            set_model(config, name)
+    if "tiny" in variants:
         make_tiny(config)
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}: use no variant or 'tiny'")
     config.lock()
     return config
 
@@ -193,8 +259,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     check(config.data.channels in (1, 3), "data.channels", "1 (gray) or 3 (RGB)")
     check(config.history >= 1, "history", "at least 1")
-    check(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}")
-    check(m.conv3d in CONV3D, "model.conv3d", f"one of {CONV3D}")
+    check(m.name in MODEL_DEFAULTS, "model.name", f"one of {list(MODEL_DEFAULTS)}")
+    check(m.get("dtype", "float32") in DTYPES, "model.dtype", f"one of {DTYPES}")
     check(config.optimizer.name in OPTIMIZERS, "optimizer.name", f"one of {OPTIMIZERS}")
     check(config.optimizer.schedule in SCHEDULES, "optimizer.schedule", f"one of {SCHEDULES}")
     check(t.batch_size >= 1, "train.batch_size", "at least 1")
@@ -219,7 +285,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(e.caption_beams >= 1, "explain.caption_beams", "at least 1 (1: greedy)")
     check(e.caption_tokens >= 1, "explain.caption_tokens", "at least 1")
     check(e.pointing_tolerance >= 0, "explain.pointing_tolerance", "≥ 0")
-    for name in ("rgb", "flow", "perceptual", "ssim", "gradient"):
+    for name in LOSS_WEIGHTS:
         check(config.loss[name] >= 0, f"loss.{name}", "weights are ≥ 0")
     check(
         math.isfinite(config.optimizer.learning_rate) and config.optimizer.learning_rate > 0,

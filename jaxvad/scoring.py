@@ -1,11 +1,16 @@
-"""Anomaly scores from prediction errors, and the statistics of normal (training) video.
+"""Anomaly scores from the models' error maps, and the statistics of normal (training) video.
 
-For frame t the model predicts the frame Î and the flow F̂ into it from frames t−T..t−1. The
-first T frames of a video have no prediction: they are "not scored" and every metric leaves
-them out. Per scored frame:
+For frame t every model gives two per-pixel maps m_rgb, m_flow (appearance and motion; see
+`jaxvad.model.interface`) whose spatial means are the frame's errors E_rgb(t), E_flow(t). The
+predictor (DESIGN.md) predicts the frame Î and the flow F̂ into it from frames t−T..t−1:
 
     E_rgb(t)  = mean over pixels and channels of (Î − I)²   (frames in [−1, 1])
     E_flow(t) = mean over pixels and both components of (F̂ − F)²   (the dataset's flow units)
+
+(`motion_mae`: the reconstruction error and the flow-magnitude-weighted reconstruction error;
+`mdsf`: the squared norm of the fused discrepancy features, and zero.) The first T frames of a
+video (T = `config.history`) have no window: they are "not scored" and every metric leaves
+them out. Per scored frame:
 
 A score is built from the two components c ∈ {rgb, flow} in three steps, all config fields
 (`config.score`):
@@ -23,7 +28,7 @@ A score is built from the two components c ∈ {rgb, flow} in three steps, all c
 The alarm threshold is the `threshold_quantile` quantile of the training split's scores, passed
 through the same three steps (for "minmax", each training video normalised on its own).
 
-Pixel anomaly maps: with m_c the per-pixel squared error (mean over channels) of a frame,
+Pixel anomaly maps: with m_c the component maps of a frame (squared errors for the predictor),
 A = Σ_c w_c·(m_c − b_c) / s_c with weights (1, α) and (b_c, s_c) the shift and scale with which
 the normalisation maps E_c of that frame ("none": 0, 1; "train": μ, σ; "minmax": the video's
 min and range), so the spatial mean of A is the frame's unsmoothed "error" score; then A is
@@ -68,13 +73,11 @@ def error_step(
 
     Returns `rgb`, `flow` `[B]` float32 (E_rgb, E_flow), the batch's `video_index`,
     `frame_index`, `label` `[B]` int32, `scored`, `valid` `[B]` bool and, when `maps`,
-    `rgb_map`, `flow_map` `[B, S, S]` float16 (per-pixel squared error, mean over channels) and
-    `mask` `[B, S, S]` uint8.
+    `rgb_map`, `flow_map` `[B, S, S]` float16 (the model's component maps) and `mask`
+    `[B, S, S]` uint8.
     """
-    inputs = model.model_inputs(batch)
-    out = nnx.merge(graphdef, params)(inputs["frames"], inputs["flows"])
-    rgb_map = jnp.mean((out["frame"] - inputs["target_frame"]) ** 2, axis=-1)
-    flow_map = jnp.mean((out["flow"] - inputs["target_flow"]) ** 2, axis=-1)
+    out = nnx.merge(graphdef, params).maps(model.model_inputs(batch))
+    rgb_map, flow_map = out["rgb"], out["flow"]
     result = {
         "rgb": rgb_map.mean(axis=(1, 2)),
         "flow": flow_map.mean(axis=(1, 2)),
@@ -349,7 +352,7 @@ def pixel_maps(
 ) -> np.ndarray:
     """A = Σ_c w_c·(m_c − shift_c) / scale_c, blurred by a Gaussian of `sigma` pixels.
 
-    maps: per component `[M, S, S]` per-pixel squared errors; shift, scale: per component `[M]`
+    maps: per component `[M, S, S]` the component maps; shift, scale: per component `[M]`
     (each frame's error-variant normalisation). Returns `[M, S, S]` float32.
     """
     out = np.zeros(np.shape(maps["rgb"]), np.float32)

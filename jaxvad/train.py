@@ -142,14 +142,11 @@ def train_step(
     """
     inputs = model.model_inputs(batch)
     step_key = jax.random.fold_in(key, state["step"])
+    # Training randomness: dropout, and any masking or pseudo-anomalies the model draws.
+    rngs = {"dropout": step_key, "masking": jax.random.fold_in(step_key, 1)}
 
     def loss_fn(params: nnx.State) -> tuple[jax.Array, dict[str, jax.Array]]:
-        out = nnx.merge(graphdef, params)(
-            inputs["frames"], inputs["flows"], rngs=nnx.Rngs(dropout=step_key)
-        )
-        terms = losses.loss_terms(
-            out["frame"], out["flow"], inputs["target_frame"], inputs["target_flow"], vgg=vgg
-        )
+        terms = nnx.merge(graphdef, params).loss_terms(inputs, rngs=nnx.Rngs(**rngs), vgg=vgg)
         return losses.total_loss(terms, weights), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -234,12 +231,13 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, steps: int
     shardings = distributed.state_shardings(abstract, mesh, rules)
     abstract = distributed.with_shardings(abstract, shardings)
 
+    terms = model.MODELS[config.model.name].LOSS_TERMS
     vgg = None
-    if config.loss.vgg16:
+    if "perceptual" in terms and config.loss.vgg16:
         vgg = losses.load_vgg16_features(config.loss.vgg16, layers=config.loss.perceptual_layers)
-    else:
+    elif "perceptual" in terms:
         log.info("perceptual loss off: config.loss.vgg16 names no VGG16 weights file")
-    weights = {k: config.loss[k] for k in losses.LOSS_TERMS if k != "perceptual" or vgg}
+    weights = {k: config.loss[k] for k in terms}
     step = jax.jit(
         functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, weights=weights),
         out_shardings=(shardings, None),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxvad.model import MODELS, Predictor
+from jaxvad.model import MODELS, Mdsf, MotionMae, Predictor
 from jaxvad.model.layers import ConvDecoder, MultiHeadAttention, TemporalConv, TransformerBlock
 
 B, T, S, C = 2, 3, 32, 3
@@ -138,7 +138,7 @@ def test_conv_decoder_shape():
 
 
 def test_models_mapping():
-    assert MODELS["predictor"] is Predictor
+    assert {"predictor": Predictor, "motion_mae": MotionMae, "mdsf": Mdsf} == MODELS
 
 
 def test_method_shapes(model, inputs):

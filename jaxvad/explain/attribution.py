@@ -14,12 +14,12 @@ from jaxvad import scoring
 
 SENTENCES = {
     "motion": (
-        "Abnormal motion pattern: the motion (optical flow) prediction error is {z_flow:+.1f} σ "
-        "from its mean on normal video, the appearance error {z_rgb:+.1f} σ."
+        "Abnormal motion pattern: the motion error is {z_flow:+.1f} σ from its mean on normal "
+        "video, the appearance error {z_rgb:+.1f} σ."
     ),
     "appearance": (
-        "Unusual appearance: the appearance (frame) prediction error is {z_rgb:+.1f} σ from its "
-        "mean on normal video, the motion error {z_flow:+.1f} σ."
+        "Unusual appearance: the appearance error is {z_rgb:+.1f} σ from its mean on normal "
+        "video, the motion error {z_flow:+.1f} σ."
     ),
 }
 
@@ -35,7 +35,7 @@ def training_z(errors: scoring.SplitErrors, normal: scoring.SplitErrors) -> dict
 
 
 def modality(z_rgb: float, z_flow: float) -> str:
-    """"motion" when the normalised flow error is the larger, else "appearance"."""
+    """ "motion" when the normalised flow error is the larger, else "appearance"."""
     return "motion" if z_flow > z_rgb else "appearance"
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from jaxvad import cli, distributed, evaluate, plots, scoring
+from jaxvad import cli, distributed, evaluate, model, plots, scoring
 from jaxvad import config as config_lib
 from jaxvad.data import builder, pipeline
 from jaxvad.explain import attribution, images, report
@@ -97,9 +97,7 @@ def explain_frames(
     batch_size = config.explain.batch_size
     count, index = jax.process_count(), jax.process_index()
     step = jax.jit(
-        functools.partial(
-            explain_step, graphdef=detector.graphdef, alpha=float(config.score.alpha)
-        )
+        functools.partial(explain_step, graphdef=detector.graphdef, alpha=float(config.score.alpha))
     )
     affine = scores.error_affine
     parts = []
@@ -150,10 +148,15 @@ def _write_images(
 
 
 def _pictures(
-    config: ml_collections.ConfigDict, explained: Mapping[str, np.ndarray], *, crop: bool
+    config: ml_collections.ConfigDict,
+    explained: Mapping[str, np.ndarray],
+    *,
+    crop: bool,
+    extra: Mapping[str, str],
 ) -> list[dict[str, np.ndarray]]:
     """The RGB images of each explained frame: kind (those of `report.IMAGE_TITLES`; "crop"
-    only with `crop`) → `[S, S, 3]` uint8. Error maps are each scaled to their own min–max."""
+    only with `crop`; the model's `extra` maps, in [0, 1]) → `[S, S, 3]` uint8. Error maps are
+    each scaled to their own min–max."""
     pictures = []
     for a, frame in enumerate(explained.get("frame", [])):
         heat = explained["gradcam"][a]
@@ -166,6 +169,7 @@ def _pictures(
             "gradcam": images.colormap(heat),
             "overlay": images.overlay(frame, heat, config.explain.overlay_beta),
         }
+        picture |= {name: images.colormap(explained[name][a]) for name in extra}
         if crop:
             picture["crop"] = images.crop_around(frame, heat, config.explain.crop_fraction)
         pictures.append(picture)
@@ -258,8 +262,12 @@ def explain(
     start = time.perf_counter()
     explained = explain_frames(config, detector, table, chosen, scores) if len(chosen) else {}
     gradcam_seconds = time.perf_counter() - start
+    extra = model.MODELS[config.model.name].EXTRA_MAPS
     pictures = _pictures(
-        config, explained, crop=captioner is not None and config.explain.caption_source == "crop"
+        config,
+        explained,
+        crop=captioner is not None and config.explain.caption_source == "crop",
+        extra=extra,
     )
     start = time.perf_counter()
     captions = _captions(config, captioner, pictures) if captioner else [None] * len(chosen)
@@ -330,7 +338,13 @@ def explain(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         )
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        report.write(staging / "report.html", summary=summary, records=records, curves=curves)
+        report.write(
+            staging / "report.html",
+            summary=summary,
+            records=records,
+            curves=curves,
+            extra_titles=extra,
+        )
         staging.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
@@ -389,6 +403,7 @@ def _summary(
     frames = len(errors.video)
     return {
         "input": shown,
+        "model": config.model.name,
         "videos": list(errors.names),
         "checkpoint_step": step,
         "frames": frames,

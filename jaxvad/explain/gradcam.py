@@ -1,7 +1,9 @@
-"""Grad-CAM of the anomaly score on the motion branch, and the explained forward pass.
+"""Grad-CAM of the anomaly score, and the explained forward pass of any model.
 
-With A^k `[T, h, w]` the K feature maps of the motion encoder's last conv layer (the predictor
-returns them, and `decode` is a pure function of them) and S the frame's anomaly score:
+With A^k `[T, h, w]` the K feature maps of the layer the model's `explained` splits at (the
+predictor: its motion encoder's last conv layer; `motion_mae`: its encoder's last stage;
+`mdsf`: its student's last encoder stage; T = 1 for single-frame models) and S the frame's
+anomaly score:
 
     α_k = (1/Z) Σ_{t,i,j} ∂S/∂A^k_{t,i,j}      (Z = T·h·w)
     L   = ReLU(Σ_k α_k A^k)                     `[T, h, w]`
@@ -65,41 +67,39 @@ def explain_step(
     graphdef: nnx.GraphDef,
     alpha: float,
 ) -> dict[str, jax.Array]:
-    """Everything an explanation needs of B frames, as a pure function.
+    """Everything an explanation needs of B frames, as a pure function of any `VadModel`.
 
     Args:
-      params, graphdef: the predictor (`nnx.split(model, nnx.Param)`).
+      params, graphdef: the model (`nnx.split(model, nnx.Param)`).
       batch: evaluation samples (`jaxvad.data.pipeline.eval_samples`).
       shift, scale: `[B, 2]` each frame's normalisation of (E_rgb, E_flow).
       alpha: the score's α.
 
     Returns float32 `score` `[B]` (S above), `rgb`, `flow` `[B]` (E_rgb, E_flow), `rgb_map`,
-    `flow_map` `[B, S, S]` (per-pixel squared errors, mean over channels), `gradcam`
-    `[B, S, S]` in [0, 1] and `predicted` `[B, S, S, C]` uint8 (the predicted frame).
+    `flow_map` `[B, S, S]` (the component maps), `gradcam` `[B, S, S]` in [0, 1] (on the
+    model's Grad-CAM features), `predicted` `[B, S, S, C]` uint8 (the model's predicted or
+    reconstructed frame) and each of the model's `EXTRA_MAPS` `[B, S, S]`.
     """
     inputs = model_lib.model_inputs(batch)
     model = nnx.merge(graphdef, params)
-    appearance = model.temporal(model.encode_frames(inputs["frames"]))[:, -1]
-    features = model.encode_motion(inputs["flows"])
+    features, head = model.explained(inputs)
 
     def score(a_k: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        frame, flow = model.decode(appearance, a_k)
-        rgb_map = jnp.mean((frame - inputs["target_frame"]) ** 2, axis=-1)
-        flow_map = jnp.mean((flow - inputs["target_flow"]) ** 2, axis=-1)
-        errors = jnp.stack([rgb_map.mean(axis=(1, 2)), flow_map.mean(axis=(1, 2))], axis=-1)
+        maps = head(a_k)
+        errors = jnp.stack([maps["rgb"].mean(axis=(1, 2)), maps["flow"].mean(axis=(1, 2))], -1)
         normalised = (errors - shift) / scale  # [B, 2]
         s = normalised[:, 0] + alpha * normalised[:, 1]
-        aux = {"score": s, "errors": errors, "frame": frame}
-        return s, aux | {"rgb_map": rgb_map, "flow_map": flow_map}
+        return s, maps | {"score": s, "errors": errors}
 
     heatmap, aux = grad_cam(score, features, inputs["target_frame"].shape[1])
-    predicted = jnp.round((jnp.clip(aux["frame"], -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
+    predicted = jnp.round((jnp.clip(aux["image"], -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
     return {
         "score": aux["score"],
         "rgb": aux["errors"][:, 0],
         "flow": aux["errors"][:, 1],
-        "rgb_map": aux["rgb_map"],
-        "flow_map": aux["flow_map"],
+        "rgb_map": aux["rgb"],
+        "flow_map": aux["flow"],
         "gradcam": heatmap,
         "predicted": predicted,
+        **{name: aux[name] for name in type(model).EXTRA_MAPS},
     }

@@ -16,9 +16,9 @@ TEMPLATE = "report.html.j2"
 # What each image of an anomaly shows, in the order of the page.
 IMAGE_TITLES = {
     "frame": "frame",
-    "predicted": "predicted frame",
-    "error_rgb": "appearance error (Î − I)²",
-    "error_flow": "motion error (F̂ − F)²",
+    "predicted": "the model's frame (predicted or reconstructed)",
+    "error_rgb": "appearance map m_rgb",
+    "error_flow": "motion map m_flow",
     "anomaly_map": "anomaly map (normalised, blurred)",
     "gradcam": "Grad-CAM (motion features)",
     "overlay": "Grad-CAM overlay",
@@ -44,14 +44,23 @@ def render(
     summary: Mapping[str, Any],
     records: Sequence[Mapping[str, Any]],
     curves: Mapping[str, str],
+    extra_titles: Mapping[str, str],
 ) -> str:
     """The page: the summary, each video's score curve (relative path in `curves`), then the
-    video's records in frame order."""
+    video's records in frame order, with the model's extra maps (`extra_titles`: name → title)
+    after the Grad-CAM overlay."""
     by_video = {name: [r for r in records if r["video"] == name] for name in curves}
     return (
         _environment()
         .get_template(TEMPLATE)
-        .render(summary=summary, curves=curves, by_video=by_video, titles=IMAGE_TITLES)
+        .render(
+            summary=summary,
+            curves=curves,
+            by_video=by_video,
+            titles={k: v for k, v in IMAGE_TITLES.items() if k != "crop"}
+            | dict(extra_titles)
+            | {"crop": IMAGE_TITLES["crop"]},
+        )
     )
 
 

@@ -1,12 +1,15 @@
-"""Models: Flax NNX modules whose jitted use is a pure function of `nnx.split(model)`.
+"""Models: Flax NNX detectors whose jitted use is a pure function of `nnx.split(model)`.
 
 `MODELS` maps a config's model name to its class (an explicit mapping, so "go to definition"
-works); every class takes typed keyword arguments and `rngs`, never a config object:
-`make_model` is the one place that reads a config. Shared blocks live in `layers`.
+works); every class is a `VadModel` (the interface the trainer, `jaxvad.evaluate` and
+`jaxvad.explain` use: see `interface`) and takes typed keyword arguments and `rngs`, never a
+config object: `make_model` is the one place that reads a config. Shared blocks live in
+`layers`.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 
 import jax
@@ -14,21 +17,41 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from jaxvad.model.interface import Maps, VadModel
+from jaxvad.model.mdsf import Mdsf
+from jaxvad.model.motion_mae import MotionMae
 from jaxvad.model.predictor import Predictor
 
-MODELS = {"predictor": Predictor}
+MODELS: dict[str, type[VadModel]] = {"predictor": Predictor, "motion_mae": MotionMae, "mdsf": Mdsf}
+DATA_ARGUMENTS = ("image_size", "channels", "history")  # From config.data and config.history.
 
 
-def make_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> nnx.Module:
-    """The model of `config.model` for frames of `config.data` and `config.history` past frames."""
+def _arguments(name: str) -> tuple[str, ...]:
+    """The keyword arguments of model `name`'s constructor."""
+    parameters = inspect.signature(MODELS[name].__init__).parameters
+    return tuple(p for p in parameters if p not in ("self", "rngs"))
+
+
+def model_settings(name: str) -> tuple[str, ...]:
+    """The `config.model` fields model `name` takes."""
+    return tuple(p for p in _arguments(name) if p not in DATA_ARGUMENTS)
+
+
+def make_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> VadModel:
+    """The model of `config.model` for frames of `config.data` (and `config.history` past
+    frames, for the models that read them)."""
+    name = config.model.name
     settings = {k: v for k, v in config.model.items() if k != "name"}
-    return MODELS[config.model.name](
-        image_size=config.data.size,
-        channels=config.data.channels,
-        history=config.history,
-        **settings,
-        rngs=rngs,
-    )
+    unknown = sorted(set(settings) - set(model_settings(name)))
+    if unknown:
+        raise ValueError(
+            f"config.model holds {unknown}, which model {name!r} does not take (it takes "
+            f"{list(model_settings(name))}); switch models with jaxvad.config.set_model or "
+            "--config=FILE:<model name>"
+        )
+    data = {"image_size": config.data.size, "channels": config.data.channels}
+    data = {k: v for k, v in (data | {"history": config.history}).items() if k in _arguments(name)}
+    return MODELS[name](**data, **settings, rngs=rngs)
 
 
 def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
@@ -42,4 +65,14 @@ def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     }
 
 
-__all__ = ["MODELS", "Predictor", "make_model", "model_inputs"]
+__all__ = [
+    "MODELS",
+    "Maps",
+    "Mdsf",
+    "MotionMae",
+    "Predictor",
+    "VadModel",
+    "make_model",
+    "model_inputs",
+    "model_settings",
+]

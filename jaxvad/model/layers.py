@@ -37,6 +37,7 @@ Conventions shared by every block here (and by the detectors built from them):
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -326,3 +327,89 @@ class ConvDecoder(nnx.Module):
         for conv in self.stages:
             x = gelu(conv(upsample2x(x)))
         return self.head(x)
+
+
+def max_pool2x(x: jax.Array) -> jax.Array:
+    """2×2 max pooling, stride 2: `[B, h, w, C] → [B, h/2, w/2, C]` (h, w even)."""
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+def random_patch_mask(key: jax.Array, shape: Sequence[int], patch: int, ratio: float) -> jax.Array:
+    """A random keep-mask of `[B, H, W, 1]` float32 (1 kept, 0 masked) that hides a fraction
+    `ratio` of each image's `patch`×`patch` cells (rounded down; cells drawn without
+    replacement). `shape` is `(B, H, W)` with H, W divisible by `patch`."""
+    B, H, W = shape
+    h, w = H // patch, W // patch
+    hidden = int(ratio * h * w)
+    ranks = jnp.argsort(jax.random.uniform(key, (B, h * w)), axis=-1).argsort(axis=-1)
+    keep = (ranks >= hidden).astype(jnp.float32).reshape(B, h, w)
+    keep = jnp.repeat(jnp.repeat(keep, patch, axis=1), patch, axis=2)
+    return keep[..., None]
+
+
+class ConvAutoencoder(nnx.Module):
+    """A convolutional autoencoder `[B, H, W, C] → [B, H, W, C]` in [-1, 1], with its features.
+
+    Encoder: per width w_i of `widths`, `convs_per_stage` 3×3 convs (ReLU) then 2×2 max pooling;
+    the feature map after stage i is `[B, H/2^(i+1), W/2^(i+1), w_i]`. Bottleneck: one 3×3 conv
+    (ReLU) keeping w_last. Decoder: per stage from the deepest, nearest ×2 upsampling then a 3×3
+    conv to the next shallower width (ReLU), the last one to C channels with the output
+    2·sigmoid − 1 (a sigmoid output in the [-1, 1] model space). With `widths=(32, 64, 128)`,
+    one conv per stage and C = 1 this is Table 1 of the motion-enhanced MAE paper, 332,801
+    parameters. Dropout (rate `dropout`, only when called with `rngs`) follows each pooling.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        widths: Sequence[int],
+        *,
+        convs_per_stage: int = 1,
+        dropout: float = 0.0,
+        dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if not widths or any(w < 1 for w in widths) or convs_per_stage < 1:
+            raise ValueError(
+                f"widths must be positive and non-empty, got {tuple(widths)}; convs_per_stage "
+                f"must be ≥ 1, got {convs_per_stage}"
+            )
+        conv = functools.partial(conv2d, dtype=dtype, rngs=rngs)
+        ins = [channels, *widths[:-1]]
+        self.encoder = nnx.List(
+            [
+                nnx.List([conv(a if k == 0 else b, b) for k in range(convs_per_stage)])
+                for a, b in zip(ins, widths, strict=True)
+            ]
+        )
+        self.bottleneck = conv(widths[-1], widths[-1])
+        outs = [*reversed(widths[:-1]), channels]
+        self.decoder = nnx.List(
+            [
+                conv(a, b, out_axis=None if i == len(outs) - 1 else CONV_OUT)
+                for i, (a, b) in enumerate(zip(reversed(widths), outs, strict=True))
+            ]
+        )
+        self.drop = nnx.Dropout(dropout)
+        self.dtype = dtype
+
+    def encode(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> list[jax.Array]:
+        """x: `[B, H, W, C]` → the stages' features, shallow to deep: stage i
+        `[B, H/2^(i+1), W/2^(i+1), w_i]` (compute dtype)."""
+        features = []
+        x = x.astype(self.dtype)
+        for stage in self.encoder:
+            for conv in stage:
+                x = jax.nn.relu(conv(x))
+            x = apply_dropout(self.drop, max_pool2x(x), rngs)
+            features.append(x)
+        return features
+
+    def decode(self, deepest: jax.Array) -> jax.Array:
+        """The last stage's features `[B, h, w, w_last]` → bottleneck → decoder → the image
+        `[B, H, W, C]` float32 in [-1, 1]."""
+        x = jax.nn.relu(self.bottleneck(deepest))
+        for i, conv in enumerate(self.decoder):
+            x = conv(upsample2x(x))
+            x = x if i == len(self.decoder) - 1 else jax.nn.relu(x)
+        return 2.0 * jax.nn.sigmoid(x.astype(jnp.float32)) - 1.0

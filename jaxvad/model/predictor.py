@@ -27,18 +27,24 @@ attention output.
 
 Every method is a pure function of the module's parameters (no stored RNG, no mutable state),
 so Grad-CAM is `jax.grad` of e.g. `lambda a_k: score(model.decode(appearance, a_k))`.
+
+As a `VadModel` (`interface`): the loss terms are DESIGN.md's (`jaxvad.losses.loss_terms`);
+Grad-CAM explains the motion features A^k; the score's components are the next frame's and
+the next flow's squared prediction errors.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxvad import losses
+from jaxvad.model.interface import Head, Maps, VadModel, squared_error
 from jaxvad.model.layers import (
     CONV_IN,
     EMBED,
@@ -55,7 +61,7 @@ from jaxvad.model.layers import (
 )
 
 
-class Predictor(nnx.Module):
+class Predictor(VadModel):
     """Predicts frame t+1 and flow t+1 from T past frames and their flows.
 
     Call inside a jitted function as `model(frames, flows, rngs=nnx.Rngs(dropout=key))` for
@@ -76,6 +82,8 @@ class Predictor(nnx.Module):
       dtype: compute dtype (a dtype or its name); parameters are always float32.
       rngs: parameter initialisation keys (`rngs.params()`).
     """
+
+    LOSS_TERMS = losses.LOSS_TERMS
 
     def __init__(
         self,
@@ -259,6 +267,27 @@ class Predictor(nnx.Module):
             "motion_features": motion_features.astype(jnp.float32),
             "appearance": appearance.astype(jnp.float32),
         }
+
+    def loss_terms(
+        self, inputs: Mapping[str, jax.Array], *, rngs: nnx.Rngs, vgg=None
+    ) -> dict[str, jax.Array]:
+        out = self(inputs["frames"], inputs["flows"], rngs=rngs)
+        return losses.loss_terms(
+            out["frame"], out["flow"], inputs["target_frame"], inputs["target_flow"], vgg=vgg
+        )
+
+    def explained(self, inputs: Mapping[str, jax.Array]) -> tuple[jax.Array, Head]:
+        appearance = self.temporal(self.encode_frames(inputs["frames"]))[:, -1]
+
+        def head(motion_features: jax.Array) -> Maps:
+            frame, flow = self.decode(appearance, motion_features)
+            return {
+                "image": frame,
+                "rgb": squared_error(frame, inputs["target_frame"]),
+                "flow": squared_error(flow, inputs["target_flow"]),
+            }
+
+        return self.encode_motion(inputs["flows"]), head
 
 
 def _validate(

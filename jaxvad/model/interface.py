@@ -1,0 +1,63 @@
+"""What every detector supplies, so that `jaxvad.train`, `jaxvad.evaluate` and `jaxvad.explain`
+run any of them with no model-specific code.
+
+A detector is a `VadModel` (an `nnx.Module`) taking `inputs = model_inputs(batch)`: `frames`
+`[B, T, S, S, C]` and `target_frame` `[B, S, S, C]` in [-1, 1], `flows` `[B, T, S, S, 2]` and
+`target_flow` `[B, S, S, 2]` (the flow into the target frame). The target frame (frame t+1 of
+the window) is the frame being scored: a predictor predicts it from the T frames before it, a
+reconstruction model reconstructs it. It supplies:
+
+- `LOSS_TERMS`: the names of its training loss terms; the trainer weights term k by
+  `config.loss[k]` (`jaxvad.losses.total_loss`).
+- `EXTRA_MAPS`: `{name: title}` of model-specific heatmaps that explanations show.
+- `loss_terms(inputs, *, rngs, vgg)` → `{term: float32 scalar}`: the training forward pass.
+  `rngs` has a `dropout` and a `masking` stream (any training randomness draws from them);
+  `vgg` is the frozen perceptual-loss network or None.
+- `explained(inputs)` → `(features, head)`: the deterministic forward pass split at the layer
+  Grad-CAM explains: `features` `[B, T', h, w, K]` (T' = 1 for single-frame models) and
+  `head(features)` → `Maps`, a pure function, so `jax.grad` of a score of `head` gives ∂S/∂A^k.
+- `maps(inputs)` → `Maps` (= `head(features)`).
+
+`Maps` is a dict of float32 arrays: `image` `[B, S, S, C]` in [-1, 1] (the predicted or
+reconstructed frame), `rgb` and `flow` `[B, S, S]` ≥ 0, the per-pixel maps of the score's two
+components (the frame's appearance and motion errors E_rgb, E_flow are their spatial means;
+the frame score is S = n(E_rgb) + α·n(E_flow), see `jaxvad.scoring`), and one `[B, S, S]` map
+in [0, 1] per name of `EXTRA_MAPS`. A model without a motion cue returns zeros as `flow`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Maps = dict[str, jax.Array]
+Head = Callable[[jax.Array], Maps]
+
+
+class VadModel(nnx.Module):
+    """Base class of the detectors: the interface above (`maps` is derived from `explained`)."""
+
+    LOSS_TERMS: ClassVar[tuple[str, ...]] = ()
+    EXTRA_MAPS: ClassVar[dict[str, str]] = {}
+
+    def loss_terms(
+        self, inputs: Mapping[str, jax.Array], *, rngs: nnx.Rngs, vgg: Any = None
+    ) -> dict[str, jax.Array]:
+        raise NotImplementedError
+
+    def explained(self, inputs: Mapping[str, jax.Array]) -> tuple[jax.Array, Head]:
+        raise NotImplementedError
+
+    def maps(self, inputs: Mapping[str, jax.Array]) -> Maps:
+        features, head = self.explained(inputs)
+        return head(features)
+
+
+def squared_error(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Per-pixel squared error of `[B, S, S, C]` images, mean over channels → `[B, S, S]`
+    float32."""
+    return jnp.mean((pred.astype(jnp.float32) - target.astype(jnp.float32)) ** 2, axis=-1)
