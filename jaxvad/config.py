@@ -260,7 +260,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(config.data.channels in (1, 3), "data.channels", "1 (gray) or 3 (RGB)")
     check(config.history >= 1, "history", "at least 1")
     check(m.name in MODEL_DEFAULTS, "model.name", f"one of {list(MODEL_DEFAULTS)}")
-    check(m.get("dtype", "float32") in DTYPES, "model.dtype", f"one of {DTYPES}")
+    check(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}")
     check(config.optimizer.name in OPTIMIZERS, "optimizer.name", f"one of {OPTIMIZERS}")
     check(config.optimizer.schedule in SCHEDULES, "optimizer.schedule", f"one of {SCHEDULES}")
     check(t.batch_size >= 1, "train.batch_size", "at least 1")

@@ -26,15 +26,11 @@ MODELS: dict[str, type[VadModel]] = {"predictor": Predictor, "motion_mae": Motio
 DATA_ARGUMENTS = ("image_size", "channels", "history")  # From config.data and config.history.
 
 
-def _arguments(name: str) -> tuple[str, ...]:
-    """The keyword arguments of model `name`'s constructor."""
-    parameters = inspect.signature(MODELS[name].__init__).parameters
-    return tuple(p for p in parameters if p not in ("self", "rngs"))
-
-
 def model_settings(name: str) -> tuple[str, ...]:
-    """The `config.model` fields model `name` takes."""
-    return tuple(p for p in _arguments(name) if p not in DATA_ARGUMENTS)
+    """The `config.model` fields model `name` takes: its constructor's keyword arguments other
+    than the data's (`DATA_ARGUMENTS`) and `rngs`."""
+    parameters = inspect.signature(MODELS[name].__init__).parameters
+    return tuple(p for p in parameters if p not in ("self", "rngs", *DATA_ARGUMENTS))
 
 
 def make_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> VadModel:
@@ -42,15 +38,17 @@ def make_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> VadModel
     frames, for the models that read them)."""
     name = config.model.name
     settings = {k: v for k, v in config.model.items() if k != "name"}
-    unknown = sorted(set(settings) - set(model_settings(name)))
+    takes = model_settings(name)
+    unknown = sorted(set(settings) - set(takes))
     if unknown:
         raise ValueError(
             f"config.model holds {unknown}, which model {name!r} does not take (it takes "
-            f"{list(model_settings(name))}); switch models with jaxvad.config.set_model or "
+            f"{list(takes)}); switch models with jaxvad.config.set_model or "
             "--config=FILE:<model name>"
         )
     data = {"image_size": config.data.size, "channels": config.data.channels}
-    data = {k: v for k, v in (data | {"history": config.history}).items() if k in _arguments(name)}
+    if "history" in inspect.signature(MODELS[name].__init__).parameters:
+        data["history"] = config.history  # Only models that read past frames take T.
     return MODELS[name](**data, **settings, rngs=rngs)
 
 

@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxvad import losses
 from jaxvad.model.interface import Head, Maps, VadModel
 from jaxvad.model.layers import (
     CONV_IN,
@@ -155,6 +156,7 @@ class Mdsf(VadModel):
     ) -> tuple[jax.Array, list[jax.Array]]:
         """Per-scale features of both networks → F_fusion `[B, S/2, S/2, w_1]` float32 and the
         saliency maps S^(s) `[B, h_s, w_s]` float32."""
+        finest = teacher[0].shape[:3]  # (B, S/2, S/2)
         fusion, saliencies = 0.0, []
         for t, s, amplify, saliency, align in zip(
             teacher, student, self.amplifiers, self.saliency, self.align, strict=True
@@ -162,8 +164,7 @@ class Mdsf(VadModel):
             amplified = amplify(jnp.abs(t - s))
             weight = jax.nn.sigmoid(saliency(amplified).astype(jnp.float32))
             part = weight * align(amplified).astype(jnp.float32)
-            B, h, w, c = teacher[0].shape[0], *teacher[0].shape[1:3], part.shape[-1]
-            fusion = fusion + jax.image.resize(part, (B, h, w, c), "bilinear")
+            fusion = fusion + jax.image.resize(part, (*finest, part.shape[-1]), "bilinear")
             saliencies.append(weight[..., 0])
         return fusion, saliencies
 
@@ -185,15 +186,10 @@ class Mdsf(VadModel):
         anomalous = fusion_norm(self.fuse(*frozen)[0])
         ratio = jnp.log(anomalous + EPS) - jnp.log(clean + EPS)
         return {
-            "teacher": jnp.mean((teacher_image - frame) ** 2),
-            "student": jnp.mean((self.student.decode(student[-1]) - frame) ** 2),
+            "teacher": losses.mse(teacher_image, frame),
+            "student": losses.mse(self.student.decode(student[-1]), frame),
             "distill": jnp.mean(
-                jnp.stack(
-                    [
-                        jnp.mean((t - s).astype(jnp.float32) ** 2)
-                        for t, s in zip(targets, student, strict=True)
-                    ]
-                )
+                jnp.stack([losses.mse(t, s) for t, s in zip(targets, student, strict=True)])
             ),
             "fusion": jnp.mean(jax.nn.softplus(self.margin - ratio)),
         }
