@@ -8,13 +8,17 @@ killed mid-save leaves the previous step as the latest.
 
 A fourth item, `normal_errors`, is added to a step once its model has scored the training
 split (the per-frame errors that scores are normalised and thresholded with; see
-`jaxvad.scoring`): by the trainer after its last step, or by the first evaluation of a step
-that lacks it. It is written atomically (a temporary folder renamed) into the step's folder.
+`jaxvad.scoring`): by the trainer after its last step, or by the first `jaxvad.detector.load`
+of a step that lacks it. It is written atomically (a temporary folder renamed) into the step's
+folder. With it, a workdir alone is a detector: scoring video needs no prepared dataset.
+
+`changed` is the one "X in the checkpoint, Y now" diff of a checkpoint's config against a
+config, used wherever a run must match its checkpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,18 +94,13 @@ class Checkpoints:
             k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k)
         )
         first = differing[0]
-        old = self.config(step)
-        changed = [
-            f"{section}.{key}: {old[section].get(key)!r} in the checkpoint, {value!r} now"
-            for section in ("model", "data", "optimizer")
-            for key, value in config[section].items()
-            if _plain(old.get(section, {}).get(key)) != _plain(value)
-        ]
+        fields = [f"{s}.{key}" for s in ("model", "data", "optimizer") for key in config[s]]
+        changes = changed(self.config(step), config, fields)
         raise CheckpointMismatchError(
             f"{self.directory / str(step)}: the checkpoint's train state does not fit the "
             f"config's model and optimizer ({len(differing)} arrays differ; first {first}: shape "
             f"{stored.get(first, 'absent')} in the checkpoint, {wanted.get(first, 'absent')} in "
-            f"the config). Changed settings: {'; '.join(changed) or 'none found'}. Use a new "
+            f"the config). Changed settings: {'; '.join(changes) or 'none found'}. Use a new "
             "--workdir, or the checkpoint's config."
         )
 
@@ -118,9 +117,12 @@ class Checkpoints:
         )
         return restored["params"]
 
+    def has_normal_errors(self, step: int) -> bool:
+        return (self.directory / str(step) / NORMAL_ERRORS).is_dir()
+
     def normal_errors(self, step: int) -> dict[str, np.ndarray] | None:
         """The training split's per-frame errors stored with `step`, or None."""
-        if not (self.directory / str(step) / NORMAL_ERRORS).is_dir():
+        if not self.has_normal_errors(step):
             return None
         args = ocp.args.Composite(**{NORMAL_ERRORS: ocp.args.StandardRestore()})
         return self.manager.restore(step, args=args)[NORMAL_ERRORS]
@@ -150,4 +152,25 @@ class Checkpoints:
 
 def _plain(value: Any) -> Any:
     """JSON turns tuples into lists: compare settings in that form."""
-    return list(value) if isinstance(value, tuple) else value
+    return [_plain(v) for v in value] if isinstance(value, list | tuple) else value
+
+
+def _field(config: Mapping[str, Any], name: str) -> Any:
+    """The value of the dotted field `name` ("a.b") in nested mappings, None where absent."""
+    for key in name.split("."):
+        if not isinstance(config, Mapping) or key not in config:
+            return None
+        config = config[key]
+    return config
+
+
+def changed(
+    stored: Mapping[str, Any], current: Mapping[str, Any], fields: Iterable[str]
+) -> list[str]:
+    """The `fields` (dotted names) whose value in the config `current` differs from the one
+    in `stored` (a checkpoint's config), as "data.size: 32 in the checkpoint, 48 now"."""
+    return [
+        f"{name}: {_field(stored, name)!r} in the checkpoint, {_field(current, name)!r} now"
+        for name in fields
+        if _plain(_field(stored, name)) != _plain(_field(current, name))
+    ]

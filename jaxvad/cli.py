@@ -1,6 +1,7 @@
 """What every command line of jaxvad shares: the `--config` flag (an ml_collections config file,
-`FILE[:variant]`, any field overridable as `--config.a.b=v`) and running a command with clear
-errors: a bad flag or config is one line and exit status 2, a known user error (bad data, a
+`FILE[:variant]` with variant a model name and/or "tiny", comma-separated; any field overridable
+as `--config.a.b=v`) and running a command with clear errors: a bad flag or config value
+(`jaxvad.config.ConfigError`) is one line and exit status 2, a known user error (bad data, a
 checkpoint that does not fit, ...) is one line and exit status 1, anything else a traceback.
 
 Flags are defined when a command starts, not at import, so modules stay importable side by side.
@@ -16,6 +17,8 @@ from typing import NoReturn
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from jaxvad.config import ConfigError
 
 
 def define_config_flag() -> flags.FlagHolder:
@@ -58,6 +61,9 @@ def run(
         logging.getLogger("jaxvad").setLevel(logging.INFO)
         try:
             command()
+        except ConfigError as e:
+            print(f"error: {e}\nusage: {usage}", file=sys.stderr)
+            return 2
         except user_errors as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

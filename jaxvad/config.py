@@ -10,6 +10,9 @@ the same structure (channels, history, losses) on the tiny synthetic dataset and
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import ml_collections
 
@@ -260,6 +263,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(config.data.channels in (1, 3), "data.channels", "1 (gray) or 3 (RGB)")
     check(config.history >= 1, "history", "at least 1")
     check(m.name in MODEL_DEFAULTS, "model.name", f"one of {list(MODEL_DEFAULTS)}")
+    fields, expected = set(m) - {"name"}, set(MODEL_DEFAULTS[m.name])
+    check(
+        fields == expected,
+        "model.name",
+        f"{m.name!r} takes the fields {sorted(expected)}, but this config's model has "
+        f"{sorted(fields)}: switch models with --config=FILE:{m.name} (or "
+        f"jaxvad.config.set_model), not --config.model.name",
+    )
     check(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}")
     check(config.optimizer.name in OPTIMIZERS, "optimizer.name", f"one of {OPTIMIZERS}")
     check(config.optimizer.schedule in SCHEDULES, "optimizer.schedule", f"one of {SCHEDULES}")
@@ -291,4 +302,74 @@ def validate(config: ml_collections.ConfigDict) -> None:
         math.isfinite(config.optimizer.learning_rate) and config.optimizer.learning_rate > 0,
         "optimizer.learning_rate",
         "a positive number",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# A config as data: what a checkpoint stores, overrides, and the settings the stages take.
+
+
+def flatten(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+    """Every leaf field as "a.b.c" → value (the form of `--config.a.b.c=value`)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict | Mapping):
+            flat |= {f"{key}.{k}": v for k, v in flatten(value).items()}
+        else:
+            flat[key] = value
+    return flat
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the schema's tuples, at every depth (e.g. `mesh.rules`)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def override(config: ml_collections.ConfigDict, fields: Mapping[str, Any]) -> None:
+    """Sets each "a.b.c" → value of `fields` in `config` (ConfigError for a field the schema
+    does not have)."""
+    for name, value in fields.items():
+        *parents, last = name.split(".")
+        node = config
+        try:
+            for parent in parents:
+                node = node[parent]
+            node[last] = _tuples(value) if isinstance(node[last], tuple) else value
+        except (AttributeError, KeyError) as e:
+            raise ConfigError(f"config.{name}: no such field in jaxvad's config schema") from e
+
+
+def from_dict(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """The config a run was saved with (`config.to_dict()`, or its JSON), on today's schema:
+    fields added since the run keep their defaults. Locked, like a config file's."""
+    config = base_config()
+    set_model(config, stored["model"]["name"])
+    override(config, flatten(stored))
+    config.lock()
+    return config
+
+
+def dataset_settings(config: ml_collections.ConfigDict) -> builder.VadConfig:
+    """The preparation settings of the dataset `config.data` names."""
+    data = config.data
+    return builder.VadConfig.make(
+        data.dataset,
+        size=data.size,
+        flow=data.flow,
+        label_version=data.label_version,
+        synthetic=data.synthetic,
+        seed=data.synthetic_seed,
+    )
+
+
+def dataset_dir(config: ml_collections.ConfigDict, *, needed_for: str = "") -> Path:
+    """The prepared dataset of `config.data` (`builder.DatasetNotPreparedError`, with the
+    command that prepares it, when it is not under `config.data.root`)."""
+    data = config.data
+    return builder.dataset_dir(
+        data.root,
+        data.dataset,
+        dataset_settings(config),
+        source=data.source,
+        needed_for=needed_for,
     )

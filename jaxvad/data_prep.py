@@ -12,7 +12,6 @@ readable with `tfds.builder_from_directory`. Re-running skips finished work; see
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -56,7 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def summary(dataset_dir: Path) -> dict:
     """Per split: videos, frames, anomalous frames (from the dataset's metadata)."""
-    metadata = json.loads((dataset_dir / "metadata.json").read_text())
+    metadata = builder_lib.read_metadata(dataset_dir)
     return {
         split: {k: info[k] for k in ("num_videos", "num_frames", "num_anomalous_frames")}
         for split, info in metadata["splits"].items()

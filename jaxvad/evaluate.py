@@ -15,10 +15,11 @@ Writes `WORKDIR/eval/`:
 - `plots/`: `scores/<video>.png` (score curve, ground-truth spans shaded, threshold),
   `roc.png`, `pr.png`, `histogram.png`.
 
-The default path needs no test labels: the checkpoint is the latest one, and the normalisation
-and threshold come from the training split's errors (`jaxvad.scoring`). Test labels are used
-only to compute the metrics. A test split without labels is scored, and its metrics are skipped
-with a message.
+The run is loaded from the workdir alone (`jaxvad.detector`); the dataset is read for its test
+split only. The default path needs no test labels: the checkpoint is the latest one, and the
+normalisation and threshold come from the training split's errors stored with it
+(`jaxvad.scoring`). Test labels are used only to compute the metrics. A test split without
+labels is scored, and its metrics are skipped with a message.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ import dataclasses
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,115 +38,17 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags
-from flax import nnx
 
-from jaxvad import cli, distributed, metrics, model, plots, scoring
+from jaxvad import atomic, cli, metrics, plots, scoring
 from jaxvad import config as config_lib
-from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints
+from jaxvad import detector as detector_lib
 from jaxvad.data import builder, pipeline
 from jaxvad.data.video_io import DataError
-from jaxvad.train import DatasetNotPreparedError, dataset_dir
 
 log = logging.getLogger("jaxvad.evaluate")
 
 CSV_COLUMNS = ("video", "frame", "score", "score_rgb", "score_flow", "label", "scored")
-# What the model was trained on and must be evaluated on (dataset-specific fields: when used).
-DATA_FIELDS = ("dataset", "size", "flow", "channels")
-DATA_FIELDS_OF = {"avenue": ("label_version",), "synthetic": ("synthetic", "synthetic_seed")}
 COMPARED_SIGMAS = (0.0, 3.0)  # Smoothing of the variants table (plus the configured σ).
-
-
-class NoCheckpointError(FileNotFoundError):
-    """The workdir holds no checkpoint."""
-
-
-class DatasetMismatchError(ValueError):
-    """The config's dataset settings differ from those the checkpoint was trained with."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks and loading.
-
-
-def check_same_data(trained: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-    """The data settings (and history T) in which `config` differs from the checkpoint's
-    config `trained`, as "field: trained value → configured value"."""
-    data = config.data
-    fields = DATA_FIELDS + DATA_FIELDS_OF.get(data.dataset, ())
-    differ = [
-        f"data.{f}: {trained['data'].get(f)!r} in the checkpoint, {data[f]!r} now"
-        for f in fields
-        if trained["data"].get(f) != data[f]
-    ]
-    if trained.get("history") != config.history:
-        differ.append(
-            f"history: {trained.get('history')!r} in the checkpoint, {config.history!r} now"
-        )
-    return differ
-
-
-def latest_checkpoint(workdir: Path, config: ml_collections.ConfigDict) -> tuple[Checkpoints, int]:
-    """The workdir's checkpoints and latest step, checked against the config's data."""
-    if not (workdir / "checkpoints").is_dir():
-        raise NoCheckpointError(
-            f"{workdir}: no checkpoints/ folder: nothing to evaluate. Train first, e.g. "
-            f"python -m jaxvad.train --config=CONFIG --workdir={workdir}"
-        )
-    checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints)
-    step = checkpoints.latest_step()
-    if step is None:
-        checkpoints.close()
-        raise NoCheckpointError(f"{checkpoints.directory}: no complete checkpoint to evaluate")
-    differ = check_same_data(checkpoints.config(step), config)
-    if differ:
-        checkpoints.close()
-        raise DatasetMismatchError(
-            f"{checkpoints.directory / str(step)} was trained on other data than the config "
-            f"names: {'; '.join(differ)}. Evaluate with the run's own config "
-            f"({workdir / 'config.json'} lists it)."
-        )
-    return checkpoints, step
-
-
-def load_params(
-    config: ml_collections.ConfigDict, checkpoints: Checkpoints, step: int, mesh
-) -> tuple[nnx.GraphDef, nnx.State]:
-    """The model's graphdef and the parameters of `step`, sharded on `mesh`."""
-    abstract_model = nnx.eval_shape(lambda: model.make_model(config, rngs=nnx.Rngs(0)))
-    graphdef, abstract = nnx.split(abstract_model, nnx.Param)
-    checkpoints.check_fits(step, abstract, config.to_dict(), part="params")
-    shardings = distributed.state_shardings(abstract, mesh, config.mesh.rules)
-    abstract = distributed.with_shardings(abstract, shardings)
-    return graphdef, checkpoints.params(step, abstract)
-
-
-@dataclasses.dataclass(frozen=True)
-class Detector:
-    """A run's latest checkpoint, ready to score: the model's graphdef and sharded parameters,
-    the jitted scorer, the training split's errors (normal statistics) and the prepared data."""
-
-    step: int
-    graphdef: nnx.GraphDef
-    params: nnx.State
-    scorer: scoring.ErrorScorer
-    normal: scoring.SplitErrors
-    data_dir: Path
-
-
-def load_detector(config: ml_collections.ConfigDict, workdir: Path) -> Detector:
-    """The latest checkpoint of `workdir` (checked against `config`) on a mesh of every
-    device, with its normal statistics (computed and stored with the checkpoint if missing)."""
-    distributed.initialize()  # Before any other use of JAX.
-    checkpoints, step = latest_checkpoint(workdir, config)
-    try:
-        mesh = distributed.setup(config.mesh.fsdp)
-        data_dir = dataset_dir(config)
-        graphdef, params = load_params(config, checkpoints, step, mesh)
-        scorer = scoring.ErrorScorer(config, graphdef, mesh)
-        normal = scoring.normal_errors(checkpoints, step, scorer, params, data_dir)
-    finally:
-        checkpoints.close()
-    return Detector(step, graphdef, params, scorer, normal, data_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,17 +91,20 @@ def frame_metrics(
 def pixel_metrics(
     errors: scoring.SplitErrors,
     scores: scoring.Scores,
-    config: ml_collections.ConfigDict,
     masked_videos: list[int],
+    *,
+    alpha: float,
+    sigma: float,
+    rbdc_thresholds: int,
 ) -> dict[str, Any]:
-    """Pixel AUC / AP and RBDC / TBDC over the scored frames of the videos with masks."""
-    sigma = config.eval.map_sigma * config.data.size
-    maps = scoring.anomaly_maps(errors, scores, config.score.alpha, sigma)
+    """Pixel AUC / AP and RBDC / TBDC over the scored frames of the videos with masks; maps
+    weigh the motion component by `alpha` and are blurred by a Gaussian of `sigma` pixels."""
+    maps = scoring.anomaly_maps(errors, scores, alpha, sigma)
     keep = np.isin(errors.video[errors.scored], masked_videos)
     maps, masks = maps[keep], errors.maps["mask"][errors.scored][keep]
     videos = errors.video[errors.scored][keep]
     pixel = metrics.pixel_scores(maps, masks)
-    detection = metrics.rbdc_tbdc(maps, masks, videos, thresholds=config.eval.rbdc_thresholds)
+    detection = metrics.rbdc_tbdc(maps, masks, videos, thresholds=rbdc_thresholds)
     return {
         "auc": pixel["roc_auc"],
         "ap": pixel["average_precision"],
@@ -213,7 +117,7 @@ def pixel_metrics(
 
 
 def variants_table(
-    errors: scoring.SplitErrors, normal: scoring.SplitErrors, score: ml_collections.ConfigDict
+    errors: scoring.SplitErrors, normal: scoring.SplitErrors, score: scoring.ScoreSettings
 ) -> list[dict[str, Any]]:
     """Micro / macro AUC and PR-AUC of every score variant and normalisation, at the compared
     smoothings: for comparison with other papers' protocols (the configured one is marked)."""
@@ -222,13 +126,8 @@ def variants_table(
     for variant in config_lib.SCORE_VARIANTS:
         for normalisation in config_lib.NORMALISATIONS:
             for sigma in sorted({*COMPARED_SIGMAS, score.smoothing_sigma}):
-                setting = ml_collections.ConfigDict(
-                    {
-                        **score.to_dict(),
-                        "variant": variant,
-                        "normalisation": normalisation,
-                        "smoothing_sigma": sigma,
-                    }
+                setting = dataclasses.replace(
+                    score, variant=variant, normalisation=normalisation, smoothing_sigma=sigma
                 )
                 s = scoring.frame_scores(errors, setting, normal).score[scored]
                 label = errors.label[scored]
@@ -251,18 +150,6 @@ def variants_table(
 
 # ---------------------------------------------------------------------------------------------
 # Outputs.
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Writes `text` to a temporary file beside `path`, then renames it: never half-written."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def frame_scores_csv(errors: scoring.SplitErrors, scores: scoring.Scores) -> str:
@@ -294,20 +181,7 @@ def write_plots(
     frame: dict | None,
 ) -> list[str]:
     """Every plot of the evaluation; returns their paths relative to `folder`'s parent."""
-    paths = []
-    for v, name in enumerate(errors.names):
-        rows = errors.video == v
-        labels = None if errors.label is None else errors.label[rows]
-        paths.append(
-            plots.score_curve(
-                folder / "scores" / f"{name}.png",
-                name,
-                errors.frame[rows],
-                scores.score[rows],
-                labels,
-                threshold,
-            )
-        )
+    paths = list(plots.score_curves(folder / "scores", errors, scores, threshold).values())
     scored = errors.scored
     score = scores.score[scored]
     label = None if errors.label is None else errors.label[scored]
@@ -324,92 +198,138 @@ def write_plots(
 # The command.
 
 
+@dataclasses.dataclass(frozen=True)
+class TestSplit:
+    """The prepared test split: its dataset folder and metadata, its frames, whether it has
+    frame labels, and the videos with pixel masks (0-based)."""
+
+    dataset_dir: Path
+    metadata: dict[str, Any]
+    table: pipeline.FrameTable
+    labeled: bool
+    masked_videos: list[int]
+
+
+def open_test_split(dataset_dir: Path) -> TestSplit:
+    metadata = builder.read_metadata(dataset_dir)
+    videos = metadata["splits"]["test"]["videos"]
+    return TestSplit(
+        dataset_dir,
+        metadata,
+        pipeline.open_prepared(dataset_dir, "test"),
+        builder.split_has_labels(metadata, "test"),
+        [i for i, v in enumerate(videos) if v["has_pixel_mask"]],
+    )
+
+
+def protocol(
+    config: ml_collections.ConfigDict,
+    settings: scoring.ScoreSettings,
+    threshold: float,
+    split: TestSplit,
+    errors: scoring.SplitErrors,
+) -> dict[str, Any]:
+    """metrics.json's `protocol`: every choice behind the numbers."""
+    return {
+        "score": scoring.describe(settings),
+        "threshold": {
+            "rule": f"quantile {settings.threshold_quantile} of the training split's "
+            "scores (same score pipeline, training videos)",
+            "value": threshold,
+        },
+        "checkpoint": "the latest in the workdir (no selection on test data)",
+        "unscored_frames": (
+            f"the first T={config.history} frames of each video have no prediction: "
+            "excluded from every metric, written with scored=0 and empty scores"
+        ),
+        "macro_auc_padding": (
+            "a video whose scored frames are all one class gets a normal frame with the "
+            "lowest score of the split prepended and an anomalous frame with the highest "
+            "appended (the field's 0/1 padding, for scores in [0, 1])"
+        ),
+        "pixel_map": (
+            "A = sum_c w_c*(m_c - shift_c)/scale_c (error-variant normalisation), blurred "
+            f"by a Gaussian of sigma {config.eval.map_sigma * config.data.size:g} pixels"
+        ),
+        "rbdc": {"beta": 0.1, "alpha": 0.1, "thresholds": config.eval.rbdc_thresholds},
+        "label_version": split.metadata.get("label_version"),
+        "frames": len(errors.video),
+        "frames_scored": int(errors.scored.sum()),
+        "videos": len(errors.names),
+    }
+
+
+def split_metrics(
+    config: ml_collections.ConfigDict,
+    found: detector_lib.Detector,
+    split: TestSplit,
+    errors: scoring.SplitErrors,
+    scores: scoring.Scores,
+) -> dict[str, Any]:
+    """The `frame`, `pixel` and `variants` entries of metrics.json, or `metrics_skipped` with
+    the reason (no labels, or a single class)."""
+    if not split.labeled:
+        return {
+            "metrics_skipped": f"the test split of {split.dataset_dir} has no frame labels: "
+            "scores are written, metrics are not computed"
+        }
+    labels = errors.label[errors.scored]
+    if labels.min() == labels.max():
+        return {
+            "metrics_skipped": f"every scored test frame has label {labels[0]}: ROC/PR "
+            "metrics need both classes"
+        }
+    result = {"frame": frame_metrics(errors, scores, found.threshold)}
+    if errors.maps is not None:
+        result["pixel"] = pixel_metrics(
+            errors,
+            scores,
+            split.masked_videos,
+            alpha=found.settings.alpha,
+            sigma=config.eval.map_sigma * config.data.size,
+            rbdc_thresholds=config.eval.rbdc_thresholds,
+        )
+    result["variants"] = variants_table(errors, found.normal, found.settings)
+    return result
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Scores the test split with the latest checkpoint of `workdir`; writes `workdir/eval/`
     (on process 0) and returns the contents of metrics.json."""
     config_lib.validate(config)
     started = time.perf_counter()
     workdir = Path(workdir)
-    detector = load_detector(config, workdir)
-    step, normal, data_dir = detector.step, detector.normal, detector.data_dir
-    metadata = builder.read_metadata(data_dir)
-    table = pipeline.open_prepared(data_dir, "test")
-    labeled = builder.split_has_labels(metadata, "test")
-    masked_videos = [
-        i for i, v in enumerate(metadata["splits"]["test"]["videos"]) if v["has_pixel_mask"]
-    ]
-    want_maps = labeled and config.eval.pixel_metrics and bool(masked_videos)
-    errors, seconds = detector.scorer.split_errors(
-        detector.params, table, labels=labeled, maps=want_maps, desc="test"
-    )
-    scores = scoring.frame_scores(errors, config.score, normal)
-    threshold = scoring.training_threshold(normal, config.score)
-
-    scored = int(errors.scored.sum())
+    found = detector_lib.load(workdir, config_lib.flatten(config))
+    config = found.config
+    split = open_test_split(config_lib.dataset_dir(config, needed_for="its test split"))
+    maps = split.labeled and config.eval.pixel_metrics and bool(split.masked_videos)
+    errors, seconds = found.errors(split.table, labels=split.labeled, maps=maps, desc="test")
+    scores = found.scores(errors)
     result: dict[str, Any] = {
         "dataset": config.data.dataset,
         "split": "test",
-        "dataset_dir": str(data_dir),
+        "dataset_dir": str(split.dataset_dir),
         "workdir": str(workdir),
-        "checkpoint_step": step,
-        "protocol": {
-            "score": scoring.describe(config.score),
-            "threshold": {
-                "rule": f"quantile {config.score.threshold_quantile} of the training split's "
-                "scores (same score pipeline, training videos)",
-                "value": threshold,
-            },
-            "checkpoint": "the latest in the workdir (no selection on test data)",
-            "unscored_frames": (
-                f"the first T={config.history} frames of each video have no prediction: "
-                "excluded from every metric, written with scored=0 and empty scores"
-            ),
-            "macro_auc_padding": (
-                "a video whose scored frames are all one class gets a normal frame with the "
-                "lowest score of the split prepended and an anomalous frame with the highest "
-                "appended (the field's 0/1 padding, for scores in [0, 1])"
-            ),
-            "pixel_map": (
-                "A = sum_c w_c*(m_c - shift_c)/scale_c (error-variant normalisation), blurred "
-                f"by a Gaussian of sigma {config.eval.map_sigma * config.data.size:g} pixels"
-            ),
-            "rbdc": {"beta": 0.1, "alpha": 0.1, "thresholds": config.eval.rbdc_thresholds},
-            "label_version": metadata.get("label_version"),
-            "frames": len(errors.video),
-            "frames_scored": scored,
-            "videos": len(errors.names),
-        },
+        "checkpoint_step": found.step,
+        "protocol": protocol(config, found.settings, found.threshold, split, errors),
         "timing": {
             "test_split_seconds": seconds,
             "frames_per_second": len(errors.video) / seconds,
         },
     }
-    if not labeled:
-        result["metrics_skipped"] = (
-            f"the test split of {data_dir} has no frame labels: scores are written, metrics "
-            "are not computed"
-        )
-    elif errors.label[errors.scored].min() == errors.label[errors.scored].max():
-        result["metrics_skipped"] = (
-            f"every scored test frame has label {errors.label[errors.scored][0]}: ROC/PR "
-            "metrics need both classes"
-        )
-    else:
-        result["frame"] = frame_metrics(errors, scores, threshold)
-        if want_maps:
-            result["pixel"] = pixel_metrics(errors, scores, config, masked_videos)
-        result["variants"] = variants_table(errors, normal, config.score)
+    result |= split_metrics(config, found, split, errors, scores)
     if "metrics_skipped" in result:
         log.warning("metrics skipped: %s", result["metrics_skipped"])
-
     if jax.process_index() == 0:
         out = workdir / "eval"
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "frame_scores.csv", frame_scores_csv(errors, scores))
-        result["plots"] = write_plots(out / "plots", errors, scores, threshold, result.get("frame"))
+        atomic.write_text(out / "frame_scores.csv", frame_scores_csv(errors, scores), newline="")
+        result["plots"] = write_plots(
+            out / "plots", errors, scores, found.threshold, result.get("frame")
+        )
         result["timing"]["total_seconds"] = time.perf_counter() - started
         result["config"] = json.loads(config.to_json_best_effort())
-        _write_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+        atomic.write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
         log.info("%s", summary(result, out))
     return result
 
@@ -435,16 +355,9 @@ def summary(result: Mapping[str, Any], out: Path) -> str:
     return "\n".join(lines)
 
 
-USAGE = "python -m jaxvad.evaluate --config=FILE[:tiny] --workdir=DIR [--config.a.b=v ...]"
+USAGE = "python -m jaxvad.evaluate --config=FILE[:<model>,tiny] --workdir=DIR [--config.a.b=v ...]"
 
-USER_ERRORS = (
-    config_lib.ConfigError,
-    NoCheckpointError,
-    DatasetMismatchError,
-    CheckpointMismatchError,
-    DatasetNotPreparedError,
-    DataError,
-)
+USER_ERRORS = (*detector_lib.LOAD_ERRORS, builder.DatasetNotPreparedError, DataError)
 
 
 def main() -> None:

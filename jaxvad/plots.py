@@ -1,7 +1,7 @@
 """Evaluation plots (PNG, matplotlib's Agg backend: no display needed).
 
-Inputs are the scored frames of a split: `scores [M]`, `labels [M]` 0/1 (or None: unlabeled)
-and, for the per-video curves, frame numbers and the video of each frame.
+Inputs are the scored frames of a split: `scores [M]`, `labels [M]` 0/1 (or None: unlabeled);
+the per-video curves take a split's errors and scores (`jaxvad.scoring`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
+
+from jaxvad.scoring import Scores, SplitErrors
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -62,6 +64,37 @@ def score_curve(
     ax.set(xlabel="frame", ylabel="anomaly score", title=video, xlim=(frames[0], frames[-1]))
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     return _save(fig, path)
+
+
+def score_curves(
+    folder: Path,
+    errors: SplitErrors,
+    scores: Scores,
+    threshold: float,
+    *,
+    marked: np.ndarray | None = None,
+    file_name: str = "{video}.png",
+) -> dict[str, Path]:
+    """`score_curve` of every video of a split, in `folder / file_name.format(video=name)`;
+    `marked`: positions `[A]` (into the split's frames) of frames to mark. Returns video name
+    → path."""
+    curves = {}
+    for v, name in enumerate(errors.names):
+        rows = errors.video == v
+        marks = None
+        if marked is not None:
+            here = marked[errors.video[marked] == v]
+            marks = (errors.frame[here], scores.score[here])
+        curves[name] = score_curve(
+            folder / file_name.format(video=name),
+            name,
+            errors.frame[rows],
+            scores.score[rows],
+            None if errors.label is None else errors.label[rows],
+            threshold,
+            marks=marks,
+        )
+    return curves
 
 
 def roc(path: Path, scores: np.ndarray, labels: np.ndarray, auc: float) -> Path:

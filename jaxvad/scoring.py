@@ -1,4 +1,4 @@
-"""Anomaly scores from the models' error maps, and the statistics of normal (training) video.
+"""Anomaly scores from the per-frame errors of a split: pure numpy arithmetic, no model.
 
 For frame t every model gives two per-pixel maps m_rgb, m_flow (appearance and motion; see
 `jaxvad.model.interface`) whose spatial means are the frame's errors E_rgb(t), E_flow(t). The
@@ -12,8 +12,8 @@ predictor (DESIGN.md) predicts the frame Î and the flow F̂ into it from frames
 video (T = `config.history`) have no window: they are "not scored" and every metric leaves
 them out. Per scored frame:
 
-A score is built from the two components c ∈ {rgb, flow} in three steps, all config fields
-(`config.score`):
+A score is built from the two components c ∈ {rgb, flow} in three steps, set by
+`ScoreSettings` (the fields of `config.score`):
 
 1. variant: c = E ("error", the paper's) or c = −PSNR = 10·log10(E / P²) ("psnr", the
    field's), with peak P = 2 for frames (the range of [−1, 1], i.e. 255 of 8-bit) and 1 for flow.
@@ -35,61 +35,23 @@ min and range), so the spatial mean of A is the frame's unsmoothed "error" score
 blurred by a Gaussian of σ = `config.eval.map_sigma` × S pixels (squared errors are speckled
 at the pixel level; regions for RBDC/TBDC need blobs, as in the field's evaluations). Maps
 always use the error variant's normalisation.
+
+The errors come from `jaxvad.inference` (the jitted model over a split); the training split's
+errors are stored with each checkpoint (`jaxvad.detector`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import logging
-import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import scipy.ndimage
-from flax import nnx
-from tqdm import tqdm
-
-from jaxvad import distributed, model
-from jaxvad.checkpoint import Checkpoints
-from jaxvad.data import pipeline
-
-log = logging.getLogger("jaxvad.scoring")
 
 COMPONENTS = ("rgb", "flow")
 PEAK = {"rgb": 2.0, "flow": 1.0}  # PSNR peaks: frames span [−1, 1]; flow in dataset units.
 TINY = 1e-12  # Floor of E in −PSNR (a perfect prediction would give log(0)).
-
-
-def error_step(
-    params: nnx.State, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef, maps: bool
-) -> dict[str, jax.Array]:
-    """Per-sample errors of one evaluation batch (B samples, S×S frames); a pure function.
-
-    Returns `rgb`, `flow` `[B]` float32 (E_rgb, E_flow), the batch's `video_index`,
-    `frame_index`, `label` `[B]` int32, `scored`, `valid` `[B]` bool and, when `maps`,
-    `rgb_map`, `flow_map` `[B, S, S]` float16 (the model's component maps) and `mask`
-    `[B, S, S]` uint8.
-    """
-    out = nnx.merge(graphdef, params).maps(model.model_inputs(batch))
-    rgb_map, flow_map = out["rgb"], out["flow"]
-    result = {
-        "rgb": rgb_map.mean(axis=(1, 2)),
-        "flow": flow_map.mean(axis=(1, 2)),
-        **{k: batch[k] for k in ("video_index", "frame_index", "label", "scored", "valid")},
-    }
-    if maps:
-        result |= {
-            "rgb_map": rgb_map.astype(jnp.float16),
-            "flow_map": flow_map.astype(jnp.float16),
-            "mask": batch["mask"],
-        }
-    return result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,92 +96,19 @@ class SplitErrors:
         )
 
 
-class ErrorScorer:
-    """The jitted `error_step` of a model on a mesh, and the loop over a split."""
+@dataclasses.dataclass(frozen=True)
+class ScoreSettings:
+    """How a split's errors become scores and the alarm threshold (`config.score`'s fields;
+    `ScoreSettings(**config.score)`): the `variant` ("error" or "psnr"), `alpha` (the motion
+    component's weight), the `normalisation` ("train", "minmax" or "none"), the Gaussian
+    `smoothing_sigma` in frames (0: none) and the `threshold_quantile` of the training split's
+    scores."""
 
-    def __init__(self, config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, mesh):
-        rules = tuple(tuple(rule) for rule in config.mesh.rules)
-        distributed.check_batch_size(config.eval.batch_size, mesh, rules, field="eval.batch_size")
-        self.config = config
-        self.data_sharding = distributed.batch_sharding(mesh, rules)
-        self._steps = {
-            maps: jax.jit(functools.partial(error_step, graphdef=graphdef, maps=maps))
-            for maps in (False, True)
-        }
-
-    def step(
-        self, params: nnx.State, batch: Mapping[str, jax.Array], *, maps: bool
-    ) -> dict[str, jax.Array]:
-        """The jitted `error_step` on a global batch (laid out with `data_sharding`)."""
-        return self._steps[maps](params, batch)
-
-    def split_errors(
-        self,
-        params: nnx.State,
-        table: pipeline.FrameTable,
-        *,
-        labels: bool,
-        maps: bool,
-        desc: str,
-    ) -> tuple[SplitErrors, float]:
-        """Errors of every frame of `table` (this process scores its shard, every process gets
-        all of them); returns them and the seconds spent (reading + model + copy back)."""
-        config = self.config
-        batch_size = config.eval.batch_size // jax.process_count()  # This process's part.
-        dataset = pipeline.eval_dataset(
-            table,
-            history=config.history,
-            batch_size=batch_size,
-            channels=config.data.channels,
-            read_threads=config.data.read_threads,
-        )
-        keys = pipeline.EVAL_KEYS if maps else tuple(k for k in pipeline.EVAL_KEYS if k != "mask")
-        steps = pipeline.eval_steps(table, batch_size=batch_size)
-        parts: list[dict[str, np.ndarray]] = []
-        start = time.perf_counter()
-        for local in tqdm(
-            dataset, total=steps, desc=desc, unit="batch", disable=jax.process_index() != 0
-        ):
-            batch = distributed.global_batch({k: local[k] for k in keys}, self.data_sharding)
-            parts.append(self.step(params, batch, maps=maps))
-            if len(parts) > 1:  # Copy the previous batch back while this one computes.
-                parts[-2] = distributed.to_host(parts[-2])
-        parts[-1] = distributed.to_host(parts[-1])
-        seconds = time.perf_counter() - start
-        # Step k of the global batch holds every process's k-th local batch in process order;
-        # the split's order is process 0's whole block first: [steps, P, b] → [P, steps, b].
-        processes = jax.process_count()
-        out = {
-            k: np.stack([p[k] for p in parts])
-            .reshape(len(parts), processes, batch_size, *parts[0][k].shape[1:])
-            .swapaxes(0, 1)
-            .reshape(-1, *parts[0][k].shape[1:])
-            for k in parts[0]
-        }
-        keep = out.pop("valid")
-        out = {k: v[keep] for k, v in out.items()}
-        scored = out["scored"].astype(bool)
-        errors = SplitErrors(
-            names=list(table.video_names or [str(v) for v in range(table.num_videos)]),
-            video=out["video_index"].astype(np.int32),
-            frame=out["frame_index"].astype(np.int32),
-            scored=scored,
-            rgb=np.where(scored, out["rgb"], 0.0).astype(np.float64),
-            flow=np.where(scored, out["flow"], 0.0).astype(np.float64),
-            label=out["label"].astype(np.int32) if labels else None,
-            maps=(
-                {"rgb": out["rgb_map"], "flow": out["flow_map"], "mask": out["mask"]}
-                if maps
-                else None
-            ),
-        )
-        if len(errors.video) != table.num_frames:
-            raise AssertionError(f"scored {len(errors.video)} of {table.num_frames} frames")
-        return errors, seconds
-
-
-# ---------------------------------------------------------------------------------------------
-# Scores (numpy; every array below holds the N frames of a split in (video, frame) order).
+    variant: str
+    alpha: float
+    normalisation: str
+    smoothing_sigma: float
+    threshold_quantile: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,10 +186,9 @@ def smooth(values: np.ndarray, errors: SplitErrors, sigma: float) -> np.ndarray:
     return out
 
 
-def frame_scores(
-    errors: SplitErrors, score: ml_collections.ConfigDict, normal: SplitErrors
-) -> Scores:
-    """The scores of `errors` under `config.score`; `normal`: the training split's errors."""
+def frame_scores(errors: SplitErrors, score: ScoreSettings, normal: SplitErrors) -> Scores:
+    """The scores of `errors` under the settings `score`; `normal`: the training split's
+    errors."""
     scored = errors.scored
     result, error_affine = {}, {}
     for variant in dict.fromkeys((score.variant, "error")):
@@ -320,7 +208,7 @@ def frame_scores(
     )
 
 
-def training_threshold(normal: SplitErrors, score: ml_collections.ConfigDict) -> float:
+def training_threshold(normal: SplitErrors, score: ScoreSettings) -> float:
     """The `score.threshold_quantile` quantile of the training split's own scores."""
     scores = frame_scores(normal, score, normal).score[normal.scored]
     return float(np.quantile(scores, score.threshold_quantile))
@@ -365,7 +253,7 @@ def pixel_maps(
     return out
 
 
-def describe(score: ml_collections.ConfigDict) -> dict[str, Any]:
+def describe(score: ScoreSettings) -> dict[str, Any]:
     """The scoring protocol, as metrics.json states it."""
     return {
         "variant": score.variant,
@@ -387,22 +275,3 @@ def describe(score: ml_collections.ConfigDict) -> dict[str, Any]:
             else "none"
         ),
     }
-
-
-def normal_errors(
-    checkpoints: Checkpoints,
-    step: int,
-    scorer: ErrorScorer,
-    params: nnx.State,
-    dataset_dir: Path,
-) -> SplitErrors:
-    """The training split's errors under the parameters of `step`: stored with the checkpoint,
-    or computed now (every process) and stored there."""
-    arrays = checkpoints.normal_errors(step)
-    if arrays is None:
-        log.info("scoring the training split with step %d (stored with the checkpoint)", step)
-        table = pipeline.open_prepared(dataset_dir, "train")
-        errors, _ = scorer.split_errors(params, table, labels=False, maps=False, desc="train")
-        arrays = errors.to_arrays()
-        checkpoints.save_normal_errors(step, arrays)
-    return SplitErrors.from_arrays(arrays)

@@ -10,8 +10,11 @@ otherwise it starts from the config's seed.
 The workdir receives `config.json` (the resolved config), `checkpoints/<step>/` (Orbax),
 `metrics.jsonl` and `tensorboard/` (every loss term, gradient and parameter norms, learning rate,
 steps/s). After the last step the final model scores the training split, and these per-frame
-errors (the normal statistics that `jaxvad.evaluate` and `jaxvad.explain` normalise and
-threshold scores with) are stored with the last checkpoint. The loop reads top to bottom in
+errors (the normal statistics that scores are normalised and thresholded with) are stored with
+the last checkpoint: from then on the workdir alone is a detector (`jaxvad.detector`), which
+`jaxvad.evaluate` and `jaxvad.explain` load. The synthetic dataset is generated and prepared
+under `config.data.root` when missing (the embedded default); a real one must be prepared
+(`jaxvad.data_prep`), and the error says how. The loop reads top to bottom in
 `train`: mesh, input, model, shard, step, restore, loop.
 """
 
@@ -35,7 +38,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from jaxvad import cli, distributed, losses, model, scoring
+from jaxvad import atomic, cli, detector, distributed, losses, model
 from jaxvad import config as config_lib
 from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints
 from jaxvad.data import builder, pipeline
@@ -47,10 +50,6 @@ log = logging.getLogger("jaxvad.train")
 State = dict[str, Any]  # {"step": int32 [], "params": nnx.State, "opt_state": optax state}
 
 
-class DatasetNotPreparedError(FileNotFoundError):
-    """A real dataset is not prepared under `config.data.root`."""
-
-
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss or parameters."""
 
@@ -59,44 +58,21 @@ class NonFiniteLossError(FloatingPointError):
 # Pieces the loop is made of (each importable and tested on its own).
 
 
-def _prepared(data: ml_collections.ConfigDict) -> tuple[builder.VadConfig, Path]:
-    """The preparation settings of `config.data` and the folder they are prepared into."""
-    vad = builder.VadConfig.make(
-        data.dataset,
-        size=data.size,
-        flow=data.flow,
-        label_version=data.label_version,
-        synthetic=data.synthetic,
-        seed=data.synthetic_seed,
-    )
-    return vad, builder.prepared_dir(data.root, data.dataset, vad)
-
-
-def dataset_path(config: ml_collections.ConfigDict) -> Path | None:
-    """The prepared dataset of `config.data`, or None when it is not prepared."""
-    _, path = _prepared(config.data)
-    return path if builder.is_complete(path) else None
-
-
-def dataset_dir(config: ml_collections.ConfigDict) -> Path:
-    """The prepared dataset of `config.data`; the synthetic one is prepared when missing."""
-    data = config.data
-    vad, path = _prepared(data)
-    if builder.is_complete(path):
-        return path
-    if data.dataset != "synthetic":
-        command = builder.prepare_command(data.dataset, vad, data.root, data.source)
-        raise DatasetNotPreparedError(
-            f"{path}: the {data.dataset} dataset is not prepared (config.data.root="
-            f"{data.root!r}). Prepare it with:\n  {command}"
-        )
+def training_dataset(config: ml_collections.ConfigDict) -> Path:
+    """The prepared dataset of `config.data`; the synthetic one is prepared when missing (the
+    embedded default), a real one is an error naming the command that prepares it."""
+    try:
+        return config_lib.dataset_dir(config, needed_for="training")
+    except builder.DatasetNotPreparedError:
+        if config.data.dataset != "synthetic":
+            raise
+    data, settings = config.data, config_lib.dataset_settings(config)
     if jax.process_index() == 0:
         log.info("synthetic dataset not prepared under %s: preparing it", data.root)
-        builder.prepare(
-            "synthetic", vad, output=data.root, source=builder.synthetic_source(data.root, vad)
-        )
+        source = builder.synthetic_source(data.root, settings)
+        builder.prepare("synthetic", settings, output=data.root, source=source)
     multihost_utils.sync_global_devices("synthetic dataset prepared")
-    return path
+    return config_lib.dataset_dir(config)
 
 
 def make_optimizer(
@@ -265,13 +241,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     is_main = jax.process_index() == 0
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
 
     # --- Mesh: every device in (data, fsdp); the batch is split over both axes.
     mesh = distributed.setup(config.mesh.fsdp)
 
     # --- Input: this process's shard of shuffled windows, batches of B / processes.
-    data_path = dataset_dir(config)
+    data_path = training_dataset(config)
     table = pipeline.open_prepared(data_path, "train")
     steps = total_steps(config, table)
     dataset = pipeline.train_dataset(
@@ -334,8 +310,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         # The final model's errors on the training split: what scores are normalised and
         # thresholded with (stored with the last checkpoint; kept when already there).
         checkpoints.manager.wait_until_finished()
-        scorer = scoring.ErrorScorer(config, run.graphdef, mesh)
-        scoring.normal_errors(checkpoints, steps, scorer, state["params"], data_path)
+        if not checkpoints.has_normal_errors(steps):
+            scorer = detector.error_scorer(config, run.graphdef, mesh)
+            detector.store_normal_errors(checkpoints, steps, scorer, state["params"], data_path)
     finally:
         bar.close()
         writer.close()
@@ -356,12 +333,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
 # ---------------------------------------------------------------------------------------------
 # Command line.
 
-USAGE = "python -m jaxvad.train --config=FILE[:tiny] --workdir=DIR [--config.a.b=v ...]"
+USAGE = "python -m jaxvad.train --config=FILE[:<model>,tiny] --workdir=DIR [--config.a.b=v ...]"
 
 # Errors whose message says all a user needs; anything else keeps its traceback.
 USER_ERRORS = (
-    config_lib.ConfigError,
-    DatasetNotPreparedError,
+    builder.DatasetNotPreparedError,
     CheckpointMismatchError,
     NonFiniteLossError,
     DataError,

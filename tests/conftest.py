@@ -1,22 +1,89 @@
-"""Writers of tiny datasets in the official layouts of Ped2, Avenue and ShanghaiTech, shared by
-`test_readers.py` and `test_data_prep_errors.py` (through the `vad_writers` fixture).
+"""Shared test helpers and trained tiny fixtures (session-scoped: trained once, used by many
+tests). Test modules take them as fixtures or import the plain helpers from here (`from
+conftest import load_config`), never from each other.
 
-Every frame is uniform grey at `frame_value(k)` (k 0-based), so the frame order survives a lossy
-codec; colour sources add a red block on the left half. Masks mark a block whose width grows
-with the frame number, so mask order is checkable too.
+- Commands and configs: `ROOT`, `load_config`, `run_module`.
+- Tiny datasets in the official layouts of Ped2, Avenue and ShanghaiTech (`vad_writers`). Every
+  frame is uniform grey at `frame_value(k)` (k 0-based), so the frame order survives a lossy
+  codec; colour sources add a red block on the left half. Masks mark a block whose width grows
+  with the frame number, so mask order is checkable too.
+- Trained runs: `tiny_run` (the tiny synthetic config, 6 steps), `labeled_run` (the tiny
+  synthetic clips prepared as Ped2 at 32×32 with labels of both classes, 6 steps) and
+  `explain_run` (Ped2-like synthetic clips at 64×64, 600 steps: Grad-CAM has something to
+  find), each trained once per session.
+- BLIP: tiny random `BlipForConditionalGeneration` folders with their tokenizer (`blip_saved`).
+- A headless browser for the HTML report (`open_page`, `require_chromium`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import types
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import pytest
 import scipy.io
 
+if TYPE_CHECKING:  # torch and transformers load only for the tests that use BLIP.
+    import torch
+    import transformers
+
+ROOT = Path(__file__).resolve().parents[1]
 H, W = 24, 32
+
+# XLA's compilation dominates these tests: on the 2-core CPU a tiny model's initialisation and
+# train step take about 15 s each to compile and milliseconds to run, and many tests compile the
+# same programs (the same tiny model's init, error step, ...). One persistent compilation cache
+# per test session, which the subprocesses the tests start share through the environment,
+# compiles each of them once; a hit loads the same executable, so the numbers are the same.
+# (A cache folder set by the caller is used and kept.)
+OWN_XLA_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if OWN_XLA_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxvad-tests-xla-cache-")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if OWN_XLA_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+def load_config(name: str, variant: str | None = "tiny", **fields):
+    """`configs/<name>.py` (its `variant`) with `fields` ("a.b": value) changed."""
+    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(variant)
+    for field, value in fields.items():
+        *parents, last = field.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[last] = value
+    return config
+
+
+def run_module(
+    module: str, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m module args...` from the repository root (`env`: added to this environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=None if env is None else os.environ | env,
+    )
 
 
 def frame_value(k: int) -> int:
@@ -143,3 +210,272 @@ def vad_writers() -> types.SimpleNamespace:
         mask_of=mask_of,
         size=(H, W),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Trained runs (session-scoped).
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """Where the tiny synthetic dataset (the tiny variant's data) is prepared: by the first
+    training run that needs it."""
+    return tmp_path_factory.mktemp("synthetic_data")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_root, tmp_path_factory) -> types.SimpleNamespace:
+    """The tiny variant of the synthetic config trained (6 steps, checkpoints at 3 and 6):
+    `config`, `workdir`. Copy the workdir before changing it."""
+    from jaxvad import train
+
+    config = load_config("synthetic", **{"data.root": str(synthetic_root)})
+    workdir = tmp_path_factory.mktemp("tiny_run") / "run"
+    train.train(config, workdir)
+    return types.SimpleNamespace(config=config, workdir=workdir)
+
+
+@pytest.fixture(scope="session")
+def labeled_data(tmp_path_factory) -> dict[str, Path]:
+    """The tiny synthetic videos prepared as Ped2: `labeled` (at 32×32 and 64×64) with frames
+    10–18 of each test video anomalous (the tiny clips show an anomaly in every frame, and ROC
+    needs both classes; masks stay those of the clips), and `unlabeled` (32×32) without the
+    `.m` file."""
+    from jaxvad.data import builder, synthetic
+
+    base = tmp_path_factory.mktemp("ped2_like")
+    source = synthetic.write_ped2_layout(base / "source", synthetic.TINY)
+    label_file = source / "Test" / "UCSDped2.m"
+    videos = len(list((source / "Test").glob("Test???")))
+    label_file.write_text(
+        "TestVideoFile = {};\n" + "TestVideoFile{end+1}.gt_frame = [10:18];\n" * videos
+    )
+    for size in (32, 64):  # 64: the synthetic default config's frame size.
+        builder.prepare(
+            "ped2", builder.VadConfig.make(size=size), output=base / "labeled", source=source
+        )
+    label_file.unlink()
+    vad = builder.VadConfig.make(size=32)
+    builder.prepare("ped2", vad, output=base / "unlabeled", source=source)
+    return {"labeled": base / "labeled", "unlabeled": base / "unlabeled"}
+
+
+def labeled_config(root: Path):
+    """The tiny config on the Ped2-like data of `labeled_data` under `root`."""
+    return load_config("synthetic", **{"data.dataset": "ped2", "data.root": str(root)})
+
+
+@pytest.fixture(scope="session")
+def labeled_run(labeled_data, tmp_path_factory) -> types.SimpleNamespace:
+    """A tiny run (6 steps, checkpoints at 3 and 6) on `labeled_data["labeled"]`: `config`,
+    `workdir`. Copy the workdir before changing it."""
+    from jaxvad import train
+
+    config = labeled_config(labeled_data["labeled"])
+    workdir = tmp_path_factory.mktemp("labeled_run") / "run"
+    train.train(config, workdir)
+    return types.SimpleNamespace(config=config, workdir=workdir)
+
+
+EXPLAIN_SIZE = 64
+EXPLAIN_STEPS = 600
+
+
+@pytest.fixture(scope="session")
+def explain_run(tmp_path_factory) -> types.SimpleNamespace:
+    """The tiny model trained `EXPLAIN_STEPS` steps on 6 normal synthetic clips of 120 frames
+    (64×96, prepared as Ped2 at 64×64): `spec` (the synthetic spec, whose test clips the
+    explanation tests read), `config`, `workdir`, `root` (a folder for the tests' files)."""
+    from jaxvad import train
+    from jaxvad.data import builder, synthetic
+
+    root = tmp_path_factory.mktemp("explain")
+    spec = synthetic.SyntheticSpec(6, 10, 120, 120, 64, 96, seed=0)
+    source = synthetic.write_ped2_layout(root / "source", spec)
+    vad = builder.VadConfig.make(size=EXPLAIN_SIZE)
+    builder.prepare("ped2", vad, output=root / "data", source=source)
+    config = load_config(
+        "synthetic",
+        **{
+            "data.dataset": "ped2",
+            "data.root": str(root / "data"),
+            "data.size": EXPLAIN_SIZE,
+            "train.num_steps": EXPLAIN_STEPS,
+            "train.checkpoint_every": EXPLAIN_STEPS,
+        },
+    )
+    train.train(config, root / "run")
+    return types.SimpleNamespace(spec=spec, config=config, workdir=root / "run", root=root)
+
+
+def copy_run(run: types.SimpleNamespace, destination: Path) -> Path:
+    """A copy of a trained run's workdir (to change without touching the shared one)."""
+    shutil.copytree(run.workdir, destination)
+    return destination
+
+
+# ---------------------------------------------------------------------------------------------
+# BLIP: tiny random models saved as Hugging Face folders (the parity tests' references).
+
+WORDS = (  # the tokenizer's vocabulary after its special tokens
+    "a an the cat dog man woman car bus tree road street park grass sky red blue green white "
+    "black big small sits stands runs walks on in of with near at and ##s ##ing"
+)
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SEP, PAD = 3, 0
+SEP_BOOST = 1.5  # added to the sep logit's bias: early stops in a few of 12 steps
+
+SIZES = {  # BlipVisionConfig / BlipTextConfig fields, and save_pretrained's max_shard_size
+    "small": {
+        "vision": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        "text": {
+            "hidden_size": 32,
+            "intermediate_size": 48,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+        },
+        "shard": None,
+    },
+    "large": {
+        "vision": {
+            "hidden_size": 48,
+            "intermediate_size": 96,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "image_size": 48,
+            "patch_size": 16,
+        },
+        "text": {
+            "hidden_size": 40,
+            "intermediate_size": 72,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+        },
+        "shard": "150KB",
+    },
+}
+
+
+@dataclasses.dataclass
+class BlipTorch:
+    """A saved folder with its PyTorch model and processor."""
+
+    folder: Path
+    model: transformers.BlipForConditionalGeneration
+    processor: transformers.BlipProcessor
+
+    def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def generate(self, pixels: torch.Tensor, **kwargs) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.model.generate(pixel_values=pixels, **kwargs).numpy()
+
+
+def make_tokenizer() -> transformers.BertTokenizer:
+    """BLIP's tokenizer layout: BERT specials, `[DEC]` as bos, `[ENC]` as an extra special."""
+    import transformers
+
+    vocab = {word: i for i, word in enumerate([*SPECIALS, *WORDS.split()])}
+    return transformers.BertTokenizer(
+        vocab=vocab, bos_token="[DEC]", additional_special_tokens=["[ENC]"]
+    )
+
+
+def save_folder(folder: Path, size: str, seed: int) -> BlipTorch:
+    """A random BLIP of `SIZES[size]` saved with `save_pretrained` (and its processor) in
+    `folder`."""
+    import torch
+    import transformers
+
+    spec = SIZES[size]
+    tokenizer = make_tokenizer()
+    config = transformers.BlipConfig(
+        vision_config=dict(spec["vision"], initializer_range=0.2),
+        text_config=dict(
+            spec["text"],
+            vocab_size=len(tokenizer),
+            max_position_embeddings=40,
+            initializer_range=0.2,
+            bos_token_id=tokenizer.bos_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+    )
+    assert (tokenizer.sep_token_id, tokenizer.pad_token_id) == (SEP, PAD)
+    torch.manual_seed(seed)
+    model = transformers.BlipForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.text_decoder.cls.predictions.bias[SEP] += SEP_BOOST
+    kwargs = {"max_shard_size": spec["shard"]} if spec["shard"] else {}
+    model.save_pretrained(folder, **kwargs)
+    image_size = spec["vision"]["image_size"]
+    image_processor = transformers.BlipImageProcessor(
+        size={"height": image_size, "width": image_size}
+    )
+    processor = transformers.BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    return BlipTorch(folder, model, transformers.BlipProcessor.from_pretrained(folder))
+
+
+@pytest.fixture(scope="session")
+def blip_saved(tmp_path_factory) -> dict[str, BlipTorch]:
+    """Each of `SIZES` saved (seeds 0, 1, ...) with its PyTorch model and processor."""
+    root = tmp_path_factory.mktemp("blip")
+    return {size: save_folder(root / size, size, seed) for seed, size in enumerate(SIZES)}
+
+
+# ---------------------------------------------------------------------------------------------
+# A browser: opens a local HTML file in headless Chromium (Debian's `chromium`, driven by
+# Playwright) and reports what a person would see.
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Flags for a sandboxed root user on a machine without network (see the CI machine's notes).
+FLAGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+def require_chromium() -> None:
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (.ci/run does)")
+
+
+def open_page(path: Path) -> dict[str, Any]:
+    """Loads `path` (file://) and returns `images` [(src, naturalWidth)], `console`
+    [(type, text)], `errors` [page errors], `dialogs` [messages], `text` (body text) and
+    `scripts` (number of <script> elements)."""
+    from playwright.sync_api import sync_playwright
+
+    seen: dict[str, list] = {"console": [], "errors": [], "dialogs": []}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=list(FLAGS))
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: seen["console"].append((m.type, m.text)))
+            page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+            page.on("dialog", lambda d: (seen["dialogs"].append(d.message), d.dismiss()))
+            page.goto(path.resolve().as_uri(), wait_until="load")
+            images = page.evaluate(
+                "Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])"
+            )
+            text = page.evaluate("document.body.innerText")
+            scripts = page.evaluate("document.getElementsByTagName('script').length")
+        finally:
+            browser.close()
+    return {**seen, "images": images, "text": text, "scripts": scripts}

@@ -2,9 +2,9 @@
 
 Two tiny randomly initialised `BlipForConditionalGeneration` models of different shapes are saved
 with `save_pretrained` (one as sharded safetensors) next to a tiny WordPiece tokenizer and a BLIP
-image processor. Parity: vision features and teacher-forced logits (f32, 1e-4), token ids of
-greedy and beam search against `generate`, captions against the processor's decode of torch's
-tokens. Errors: broken copies of the saved folders.
+image processor (`blip_saved` in conftest.py). Parity: vision features and teacher-forced logits
+(f32, 1e-4), token ids of greedy and beam search against `generate`, captions against the
+processor's decode of torch's tokens. Errors: broken copies of the saved folders.
 
 Random weights give flat logits, hence near-ties: the initialisers are scaled up (std 0.2) and the
 sep logit is raised a little so that some sequences stop before `max_new_tokens`.
@@ -12,7 +12,6 @@ sep logit is raised a little so that some sequences stop before `max_new_tokens`
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -24,121 +23,16 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import SEP, SIZES, BlipTorch
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from jaxvad.explain import blip
 
-WORDS = (  # the tokenizer's vocabulary after its special tokens
-    "a an the cat dog man woman car bus tree road street park grass sky red blue green white "
-    "black big small sits stands runs walks on in of with near at and ##s ##ing"
-)
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-SEP, PAD = 3, 0
-SEP_BOOST = 1.5  # added to the sep logit's bias: early stops in a few of 12 steps
-
-SIZES = {  # BlipVisionConfig / BlipTextConfig fields, and save_pretrained's max_shard_size
-    "small": {
-        "vision": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        "text": {
-            "hidden_size": 32,
-            "intermediate_size": 48,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-        },
-        "shard": None,
-    },
-    "large": {
-        "vision": {
-            "hidden_size": 48,
-            "intermediate_size": 96,
-            "num_hidden_layers": 3,
-            "num_attention_heads": 4,
-            "image_size": 48,
-            "patch_size": 16,
-        },
-        "text": {
-            "hidden_size": 40,
-            "intermediate_size": 72,
-            "num_hidden_layers": 3,
-            "num_attention_heads": 4,
-        },
-        "shard": "150KB",
-    },
-}
-
-
-@dataclasses.dataclass
-class BlipTorch:
-    """A saved folder with its PyTorch model and processor."""
-
-    folder: Path
-    model: transformers.BlipForConditionalGeneration
-    processor: transformers.BlipProcessor
-
-    def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
-        return self.processor(images=images, return_tensors="pt")["pixel_values"]
-
-    def generate(self, pixels: torch.Tensor, **kwargs) -> np.ndarray:
-        with torch.no_grad():
-            return self.model.generate(pixel_values=pixels, **kwargs).numpy()
-
-
-def make_tokenizer() -> transformers.BertTokenizer:
-    """BLIP's tokenizer layout: BERT specials, `[DEC]` as bos, `[ENC]` as an extra special."""
-    vocab = {word: i for i, word in enumerate([*SPECIALS, *WORDS.split()])}
-    return transformers.BertTokenizer(
-        vocab=vocab, bos_token="[DEC]", additional_special_tokens=["[ENC]"]
-    )
-
-
-def save_folder(folder: Path, size: str, seed: int) -> BlipTorch:
-    spec = SIZES[size]
-    tokenizer = make_tokenizer()
-    config = transformers.BlipConfig(
-        vision_config=dict(spec["vision"], initializer_range=0.2),
-        text_config=dict(
-            spec["text"],
-            vocab_size=len(tokenizer),
-            max_position_embeddings=40,
-            initializer_range=0.2,
-            bos_token_id=tokenizer.bos_token_id,
-            sep_token_id=tokenizer.sep_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-    )
-    assert (tokenizer.sep_token_id, tokenizer.pad_token_id) == (SEP, PAD)
-    torch.manual_seed(seed)
-    model = transformers.BlipForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        model.text_decoder.cls.predictions.bias[SEP] += SEP_BOOST
-    kwargs = {"max_shard_size": spec["shard"]} if spec["shard"] else {}
-    model.save_pretrained(folder, **kwargs)
-    image_size = spec["vision"]["image_size"]
-    image_processor = transformers.BlipImageProcessor(
-        size={"height": image_size, "width": image_size}
-    )
-    processor = transformers.BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    processor.save_pretrained(folder)
-    return BlipTorch(folder, model, transformers.BlipProcessor.from_pretrained(folder))
-
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> dict[str, BlipTorch]:
-    root = tmp_path_factory.mktemp("blip")
-    return {size: save_folder(root / size, size, seed) for seed, size in enumerate(SIZES)}
-
-
-@pytest.fixture(scope="module")
-def captioners(saved) -> dict[str, blip.Captioner]:
-    return {size: blip.Captioner.load(saved[size].folder) for size in saved}
+def captioners(blip_saved) -> dict[str, blip.Captioner]:
+    return {size: blip.Captioner.load(blip_saved[size].folder) for size in blip_saved}
 
 
 def random_images(
@@ -160,11 +54,11 @@ def forward(model: blip.CaptionModel, pixels: jax.Array, tokens: jax.Array):
     return model.vision(pixels), model.logits(pixels, tokens)
 
 
-def test_the_large_model_is_sharded(saved):
-    index = saved["large"].folder / "model.safetensors.index.json"
+def test_the_large_model_is_sharded(blip_saved):
+    index = blip_saved["large"].folder / "model.safetensors.index.json"
     shards = set(json.loads(index.read_text())["weight_map"].values())
     assert len(shards) >= 2
-    assert not (saved["large"].folder / "model.safetensors").exists()
+    assert not (blip_saved["large"].folder / "model.safetensors").exists()
 
 
 def prompt(ref: BlipTorch) -> torch.Tensor:
@@ -175,8 +69,8 @@ def prompt(ref: BlipTorch) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_vision_features_and_logits_match_torch(saved, size):
-    ref = saved[size]
+def test_vision_features_and_logits_match_torch(blip_saved, size):
+    ref = blip_saved[size]
     pixels, tokens = ref.pixels(random_images(0)), prompt(ref)
     with torch.no_grad():
         features = ref.model.vision_model(pixel_values=pixels).last_hidden_state.numpy()
@@ -188,8 +82,8 @@ def test_vision_features_and_logits_match_torch(saved, size):
     assert np.ptp(features[:, 0], axis=0).max() > 0.1, "images should not all look alike"
 
 
-def test_bfloat16_compute_stays_close(saved):
-    ref = saved["small"]
+def test_bfloat16_compute_stays_close(blip_saved):
+    ref = blip_saved["small"]
     pixels, tokens = channels_last(ref.pixels(random_images(0))), prompt(ref).numpy()
     full = np.asarray(forward(blip.load_model(ref.folder), pixels, tokens)[1])
     half = forward(blip.load_model(ref.folder, dtype=jnp.bfloat16), pixels, tokens)[1]
@@ -198,8 +92,8 @@ def test_bfloat16_compute_stays_close(saved):
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_greedy_and_beam_search_match_torch_generate(saved, captioners, size):
-    ref = saved[size]
+def test_greedy_and_beam_search_match_torch_generate(blip_saved, captioners, size):
+    ref = blip_saved[size]
     pixels = ref.pixels(random_images(3))
     stopped_early = 0
     for beams in (1, 3):
@@ -217,8 +111,8 @@ def test_greedy_and_beam_search_match_torch_generate(saved, captioners, size):
         {"early_stopping": "never", "length_penalty": 2.0},
     ],
 )
-def test_beam_search_options_match_torch(saved, captioners, options):
-    ref = saved["small"]
+def test_beam_search_options_match_torch(blip_saved, captioners, options):
+    ref = blip_saved["small"]
     pixels = ref.pixels(random_images(2, count=4))
     expected = ref.generate(pixels, max_new_tokens=10, num_beams=3, **options)
     ours = captioners["small"].generate(
@@ -227,9 +121,9 @@ def test_beam_search_options_match_torch(saved, captioners, options):
     np.testing.assert_array_equal(ours, expected)
 
 
-def test_caption_matches_the_torch_pipeline(saved, captioners):
+def test_caption_matches_the_torch_pipeline(blip_saved, captioners):
     """Same batch size and token count as the generation test: its compilations are reused."""
-    ref, captioner = saved["large"], captioners["large"]
+    ref, captioner = blip_saved["large"], captioners["large"]
     batch = np.stack(random_images(5, count=3, size=(45, 60)))  # an array [B, H, W, 3]
     listed = random_images(6)  # a list of images of different sizes
     for images, beams in ((batch, 1), (listed, 3)):
@@ -240,14 +134,14 @@ def test_caption_matches_the_torch_pipeline(saved, captioners):
     assert captioner.caption(listed[:2], beams=3, max_new_tokens=12, pad_to=3) == expected[:2]
 
 
-def test_generate_rejects_channels_first(saved, captioners):
-    pixels = saved["small"].pixels(random_images(0, count=1)).numpy()
+def test_generate_rejects_channels_first(blip_saved, captioners):
+    pixels = blip_saved["small"].pixels(random_images(0, count=1)).numpy()
     with pytest.raises(ValueError, match=r"channels first"):
         captioners["small"].generate(pixels)
 
 
-def test_random_captioner_generates_but_cannot_caption(saved):
-    config = saved["small"].model.config
+def test_random_captioner_generates_but_cannot_caption(blip_saved):
+    config = blip_saved["small"].model.config
     captioner = blip.Captioner.random(config, seed=3)
     ids = captioner.generate(np.zeros((2, 32, 32, 3), np.float32), beams=2, max_new_tokens=5)
     assert ids.shape[0] == 2 and 2 <= ids.shape[1] <= 6
@@ -272,9 +166,9 @@ def rewrite(folder: Path, change) -> None:
 
 
 @pytest.fixture
-def copy_of(saved, tmp_path):
+def copy_of(blip_saved, tmp_path):
     def copy(size: str) -> Path:
-        return Path(shutil.copytree(saved[size].folder, tmp_path / size))
+        return Path(shutil.copytree(blip_saved[size].folder, tmp_path / size))
 
     return copy
 
@@ -287,7 +181,7 @@ def teacher_forced(model, ref: BlipTorch) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(forward(model, channels_last(pixels), tokens.numpy())[1]), expected
 
 
-def test_redundant_decoder_tensors_of_old_checkpoints_are_accepted(saved, copy_of, caplog):
+def test_redundant_decoder_tensors_of_old_checkpoints_are_accepted(blip_saved, copy_of, caplog):
     folder = copy_of("small")
 
     def add_head(tensors):
@@ -300,11 +194,11 @@ def test_redundant_decoder_tensors_of_old_checkpoints_are_accepted(saved, copy_o
         model = blip.load_model(folder)
     assert model.text.decoder is None  # still tied
     assert not caplog.records
-    ours, expected = teacher_forced(model, saved["small"])
+    ours, expected = teacher_forced(model, blip_saved["small"])
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4)
 
 
-def test_a_differing_decoder_matrix_unties_the_head_as_in_transformers(saved, copy_of, caplog):
+def test_a_differing_decoder_matrix_unties_the_head_as_in_transformers(blip_saved, copy_of, caplog):
     folder = copy_of("small")
     rng = np.random.default_rng(0)
 
@@ -318,7 +212,9 @@ def test_a_differing_decoder_matrix_unties_the_head_as_in_transformers(saved, co
     assert model.text.decoder is not None
     assert "not tied" in caplog.text
     reference = transformers.BlipForConditionalGeneration.from_pretrained(folder).eval()
-    ours, expected = teacher_forced(model, BlipTorch(folder, reference, saved["small"].processor))
+    ours, expected = teacher_forced(
+        model, BlipTorch(folder, reference, blip_saved["small"].processor)
+    )
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4)
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import ROOT, run_module
+from conftest import ROOT, run_module
 
 from jaxvad.data import builder
 

@@ -1,4 +1,5 @@
-"""End-to-end tests of `jaxvad.evaluate` on a tiny run (trained once per module)."""
+"""End-to-end tests of `jaxvad.evaluate` on the shared tiny run of labeled Ped2-like data
+(`labeled_run`, conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,47 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import labeled_config, run_module
 from sklearn.metrics import roc_auc_score
-from test_train import load_config, run_module
 
 from jaxvad import evaluate as evaluate_lib
-from jaxvad import train as train_lib
 from jaxvad.checkpoint import Checkpoints
-from jaxvad.data import builder, synthetic
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def roots(tmp_path_factory) -> dict[str, Path]:
-    """The tiny synthetic videos prepared as Ped2 at 32×32, twice: `labeled` with frames 10–18
-    of each test video anomalous (the tiny clips show an anomaly in every frame, and ROC needs
-    both classes; masks stay those of the clips), and `unlabeled` without the `.m` file."""
-    base = tmp_path_factory.mktemp("ped2_like")
-    source = synthetic.write_ped2_layout(base / "source", synthetic.TINY)
-    label_file = source / "Test" / "UCSDped2.m"
-    videos = len(list((source / "Test").glob("Test???")))
-    label_file.write_text(
-        "TestVideoFile = {};\n" + "TestVideoFile{end+1}.gt_frame = [10:18];\n" * videos
-    )
-    vad = builder.VadConfig.make(size=32)
-    builder.prepare("ped2", vad, output=base / "labeled", source=source)
-    label_file.unlink()
-    builder.prepare("ped2", vad, output=base / "unlabeled", source=source)
-    return {"labeled": base / "labeled", "unlabeled": base / "unlabeled"}
-
-
-def tiny_config(root: Path):
-    return load_config("synthetic", **{"data.dataset": "ped2", "data.root": str(root)})
-
-
-@pytest.fixture(scope="module")
-def run(roots, tmp_path_factory) -> tuple[Path, dict]:
-    """A tiny run (6 steps, checkpoints at 3 and 6), evaluated."""
-    workdir = tmp_path_factory.mktemp("run")
-    config = tiny_config(roots["labeled"])
-    train_lib.train(config, workdir)
-    return workdir, evaluate_lib.evaluate(config, workdir)
+def run(labeled_run) -> tuple[Path, dict]:
+    """The shared tiny run (checkpoints at 3 and 6), evaluated."""
+    return labeled_run.workdir, evaluate_lib.evaluate(labeled_run.config, labeled_run.workdir)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -124,10 +97,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return run_module("jaxvad.evaluate", *args)
 
 
-def test_bad_input_is_one_clear_line(run, roots, tmp_path):
+def test_bad_input_is_one_clear_line(run, labeled_data, tmp_path):
     workdir, _ = run
     config = "--config=configs/synthetic.py:tiny"
-    root = f"--config.data.root={roots['labeled']}"
+    root = f"--config.data.root={labeled_data['labeled']}"
     dataset = "--config.data.dataset=ped2"
 
     empty = run_cli(config, root, dataset, f"--workdir={tmp_path}")
@@ -144,11 +117,11 @@ def test_bad_input_is_one_clear_line(run, roots, tmp_path):
     assert "model.width: 32 in the checkpoint, 48 now" in other_model.stderr
 
 
-def test_unlabeled_test_split_is_scored_without_metrics(run, roots, tmp_path):
+def test_unlabeled_test_split_is_scored_without_metrics(run, labeled_data, tmp_path):
     # The same checkpoint (same data settings, same training split) on the unlabeled copy.
     workdir = tmp_path / "run"
     shutil.copytree(run[0], workdir)
-    result = evaluate_lib.evaluate(tiny_config(roots["unlabeled"]), workdir)
+    result = evaluate_lib.evaluate(labeled_config(labeled_data["unlabeled"]), workdir)
     assert "no frame labels" in result["metrics_skipped"]
     assert "frame" not in result and "pixel" not in result
     rows = read_csv(workdir / "eval" / "frame_scores.csv")

@@ -1,13 +1,14 @@
 """End-to-end tests of `jaxvad.explain` on a small run trained on synthetic Ped2-like video.
 
-The run: 6 normal clips of 120 frames (64×96, prepared as Ped2 at 64×64), the tiny model
-trained for `STEPS` steps. The video handed to the command: test clip 9 of the same synthetic
-scene (a folder of PNG frames), where frames 1–34 are normal and a walker crosses the lawns in
-frames 35–120; its masks are known.
+The run (`explain_run`, conftest.py): 6 normal clips of 120 frames (64×96, prepared as Ped2 at
+64×64), the tiny model trained for 600 steps. The video handed to the command: test clip 9 of
+the same synthetic scene (a folder of PNG frames), where frames 1–34 are normal and a walker
+crosses the lawns in frames 35–120; its masks are known.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -15,61 +16,47 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from browser import open_page, require_chromium
-from test_train import load_config, run_module
+from conftest import open_page, require_chromium, run_module
 
-from jaxvad import train as train_lib
-from jaxvad.data import builder, preprocess, synthetic
+from jaxvad import config as config_lib
+from jaxvad.data import preprocess, synthetic
 from jaxvad.data.video_io import read_frames, resize_masks
 from jaxvad.explain import blip, command, images
 from jaxvad.explain.video import VideoFrames, open_video
 
 pytestmark = pytest.mark.slow
 
-SPEC = synthetic.SyntheticSpec(6, 10, 120, 120, 64, 96, seed=0)
 CLIP = 9  # Normal walkers only in frames 1–34, then a walker crossing the lawns.
-SIZE = 64
-STEPS = 600
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("explain")
+def root(explain_run) -> Path:
+    return explain_run.root
 
 
 @pytest.fixture(scope="module")
-def config(root):
-    source = synthetic.write_ped2_layout(root / "source", SPEC)
-    builder.prepare("ped2", builder.VadConfig.make(size=SIZE), output=root / "data", source=source)
-    return load_config(
-        "synthetic",
-        **{
-            "data.dataset": "ped2",
-            "data.root": str(root / "data"),
-            "data.size": SIZE,
-            "train.num_steps": STEPS,
-            "train.checkpoint_every": STEPS,
-        },
-    )
+def config(explain_run):
+    return explain_run.config
 
 
 @pytest.fixture(scope="module")
-def workdir(config, root) -> Path:
-    train_lib.train(config, root / "run")
-    return root / "run"
+def workdir(explain_run) -> Path:
+    return explain_run.workdir
 
 
 @pytest.fixture(scope="module")
-def clip(root) -> dict:
-    """The test clip as a folder of PNG frames, its masks at 32×32 and its anomaly span."""
-    frames, masks, anomalies = synthetic.generate_clip(SPEC, "test", CLIP)
+def clip(explain_run, root) -> dict:
+    """The test clip as a folder of PNG frames, its masks at the run's size and its anomaly
+    span."""
+    frames, masks, anomalies = synthetic.generate_clip(explain_run.spec, "test", CLIP)
     assert [a["kind"] for a in anomalies] == ["lawn_crossing"]
     folder = root / "clip"
     folder.mkdir()
     for k, frame in enumerate(frames, start=1):
         cv2.imwrite(str(folder / f"{k:03d}.png"), frame)
     span = range(anomalies[0]["first_frame"], anomalies[0]["last_frame"] + 1)
-    return {"folder": folder, "frames": frames, "masks": resize_masks(masks, SIZE), "span": span}
+    size = explain_run.config.data.size
+    return {"folder": folder, "frames": frames, "masks": resize_masks(masks, size), "span": span}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -80,7 +67,7 @@ def config_flags(config) -> list[str]:
     return [
         "--config=configs/synthetic.py:tiny",
         "--config.data.dataset=ped2",
-        f"--config.data.size={SIZE}",
+        f"--config.data.size={config.data.size}",
         f"--config.data.root={config.data.root}",
     ]
 
@@ -133,9 +120,10 @@ def test_records_of_a_video_cover_its_anomaly_and_point_at_it(explained, clip):
 
 def test_a_video_is_read_as_the_data_preparation_reads_it(config, clip):
     """Same frames and the same flow as `preprocess.frames_and_flow` on the decoded video."""
-    table = open_video(clip["folder"], config)
+    size = config.data.size
+    table = open_video(clip["folder"], size=size, history=config.history, flow="farneback")
     expected_frames, expected_flow = preprocess.frames_and_flow(
-        read_frames(clip["folder"]), size=SIZE, channels=1, flow_method="farneback"
+        read_frames(clip["folder"]), size=size, channels=1, flow_method="farneback"
     )
     source = table.source
     assert isinstance(source, VideoFrames) and len(source) == len(expected_frames)
@@ -188,16 +176,8 @@ def test_report_opens_in_chromium_and_shows_a_hostile_name_as_text(config, workd
     ).replace("&gt;", ">")
 
 
-@pytest.fixture(scope="module")
-def blip_folder(tmp_path_factory) -> Path:
-    from test_blip import save_folder
-
-    folder = tmp_path_factory.mktemp("blip")
-    save_folder(folder, "small", seed=0)
-    return folder
-
-
-def test_captions_with_blip(config, workdir, clip, blip_folder):
+def test_captions_with_blip(config, workdir, clip, blip_saved):
+    blip_folder = blip_saved["small"].folder
     out = command.explain(config, workdir, video=clip["folder"], top=2, blip=blip_folder)
     records = read_records(out)
     assert len(records) == 2
@@ -241,3 +221,9 @@ def test_bad_input_is_one_clear_line(config, workdir, root, tmp_path):
         assert last.startswith("error: ") and message in last, (case, last)
     for name in ("bad", "short"):
         assert not (workdir / "explain" / name).exists()
+
+
+def test_explain_settings_hold_exactly_the_configs_explain_fields():
+    config = config_lib.base_config()
+    settings = command.ExplainSettings(**config.explain)  # A field missing on either side fails.
+    assert dataclasses.asdict(settings) == config.explain.to_dict()

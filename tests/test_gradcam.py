@@ -91,7 +91,9 @@ def test_explain_step_matches_the_model_and_its_errors():
     out = jax.jit(lambda p, b, s0, s1: explain_step(p, b, s0, s1, graphdef=graphdef, alpha=2.0))(
         params, batch, shift, scale
     )
-    ref = model(
+    forward = jax.jit(lambda p, frames, flows: nnx.merge(graphdef, p)(frames, flows))
+    ref = forward(
+        params,
         jnp.asarray(batch["frames"], jnp.float32) / 127.5 - 1,
         jnp.asarray(batch["flows"], jnp.float32),
     )

@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from test_train import ROOT
+from conftest import ROOT
 
 from jaxvad import distributed
 from jaxvad.config import ConfigError

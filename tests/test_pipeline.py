@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
+from jaxvad import atomic
 from jaxvad.data import pipeline as pl
 
 LENGTHS = (7, 9, 12)
@@ -428,7 +429,7 @@ def test_open_prepared_without_writable_cache(prepared_dir, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError("read-only")
 
-    monkeypatch.setattr(pl.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)  # The index's atomic write fails.
     (prepared_dir / "index_train.npz").unlink(missing_ok=True)
     table = pl.open_prepared(prepared_dir, "train")
     assert not (prepared_dir / "index_train.npz").exists()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import ml_collections
 import numpy as np
 import pytest
 
+from jaxvad import config as config_lib
 from jaxvad import scoring
 
 
@@ -26,7 +26,7 @@ def split(rgb, flow, videos, scored=None, label=None) -> scoring.SplitErrors:
     )
 
 
-def setting(**fields) -> ml_collections.ConfigDict:
+def setting(**fields) -> scoring.ScoreSettings:
     base = {
         "variant": "error",
         "alpha": 1.0,
@@ -34,7 +34,7 @@ def setting(**fields) -> ml_collections.ConfigDict:
         "smoothing_sigma": 0.0,
         "threshold_quantile": 0.5,
     }
-    return ml_collections.ConfigDict(base | fields)
+    return scoring.ScoreSettings(**base | fields)
 
 
 NORMAL = split(rgb=[1.0, 2.0, 3.0], flow=[10.0, 10.0, 40.0], videos=[0, 0, 0])
@@ -135,3 +135,9 @@ def test_pixel_map_mean_is_the_unsmoothed_error_score(normalisation):
     np.testing.assert_allclose(maps.mean((1, 2)), unsmoothed.score[1:], rtol=1e-5)
     blurred = scoring.anomaly_maps(errors, scores, alpha=3.0, sigma=1.0)
     assert blurred.std() < maps.std()
+
+
+def test_score_settings_hold_exactly_the_configs_score_fields():
+    config = config_lib.base_config()
+    settings = scoring.ScoreSettings(**config.score)  # A field missing on either side fails.
+    assert dataclasses.asdict(settings) == config.score.to_dict()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -14,50 +14,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import ROOT, copy_run, load_config, run_module
 
+from jaxvad import config as config_lib
 from jaxvad import train as train_lib
 from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints
+from jaxvad.data import builder
 from jaxvad.metric_writer import read_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
-
-
-def load_config(name: str, variant: str | None = "tiny", **fields):
-    """`configs/<name>.py` (its `variant`) with `fields` ("a.b": value) changed."""
-    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(variant)
-    for field, value in fields.items():
-        *parents, last = field.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[last] = value
-    return config
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """Where the tiny synthetic dataset is prepared (by the first training run that needs it)."""
-    return tmp_path_factory.mktemp("data")
-
-
-def run_module(
-    module: str, *args: str, timeout: float = 300, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    """`python -m module args...` from the repository root (`env`: added to this environment);
-    the other test modules' command lines go through here too."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=None if env is None else os.environ | env,
-    )
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -77,19 +42,35 @@ def test_configs_build_and_are_locked():
     assert paper.data.size == 224
 
 
+def test_a_config_survives_the_checkpoints_json():
+    """What a checkpoint stores (JSON: tuples become lists) reads back as the same config."""
+    for name in CONFIGS:
+        for variant in (None, "mdsf", "motion_mae,tiny"):
+            config = load_config(name, variant=variant)
+            again = config_lib.from_dict(json.loads(config.to_json_best_effort()))
+            assert again.to_dict() == config.to_dict(), (name, variant)
+            assert again.is_locked and isinstance(again.mesh.rules[0][1], tuple)
+    config = load_config("synthetic")
+    with pytest.raises(config_lib.ConfigError, match=r"config\.model\.widht: no such field"):
+        config_lib.override(config, {"model.widht": 8})
+    config_lib.override(config, {"model.motion_channels": [4, 8, 16], "score.alpha": 2})
+    assert config.model.motion_channels == (4, 8, 16) and config.score.alpha == 2.0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
-def test_tiny_variant_of_every_config_trains_two_steps(name, data_root, tmp_path):
-    config = load_config(name, **{"data.root": str(data_root), "train.num_steps": 2})
+def test_tiny_variant_of_every_config_trains_two_steps(name, synthetic_root, tmp_path):
+    config = load_config(name, **{"data.root": str(synthetic_root), "train.num_steps": 2})
     metrics = train_lib.train(config, tmp_path)
     assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0
     assert Checkpoints(tmp_path).latest_step() == 2
 
 
 @pytest.mark.slow
-def test_training_lowers_the_loss_and_writes_logs(data_root, tmp_path):
+def test_training_lowers_the_loss_and_writes_logs(synthetic_root, tmp_path):
     config = load_config(
-        "synthetic", **{"data.root": str(data_root), "train.num_steps": 40, "train.log_every": 1}
+        "synthetic",
+        **{"data.root": str(synthetic_root), "train.num_steps": 40, "train.log_every": 1},
     )
     train_lib.train(config, tmp_path)
     records = read_jsonl(tmp_path / "metrics.jsonl")
@@ -100,6 +81,9 @@ def test_training_lowers_the_loss_and_writes_logs(data_root, tmp_path):
     first = np.mean([r["loss"] for r in records[:5]])
     last = np.mean([r["loss"] for r in records[-5:]])
     assert last < 0.8 * first, (first, last)
+    for key in ("loss_rgb", "loss_flow"):  # The predictor's two terms fall by ≥ 10 % each.
+        values = np.array([r[key] for r in records])
+        assert values[-5:].mean() < 0.9 * values[:5].mean(), (key, values)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert '"num_steps": 40' in (tmp_path / "config.json").read_text()
 
@@ -113,12 +97,12 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float) -> None:
 
 
 @pytest.mark.slow
-def test_exact_resume_after_sigkill(data_root, tmp_path):
+def test_exact_resume_after_sigkill(synthetic_root, tmp_path):
     """N steps uninterrupted == the same run SIGKILLed after its checkpoint at N/2, resumed."""
     n = 40
     args = [
         "--config=configs/synthetic.py:tiny",
-        f"--config.data.root={data_root}",
+        f"--config.data.root={synthetic_root}",
         f"--config.train.num_steps={n}",
         f"--config.train.checkpoint_every={n // 2}",
         "--config.train.log_every=1",
@@ -168,30 +152,34 @@ def test_exact_resume_after_sigkill(data_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoint_of_a_different_model_is_refused(data_root, tmp_path):
-    base = {"data.root": str(data_root), "train.num_steps": 2}
-    train_lib.train(load_config("synthetic", **base), tmp_path)
-    wider = load_config("synthetic", **{**base, "train.num_steps": 4, "model.width": 48})
+def test_checkpoint_of_a_different_model_is_refused(tiny_run, tmp_path):
+    workdir = copy_run(tiny_run, tmp_path / "run")
+    wider = load_config(
+        "synthetic",
+        **{"data.root": tiny_run.config.data.root, "train.num_steps": 8, "model.width": 48},
+    )
     with pytest.raises(
         CheckpointMismatchError, match=r"model\.width: 32 in the checkpoint, 48 now"
     ):
-        train_lib.train(wider, tmp_path)
+        train_lib.train(wider, workdir)
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp_path):
-    base = {"data.root": str(data_root), "train.checkpoint_every": 2}
-    train_lib.train(load_config("synthetic", **base, **{"train.num_steps": 2}), tmp_path)
-    diverging = {"train.num_steps": 12, "optimizer.learning_rate": 1e30}
-    diverging = load_config("synthetic", **base, **diverging)
-    with pytest.raises(train_lib.NonFiniteLossError, match="last good checkpoint, step 2"):
-        train_lib.train(diverging, tmp_path)
-    assert Checkpoints(tmp_path).latest_step() == 2
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_run, tmp_path):
+    workdir = copy_run(tiny_run, tmp_path / "run")  # Checkpoints at steps 3 and 6.
+    diverging = {"train.num_steps": 16, "train.checkpoint_every": 2}
+    diverging = load_config(
+        "synthetic",
+        **{"data.root": tiny_run.config.data.root, "optimizer.learning_rate": 1e30, **diverging},
+    )
+    with pytest.raises(train_lib.NonFiniteLossError, match="last good checkpoint, step 6"):
+        train_lib.train(diverging, workdir)
+    assert Checkpoints(workdir).latest_step() == 6
 
 
 def test_missing_real_dataset_names_the_prepare_command(tmp_path):
     config = load_config("ped2", variant=None, **{"data.root": str(tmp_path / "data")})
-    with pytest.raises(train_lib.DatasetNotPreparedError) as error:
+    with pytest.raises(builder.DatasetNotPreparedError) as error:
         train_lib.train(config, tmp_path / "run")
     assert (
         "python -m jaxvad.data_prep --dataset=ped2 --source=../shared/data/ped2 "
@@ -206,6 +194,17 @@ def test_cli_errors(tmp_path):
     assert unknown.returncode == 2, unknown.stderr
     assert 'Did you mean "width" instead of "widht"?' in unknown.stderr
     assert "Traceback" not in unknown.stderr
+    # Another model's name on this config's model fields: a config error, not a traceback.
+    other_model = run_cli(
+        "--config=configs/synthetic.py:tiny",
+        "--config.model.name=motion_mae",
+        f"--workdir={tmp_path}",
+    )
+    assert other_model.returncode == 2, other_model.stderr
+    first = other_model.stderr.strip().splitlines()[0]
+    assert first.startswith("error: config.model.name: 'motion_mae' takes the fields"), first
+    assert "--config=FILE:motion_mae" in first and "Traceback" not in other_model.stderr
+    assert not (tmp_path / "checkpoints").exists()
     missing = run_cli(
         "--config=configs/ped2.py", f"--config.data.root={tmp_path}", f"--workdir={tmp_path}/run"
     )
@@ -217,8 +216,10 @@ def test_cli_errors(tmp_path):
 
 
 _SHARDING_SCRIPT = """
+import sys
+sys.path.insert(0, "tests")
 import jax, numpy as np
-from tests.test_train import load_config
+from conftest import load_config
 from jaxvad import distributed, train as train_lib
 from jaxvad.bench.train import random_batch
 from jaxvad.config import ConfigError

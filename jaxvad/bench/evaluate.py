@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from jaxvad import cli, distributed, model, scoring
+from jaxvad import cli, detector, distributed, model
 from jaxvad import evaluate as evaluate_lib
 from jaxvad.bench.train import random_batch
 
@@ -30,7 +30,7 @@ def model_frames_per_second(config: ml_collections.ConfigDict, steps: int) -> fl
     """Frames/s of the jitted error step with random parameters on a random batch."""
     mesh = distributed.make_mesh(config.mesh.fsdp)
     graphdef, params = nnx.split(model.make_model(config, rngs=nnx.Rngs(config.seed)), nnx.Param)
-    scorer = scoring.ErrorScorer(config, graphdef, mesh)
+    scorer = detector.error_scorer(config, graphdef, mesh)
     size = config.eval.batch_size
     batch = random_batch(config, size) | {
         "video_index": np.zeros(size, np.int32),

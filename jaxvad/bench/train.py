@@ -25,8 +25,9 @@ import numpy as np
 from absl import flags
 
 from jaxvad import cli, distributed
+from jaxvad import config as config_lib
 from jaxvad import train as train_lib
-from jaxvad.data import pipeline
+from jaxvad.data import builder, pipeline
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5e": 197e12}
@@ -99,8 +100,9 @@ def benchmark(config: ml_collections.ConfigDict, steps: int) -> None:
         if peak:
             print(f"MFU: {flops / seconds / peak:.1%} of {peak / 1e12:.0f} TFLOP/s")
 
-    dataset = train_lib.dataset_path(config)
-    if dataset is None:
+    try:
+        dataset = config_lib.dataset_dir(config)
+    except builder.DatasetNotPreparedError:
         print("loader: dataset not prepared; windows/s not measured")
         return
     table = pipeline.open_prepared(dataset, "train")

@@ -308,11 +308,6 @@ def split_has_labels(metadata: dict, split: str) -> bool:
     return all(v.get("has_labels", True) for v in metadata["splits"][split]["videos"])
 
 
-def split_has_masks(metadata: dict, split: str) -> bool:
-    """Whether any video of `split` has pixel masks."""
-    return any(v["has_pixel_mask"] for v in metadata["splits"][split]["videos"])
-
-
 def prepared_dir(output: str | Path, dataset: str, config: VadConfig) -> Path:
     """Where `data_prep` writes a dataset: `OUTPUT/<dataset>/<config name>/<version>`."""
     return Path(output) / dataset / config.name / VERSION
@@ -334,6 +329,26 @@ def prepare_command(dataset: str, config: VadConfig, output: str | Path, source:
     if dataset == "synthetic":
         command += f" --synthetic={config.synthetic} --seed={config.seed}"
     return command
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A dataset is not prepared where the config says (`config.data.root`)."""
+
+
+def dataset_dir(
+    root: str | Path, dataset: str, config: VadConfig, *, source: str = "", needed_for: str = ""
+) -> Path:
+    """The prepared `dataset` of `config` under `root`; DatasetNotPreparedError, with the
+    `jaxvad.data_prep` command that prepares it (`source`: the official archive, if known),
+    when it is not there. `needed_for`: what the error says the dataset is needed for."""
+    path = prepared_dir(root, dataset, config)
+    if is_complete(path):
+        return path
+    why = f", needed for {needed_for}" if needed_for else ""
+    raise DatasetNotPreparedError(
+        f"{path}: the {dataset} dataset is not prepared (config.data.root={str(root)!r}{why}); "
+        f"prepare it with: {prepare_command(dataset, config, root, source)}"
+    )
 
 
 def prepare(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,6 +36,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
+from jaxvad import atomic
 from jaxvad.data.video_io import convert_channels
 
 Record = Mapping[str, Any]
@@ -291,17 +291,12 @@ def _save_index(path: Path, index: tuple[np.ndarray, np.ndarray, list[str]]) -> 
     """Writes the index atomically (temp file + rename); does nothing if that fails."""
     video_index, frame_index, names = index
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".npz", dir=path.parent)
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic.file(path, suffix=".npz") as tmp:
             np.savez(
-                f, video_index=video_index, frame_index=frame_index, video_names=np.array(names)
+                tmp, video_index=video_index, frame_index=frame_index, video_names=np.array(names)
             )
-        Path(tmp).replace(path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+    except OSError:  # A read-only dataset folder: the index is rebuilt next time.
+        return
 
 
 def _check_metadata(table: FrameTable, metadata: Mapping[str, Any]) -> None:

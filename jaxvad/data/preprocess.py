@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from jaxvad import atomic
 from jaxvad.data import flow as flow_lib
 from jaxvad.data.readers import VideoSpec
 from jaxvad.data.video_io import convert_channels, resize_frames, resize_masks, to_gray
@@ -65,9 +66,8 @@ def prepare_video(spec: VideoSpec, *, size: int, channels: int, flow_method: str
 
 def save(video: PreparedVideo, path: Path) -> None:
     """Writes atomically (a temp file renamed), so a killed run leaves no half-written cache."""
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **dataclasses.asdict(video))
-    tmp.replace(path)
+    with atomic.file(path, suffix=".npz") as tmp:
+        np.savez(tmp, **dataclasses.asdict(video))
 
 
 def load(path: Path) -> PreparedVideo:

@@ -37,8 +37,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from tqdm import tqdm
+
+from jaxvad import atomic
 
 ANOMALY_KINDS = ("fast_rider", "vehicle", "runner", "against_flow", "lawn_crossing")
 SPLITS = ("train", "test")  # a split's index is its id in the clip generator's seed
@@ -615,16 +615,11 @@ def write_ped2_layout(root: Path, spec: SyntheticSpec = FULL) -> Path:
             f"{root}: exists but holds no complete synthetic dataset of this spec "
             f"({COMPLETE_MARKER} missing or for another spec); remove it or choose another folder"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{root.name}.", suffix=".incomplete", dir=root.parent))
     try:
-        _write_tree(staging, spec, root.name)
-        (staging / COMPLETE_MARKER).write_text(_marker_text(spec))
-        staging.rename(root)
+        with atomic.folder(root, replace=False, suffix=".incomplete") as staging:
+            _write_tree(staging, spec, root.name)
+            (staging / COMPLETE_MARKER).write_text(_marker_text(spec))
     except OSError:
         if not _is_complete(root, spec):  # unless a concurrent writer finished it first
             raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return root

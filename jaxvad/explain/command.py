@@ -5,10 +5,11 @@
     python -m jaxvad.explain --config=configs/ped2_cpu.py --workdir=runs/ped2_cpu --split=test
 
 PATH is a video file OpenCV can read or a folder of numbered frames, with no labels; it is
-decoded, resized and its flow computed with the dataset's settings (`video`). Every frame is
-scored with the run's latest checkpoint, normalised and thresholded with the training split's
-statistics (`jaxvad.scoring`, as `jaxvad.evaluate` does); the frames above the threshold are the
-anomalies (`--top=K`: the K highest-scoring of them). For each anomaly:
+decoded, resized and its flow computed with the dataset's settings (`video`); explaining it
+needs the workdir alone (`jaxvad.detector`), no prepared dataset. Every frame is scored with
+the run's latest checkpoint, normalised and thresholded with the training split's statistics
+stored with it (`jaxvad.scoring`, as `jaxvad.evaluate` does); the frames above the threshold are
+the anomalies (`--top=K`: the K highest-scoring of them). For each anomaly:
 
 - attribution: appearance or motion, from the training-normalised errors (`attribution`);
 - where: the Grad-CAM heatmap of the score on the motion features, its overlay on the frame,
@@ -20,17 +21,20 @@ anomalies (`--top=K`: the K highest-scoring of them). For each anomaly:
 Writes `WORKDIR/explain/<video name>/` (`WORKDIR/explain/<split>/` with `--split`), replacing
 an earlier one only once complete: `records.jsonl` (one line per anomaly, fields in
 `RECORD_FIELDS`), `summary.json`, `images/` (PNG) and `report.html` (opens offline).
+
+`explain` reads top to bottom: load (the detector, the input), score, pick, explain (Grad-CAM
+and maps), render (pictures, captions, records), write.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +44,11 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from jaxvad import cli, distributed, evaluate, model, plots, scoring
+from jaxvad import atomic, cli, distributed, model, plots, scoring
 from jaxvad import config as config_lib
+from jaxvad import detector as detector_lib
 from jaxvad.data import builder, pipeline
+from jaxvad.data.video_io import DataError
 from jaxvad.explain import attribution, images, report
 from jaxvad.explain import blip as blip_lib
 from jaxvad.explain.gradcam import explain_step
@@ -80,25 +86,94 @@ class UsageError(ValueError):
     """The command's flags contradict each other."""
 
 
+@dataclasses.dataclass(frozen=True)
+class ExplainSettings:
+    """How anomalies are explained: `config.explain`'s fields (`ExplainSettings(**config.explain)`;
+    see `jaxvad.config`)."""
+
+    batch_size: int  # Anomalies per Grad-CAM and caption batch (global).
+    overlay_beta: float
+    caption_source: str  # "frame", "crop" or "overlay".
+    crop_fraction: float
+    caption_beams: int
+    caption_tokens: int
+    pointing_tolerance: float  # In frame widths.
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+    """The frames to explain: `table`; `name`, the output folder's; `shown`, what the report
+    calls the input; whether it has frame labels; the videos with pixel masks (0-based)."""
+
+    table: pipeline.FrameTable
+    name: str
+    shown: str
+    labeled: bool
+    masked: frozenset[int]
+
+
+def video_input(path: str | Path, *, size: int, history: int, flow: str) -> Input:
+    """A user's video (file or folder of frames), unlabeled."""
+    table = open_video(path, size=size, history=history, flow=flow)
+    return Input(table, video_name(Path(path)), str(path), False, frozenset())
+
+
+def split_input(dataset_dir: Path, split: str) -> Input:
+    """The prepared `split` of `dataset_dir`, with its labels and masks where it has them."""
+    metadata = builder.read_metadata(dataset_dir)
+    if split not in metadata["splits"]:
+        raise UsageError(f"{dataset_dir}: no split {split!r}; it has {sorted(metadata['splits'])}")
+    videos = metadata["splits"][split]["videos"]
+    return Input(
+        pipeline.open_prepared(dataset_dir, split),
+        split,
+        f"{split} split of {dataset_dir}",
+        builder.split_has_labels(metadata, split),
+        frozenset(i for i, v in enumerate(videos) if v["has_pixel_mask"]),
+    )
+
+
+def pick(
+    errors: scoring.SplitErrors, scores: scoring.Scores, threshold: float, top: int
+) -> tuple[np.ndarray, int]:
+    """The anomalies to explain: positions `[A]` of the scored frames above `threshold` (the
+    `top` highest-scoring of them; 0: all) in (video, frame) order, and how many are above."""
+    above = np.flatnonzero(errors.scored & (scores.score > threshold))
+    chosen = above[np.argsort(-scores.score[above], kind="stable")]
+    chosen = np.sort(chosen[:top] if top else chosen)
+    log.info(
+        "%d of %d scored frames above the threshold %.4g; explaining %d",
+        len(above),
+        int(errors.scored.sum()),
+        threshold,
+        len(chosen),
+    )
+    return chosen, len(above)
+
+
 def explain_frames(
-    config: ml_collections.ConfigDict,
-    detector: evaluate.Detector,
+    found: detector_lib.Detector,
     table: pipeline.FrameTable,
     positions: np.ndarray,
     scores: scoring.Scores,
+    *,
+    batch_size: int,
+    map_sigma: float,
 ) -> dict[str, np.ndarray]:
     """Grad-CAM, predictions and error maps of the frames at `positions` `[A]` of `table`
-    (in batches of `config.explain.batch_size`, split over processes and devices).
+    (in batches of `batch_size`, split over processes and devices); `map_sigma`: the anomaly
+    map's blur in pixels.
 
-    Returns host arrays over the A frames: `gradcam`, `rgb_map`, `flow_map`, `anomaly_map`
-    `[A, S, S]` float32, `predicted`, `frame` `[A, S, S, C]` uint8, `mask` `[A, S, S]` uint8,
-    `score` `[A]` (the error variant's score, recomputed by the step).
+    Returns host arrays over the A frames (empty when A = 0): `gradcam`, `rgb_map`,
+    `flow_map`, `anomaly_map` `[A, S, S]` float32, `predicted`, `frame` `[A, S, S, C]` uint8,
+    `mask` `[A, S, S]` uint8, `score` `[A]` (the error variant's score, recomputed by the step)
+    and the model's extra maps.
     """
-    batch_size = config.explain.batch_size
+    if not len(positions):
+        return {}
     count, index = jax.process_count(), jax.process_index()
-    step = jax.jit(
-        functools.partial(explain_step, graphdef=detector.graphdef, alpha=float(config.score.alpha))
-    )
+    alpha = found.settings.alpha
+    step = jax.jit(functools.partial(explain_step, graphdef=found.graphdef, alpha=alpha))
     affine = scores.error_affine
     parts = []
     for start in tqdm(
@@ -108,58 +183,42 @@ def explain_frames(
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk))])
         local = np.array_split(padded, count)[index]  # This process's part of the batch.
         samples = pipeline.eval_samples(
-            table, local, history=config.history, channels=config.data.channels
+            table, local, history=found.scorer.history, channels=found.scorer.channels
         )
         samples["shift"] = np.stack([affine[c].shift[local] for c in scoring.COMPONENTS], -1)
         samples["scale"] = np.stack([affine[c].scale[local] for c in scoring.COMPONENTS], -1)
         keys = (*pipeline.TRAIN_KEYS, "mask", "shift", "scale")
         batch = distributed.global_batch(
-            {k: np.asarray(samples[k]) for k in keys}, detector.scorer.data_sharding
+            {k: np.asarray(samples[k]) for k in keys}, found.scorer.data_sharding
         )
-        out = step(detector.params, batch, batch["shift"], batch["scale"])
+        out = step(found.params, batch, batch["shift"], batch["scale"])
         out = distributed.to_host(out | {"frame": batch["target_frame"], "mask": batch["mask"]})
         parts.append({k: np.asarray(v)[: len(chunk)] for k, v in out.items()})
     result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    sigma = config.eval.map_sigma * config.data.size
     result["anomaly_map"] = scoring.pixel_maps(
         {"rgb": result["rgb_map"], "flow": result["flow_map"]},
         {c: affine[c].shift[positions] for c in scoring.COMPONENTS},
         {c: affine[c].scale[positions] for c in scoring.COMPONENTS},
-        float(config.score.alpha),
-        sigma,
+        alpha,
+        map_sigma,
     )
     return result
 
 
-def _number(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
-
-
-def _write_images(
-    folder: Path, stem: str, frame_images: Mapping[str, np.ndarray]
-) -> dict[str, str]:
-    """Writes `folder/images/<stem>_<kind>.png` for each image; returns kind → relative path."""
-    paths = {}
-    for kind, image in frame_images.items():
-        name = f"images/{stem}_{kind}.png"
-        images.write_png(folder / name, image)
-        paths[kind] = name
-    return paths
-
-
-def _pictures(
-    config: ml_collections.ConfigDict,
+def render(
     explained: Mapping[str, np.ndarray],
+    settings: ExplainSettings,
     *,
+    count: int,
     crop: bool,
     extra: Mapping[str, str],
 ) -> list[dict[str, np.ndarray]]:
-    """The RGB images of each explained frame: kind (those of `report.IMAGE_TITLES`; "crop"
-    only with `crop`; the model's `extra` maps, in [0, 1]) → `[S, S, 3]` uint8. Error maps are
-    each scaled to their own min–max."""
+    """The RGB images of each of the `count` explained frames: kind (those of
+    `report.IMAGE_TITLES`; "crop" only with `crop`; the model's `extra` maps, in [0, 1]) →
+    `[S, S, 3]` uint8. Error maps are each scaled to their own min–max."""
     pictures = []
-    for a, frame in enumerate(explained.get("frame", [])):
-        heat = explained["gradcam"][a]
+    for a in range(count):
+        frame, heat = explained["frame"][a], explained["gradcam"][a]
         picture = {
             "frame": images.as_rgb(frame),
             "predicted": images.as_rgb(explained["predicted"][a]),
@@ -167,251 +226,124 @@ def _pictures(
             "error_flow": images.colormap(images.unit_range(explained["flow_map"][a])),
             "anomaly_map": images.colormap(images.unit_range(explained["anomaly_map"][a])),
             "gradcam": images.colormap(heat),
-            "overlay": images.overlay(frame, heat, config.explain.overlay_beta),
+            "overlay": images.overlay(frame, heat, settings.overlay_beta),
         }
         picture |= {name: images.colormap(explained[name][a]) for name in extra}
         if crop:
-            picture["crop"] = images.crop_around(frame, heat, config.explain.crop_fraction)
+            picture["crop"] = images.crop_around(frame, heat, settings.crop_fraction)
         pictures.append(picture)
     return pictures
 
 
-def _captions(
-    config: ml_collections.ConfigDict,
+def caption(
     captioner: blip_lib.Captioner,
-    pictures: list[dict[str, np.ndarray]],
+    pictures: Sequence[Mapping[str, np.ndarray]],
+    settings: ExplainSettings,
 ) -> list[str]:
-    """BLIP captions of each anomaly's `config.explain.caption_source` picture, in batches of
-    `explain.batch_size` (padded: one compilation)."""
-    shown = [p[config.explain.caption_source] for p in pictures]
-    batch, captions = config.explain.batch_size, []
+    """BLIP captions of each anomaly's `settings.caption_source` picture, in batches of
+    `settings.batch_size` (padded: one compilation)."""
+    shown = [p[settings.caption_source] for p in pictures]
+    batch, captions = settings.batch_size, []
     for i in tqdm(range(0, len(shown), batch), desc="caption", unit="batch"):
         captions += captioner.caption(
             shown[i : i + batch],
-            beams=config.explain.caption_beams,
-            max_new_tokens=config.explain.caption_tokens,
+            beams=settings.caption_beams,
+            max_new_tokens=settings.caption_tokens,
             pad_to=batch,
         )
     return captions
 
 
-def _open_input(
-    config: ml_collections.ConfigDict,
-    data_dir: Path,
-    video: str | Path | None,
-    split: str | None,
-) -> tuple[pipeline.FrameTable, str, str, bool, set[int]]:
-    """The frames to explain: (table, output name, what the report calls the input, whether
-    it has labels, the videos with pixel masks)."""
-    if video is not None:
-        return open_video(video, config), video_name(Path(video)), str(video), False, set()
-    metadata = builder.read_metadata(data_dir)
-    if split not in metadata["splits"]:
-        raise UsageError(f"{data_dir}: no split {split!r}; it has {sorted(metadata['splits'])}")
-    videos = metadata["splits"][split]["videos"]
-    return (
-        pipeline.open_prepared(data_dir, split),
-        split,
-        f"{split} split of {data_dir}",
-        builder.split_has_labels(metadata, split),
-        {i for i, v in enumerate(videos) if v["has_pixel_mask"]},
-    )
+def _number(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
 
 
-def explain(
-    config: ml_collections.ConfigDict,
-    workdir: str | Path,
-    *,
-    video: str | Path | None = None,
-    split: str | None = None,
-    top: int = 0,
-    blip: str | Path | None = None,
-) -> Path:
-    """Explains the anomalies of `video` (a file or folder of frames) or of the prepared
-    `split`; writes the outputs (on process 0) and returns their folder."""
-    config_lib.validate(config)
-    if (video is None) == (split is None):
-        raise UsageError("give exactly one of --video=PATH and --split=NAME")
-    if top < 0:
-        raise UsageError(f"--top must be ≥ 0 (0: every anomaly), got {top}")
-    distributed.initialize()  # Before any other use of JAX.
-    started = time.perf_counter()
-    workdir = Path(workdir)
-    captioner = blip_lib.Captioner.load(blip) if blip else None  # Bad folders fail first.
-    detector = evaluate.load_detector(config, workdir)
-
-    table, name, shown, labeled, masked = _open_input(config, detector.data_dir, video, split)
-
-    errors, score_seconds = detector.scorer.split_errors(
-        detector.params, table, labels=labeled, maps=False, desc=f"score {name}"
-    )
-    scores = scoring.frame_scores(errors, config.score, detector.normal)
-    threshold = scoring.training_threshold(detector.normal, config.score)
-    z = attribution.training_z(errors, detector.normal)
-    above = np.flatnonzero(errors.scored & (scores.score > threshold))
-    chosen = above[np.argsort(-scores.score[above], kind="stable")]
-    chosen = np.sort(chosen[:top] if top else chosen)  # In (video, frame) order.
-    log.info(
-        "%d of %d scored frames above the threshold %.4g; explaining %d",
-        len(above),
-        int(errors.scored.sum()),
-        threshold,
-        len(chosen),
-    )
-
-    start = time.perf_counter()
-    explained = explain_frames(config, detector, table, chosen, scores) if len(chosen) else {}
-    gradcam_seconds = time.perf_counter() - start
-    extra = model.MODELS[config.model.name].EXTRA_MAPS
-    pictures = _pictures(
-        config,
-        explained,
-        crop=captioner is not None and config.explain.caption_source == "crop",
-        extra=extra,
-    )
-    start = time.perf_counter()
-    captions = _captions(config, captioner, pictures) if captioner else [None] * len(chosen)
-    caption_seconds = time.perf_counter() - start
-
-    if jax.process_index() != 0:
-        return workdir / "explain" / name
-    out = workdir / "explain" / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
-    try:
-        records = []
-        for a, i in enumerate(chosen):
-            video_index = int(errors.video[i])
-            heat, anomaly = explained["gradcam"][a], explained["anomaly_map"][a]
-            stem = f"{errors.names[video_index]}_{int(errors.frame[i]):06d}"
-            paths = _write_images(staging, stem, pictures[a])
-            mask = explained["mask"][a]
-            known_mask = video_index in masked and bool(mask.any())
-            peak = images.peak(heat)
-            records.append(
-                {
-                    "video": errors.names[video_index],
-                    "frame": int(errors.frame[i]),
-                    "score": _number(scores.score[i]),
-                    "score_rgb": _number(scores.rgb[i]),
-                    "score_flow": _number(scores.flow[i]),
-                    "z_rgb": _number(z["rgb"][i]),
-                    "z_flow": _number(z["flow"][i]),
-                    "threshold": threshold,
-                    "label": None if errors.label is None else int(errors.label[i]),
-                    "modality": attribution.modality(z["rgb"][i], z["flow"][i]),
-                    "explanation": attribution.sentence(z["rgb"][i], z["flow"][i]),
-                    "heatmap": paths["gradcam"],
-                    "overlay": paths["overlay"],
-                    "images": paths,
-                    "peaks": {"gradcam": list(peak), "anomaly_map": list(images.peak(anomaly))},
-                    "pointing": {
-                        "gradcam": images.pointing(heat, mask),
-                        "anomaly_map": images.pointing(anomaly, mask),
-                    }
-                    if known_mask
-                    else None,
-                    "caption": captions[a],
-                    "caption_source": config.explain.caption_source if captioner else None,
-                    "caption_note": None if captioner else NO_BLIP,
-                    "checkpoint_step": detector.step,
-                }
-            )
-        curves = _score_curves(staging, errors, scores, threshold, chosen)
-        summary = _summary(
-            config,
-            shown=shown,
-            errors=errors,
-            threshold=threshold,
-            above=len(above),
-            records=records,
-            step=detector.step,
-            captioned=captioner is not None,
-            seconds={
-                "score": score_seconds,
-                "gradcam_and_maps": gradcam_seconds,
-                "captions": caption_seconds,
-                "total": time.perf_counter() - started,
-            },
-        )
-        (staging / "records.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        )
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        report.write(
-            staging / "report.html",
-            summary=summary,
-            records=records,
-            curves=curves,
-            extra_titles=extra,
-        )
-        staging.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.replace(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log.info("%s", _log_lines(summary, out))
-    return out
-
-
-def _score_curves(
-    folder: Path,
+def make_records(
+    found: detector_lib.Detector,
+    source: Input,
     errors: scoring.SplitErrors,
     scores: scoring.Scores,
-    threshold: float,
     chosen: np.ndarray,
-) -> dict[str, str]:
-    """Each video's score curve with the explained anomalies marked: video → relative path."""
-    curves = {}
-    for v, name in enumerate(errors.names):
-        rows = errors.video == v
-        marked = chosen[errors.video[chosen] == v]
-        path = plots.score_curve(
-            folder / "images" / f"{name}_scores.png",
-            name,
-            errors.frame[rows],
-            scores.score[rows],
-            None if errors.label is None else errors.label[rows],
-            threshold,
-            marks=(errors.frame[marked], scores.score[marked]),
-        )
-        curves[name] = str(path.relative_to(folder))
-    return curves
-
-
-def _summary(
-    config: ml_collections.ConfigDict,
+    explained: Mapping[str, np.ndarray],
+    pictures: Sequence[Mapping[str, np.ndarray]],
+    captions: Sequence[str | None],
     *,
-    shown: str,
+    caption_source: str | None,
+) -> list[dict[str, Any]]:
+    """One record per explained anomaly (`RECORD_FIELDS`; `caption_source` None: no
+    captioner); `images` holds the paths `write` puts each picture at."""
+    z = attribution.training_z(errors, found.normal)
+    records = []
+    for a, i in enumerate(chosen):
+        video = int(errors.video[i])
+        heat, anomaly, mask = (explained[k][a] for k in ("gradcam", "anomaly_map", "mask"))
+        stem = f"{errors.names[video]}_{int(errors.frame[i]):06d}"
+        paths = {kind: f"images/{stem}_{kind}.png" for kind in pictures[a]}
+        records.append(
+            {
+                "video": errors.names[video],
+                "frame": int(errors.frame[i]),
+                "score": _number(scores.score[i]),
+                "score_rgb": _number(scores.rgb[i]),
+                "score_flow": _number(scores.flow[i]),
+                "z_rgb": _number(z["rgb"][i]),
+                "z_flow": _number(z["flow"][i]),
+                "threshold": found.threshold,
+                "label": None if errors.label is None else int(errors.label[i]),
+                "modality": attribution.modality(z["rgb"][i], z["flow"][i]),
+                "explanation": attribution.sentence(z["rgb"][i], z["flow"][i]),
+                "heatmap": paths["gradcam"],
+                "overlay": paths["overlay"],
+                "images": paths,
+                "peaks": {
+                    "gradcam": list(images.peak(heat)),
+                    "anomaly_map": list(images.peak(anomaly)),
+                },
+                "pointing": {
+                    "gradcam": images.pointing(heat, mask),
+                    "anomaly_map": images.pointing(anomaly, mask),
+                }
+                if video in source.masked and bool(mask.any())
+                else None,
+                "caption": captions[a],
+                "caption_source": caption_source,
+                "caption_note": None if caption_source else NO_BLIP,
+                "checkpoint_step": found.step,
+            }
+        )
+    return records
+
+
+def make_summary(
+    found: detector_lib.Detector,
+    source: Input,
     errors: scoring.SplitErrors,
-    threshold: float,
+    records: Sequence[Mapping[str, Any]],
+    *,
     above: int,
-    records: list[dict[str, Any]],
-    step: int,
+    settings: ExplainSettings,
     captioned: bool,
     seconds: dict[str, float],
 ) -> dict[str, Any]:
     """summary.json: what was explained, how, the pointing game where masks are known, times."""
     games = [r["pointing"] for r in records if r["pointing"] is not None]
-    tolerance = config.explain.pointing_tolerance * config.data.size
+    tolerance = settings.pointing_tolerance * found.config.data.size
 
     def fraction(kind: str, hit: Callable[[dict], bool]) -> float | None:
         return sum(hit(g[kind]) for g in games) / len(games) if games else None
 
     frames = len(errors.video)
     return {
-        "input": shown,
-        "model": config.model.name,
+        "input": source.shown,
+        "model": found.config.model.name,
         "videos": list(errors.names),
-        "checkpoint_step": step,
+        "checkpoint_step": found.step,
         "frames": frames,
         "frames_scored": int(errors.scored.sum()),
-        "threshold": threshold,
-        "threshold_rule": f"quantile {config.score.threshold_quantile} of the training "
+        "threshold": found.threshold,
+        "threshold_rule": f"quantile {found.settings.threshold_quantile} of the training "
         "split's scores",
-        "score": scoring.describe(config.score),
+        "score": scoring.describe(found.settings),
         "anomalies": above,
         "explained": len(records),
         "modalities": {
@@ -433,17 +365,149 @@ def _summary(
         },
         "captions": (
             {
-                "source": config.explain.caption_source,
-                "beams": config.explain.caption_beams,
-                "max_new_tokens": config.explain.caption_tokens,
+                "source": settings.caption_source,
+                "beams": settings.caption_beams,
+                "max_new_tokens": settings.caption_tokens,
             }
             if captioned
             else {"note": NO_BLIP}
         ),
-        "explain": config.explain.to_dict(),
+        "explain": dataclasses.asdict(settings),
         "seconds": seconds,
         "frames_per_second": frames / seconds["total"],
     }
+
+
+def write(
+    out: Path,
+    records: Sequence[Mapping[str, Any]],
+    pictures: Sequence[Mapping[str, np.ndarray]],
+    summary: Mapping[str, Any],
+    errors: scoring.SplitErrors,
+    scores: scoring.Scores,
+    chosen: np.ndarray,
+    *,
+    extra_titles: Mapping[str, str],
+) -> Path:
+    """The output folder `out` (replacing an earlier one only once complete): the pictures at
+    their records' paths, each video's score curve with the explained anomalies marked,
+    records.jsonl, summary.json and report.html."""
+    with atomic.folder(out) as staging:
+        for record, picture in zip(records, pictures, strict=True):
+            for kind, image in picture.items():
+                images.write_png(staging / record["images"][kind], image)
+        curves = plots.score_curves(
+            staging / "images",
+            errors,
+            scores,
+            summary["threshold"],
+            marked=chosen,
+            file_name="{video}_scores.png",
+        )
+        (staging / "records.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        )
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        report.write(
+            staging / "report.html",
+            summary=summary,
+            records=records,
+            curves={name: str(path.relative_to(staging)) for name, path in curves.items()},
+            extra_titles=extra_titles,
+        )
+    return out
+
+
+def explain(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    video: str | Path | None = None,
+    split: str | None = None,
+    top: int = 0,
+    blip: str | Path | None = None,
+) -> Path:
+    """Explains the anomalies of `video` (a file or folder of frames) or of the prepared
+    `split`; writes the outputs (on process 0) and returns their folder."""
+    config_lib.validate(config)
+    _check_flags(video, split, top)
+    distributed.initialize()  # Before any other use of JAX.
+    started, seconds = time.perf_counter(), {}
+    captioner = blip_lib.Captioner.load(blip) if blip else None  # Bad folders fail first.
+
+    # --- Load: the detector (from the workdir alone), then the input.
+    found = detector_lib.load(workdir, config_lib.flatten(config))
+    config, settings = found.config, ExplainSettings(**found.config.explain)
+    if video is not None:
+        data = config.data
+        source = video_input(video, size=data.size, history=config.history, flow=data.flow)
+    else:
+        source = split_input(config_lib.dataset_dir(config, needed_for=f"--split={split}"), split)
+
+    # --- Score every frame; pick the anomalies.
+    errors, seconds["score"] = found.errors(
+        source.table, labels=source.labeled, maps=False, desc=f"score {source.name}"
+    )
+    scores = found.scores(errors)
+    chosen, above = pick(errors, scores, found.threshold, top)
+
+    # --- Explain: Grad-CAM, predictions and maps of the anomalies.
+    with _timed(seconds, "gradcam_and_maps"):
+        sigma = config.eval.map_sigma * config.data.size
+        explained = explain_frames(
+            found, source.table, chosen, scores, batch_size=settings.batch_size, map_sigma=sigma
+        )
+
+    # --- Render: pictures, captions, records.
+    extra = model.MODELS[config.model.name].EXTRA_MAPS
+    crop = captioner is not None and settings.caption_source == "crop"
+    pictures = render(explained, settings, count=len(chosen), crop=crop, extra=extra)
+    with _timed(seconds, "captions"):
+        captions = caption(captioner, pictures, settings) if captioner else [None] * len(chosen)
+    records = make_records(
+        found,
+        source,
+        errors,
+        scores,
+        chosen,
+        explained,
+        pictures,
+        captions,
+        caption_source=settings.caption_source if captioner else None,
+    )
+
+    # --- Write (process 0): pictures, curves, records, summary, report.
+    out = Path(workdir) / "explain" / source.name
+    if jax.process_index() == 0:
+        seconds["total"] = time.perf_counter() - started
+        summary = make_summary(
+            found,
+            source,
+            errors,
+            records,
+            above=above,
+            settings=settings,
+            captioned=captioner is not None,
+            seconds=seconds,
+        )
+        write(out, records, pictures, summary, errors, scores, chosen, extra_titles=extra)
+        log.info("%s", _log_lines(summary, out))
+    return out
+
+
+def _check_flags(video: str | Path | None, split: str | None, top: int) -> None:
+    if (video is None) == (split is None):
+        raise UsageError("give exactly one of --video=PATH and --split=NAME")
+    if top < 0:
+        raise UsageError(f"--top must be ≥ 0 (0: every anomaly), got {top}")
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Adds the seconds the block takes to `seconds[key]`."""
+    start = time.perf_counter()
+    yield
+    seconds[key] = time.perf_counter() - start
 
 
 def _log_lines(summary: Mapping[str, Any], out: Path) -> str:
@@ -463,8 +527,17 @@ def _log_lines(summary: Mapping[str, Any], out: Path) -> str:
 
 
 USAGE = (
-    "python -m jaxvad.explain --config=FILE[:tiny] --workdir=DIR (--video=PATH | --split=NAME) "
-    "[--top=K] [--blip=BLIP_DIR]"
+    "python -m jaxvad.explain --config=FILE[:<model>,tiny] --workdir=DIR "
+    "(--video=PATH | --split=NAME) [--top=K] [--blip=BLIP_DIR]"
+)
+
+
+USER_ERRORS = (
+    *detector_lib.LOAD_ERRORS,
+    builder.DatasetNotPreparedError,
+    DataError,
+    UsageError,
+    blip_lib.BlipWeightsError,
 )
 
 
@@ -486,5 +559,5 @@ def main() -> None:
         ),
         config=config,
         usage=USAGE,
-        user_errors=(*evaluate.USER_ERRORS, UsageError, blip_lib.BlipWeightsError),
+        user_errors=USER_ERRORS,
     )

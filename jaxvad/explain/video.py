@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import ml_collections
 import numpy as np
 
 from jaxvad.data import flow as flow_lib
@@ -56,27 +55,28 @@ def video_name(path: Path) -> str:
     return path.name if path.is_dir() else path.stem
 
 
-def open_video(path: str | Path, config: ml_collections.ConfigDict) -> FrameTable:
-    """Decodes `path` at `config.data.size` into a one-video `FrameTable` (split "video").
+def open_video(path: str | Path, *, size: int, history: int, flow: str) -> FrameTable:
+    """Decodes `path` at `size`×`size` into a one-video `FrameTable` (split "video") whose flow
+    is computed with the method `flow`.
 
     Raises DataError for a missing or unreadable video and for one shorter than T + 1 frames
-    (no frame would have a prediction).
+    (T = `history`: no frame would have a prediction).
     """
     path = Path(path)
     if not path.exists():
         raise DataError(path, "no such video file or folder of frames")
-    frames = read_frames(path, size=config.data.size)
-    needed = config.history + 1
+    frames = read_frames(path, size=size)
+    needed = history + 1
     if len(frames) < needed:
         raise DataError(
             path,
             f"{len(frames)} frame(s): too short; the model predicts frame t from the "
-            f"T = {config.history} frames before it, so a video needs at least T + 1 = "
+            f"T = {history} frames before it, so a video needs at least T + 1 = "
             f"{needed} frames",
         )
     n = len(frames)
     return FrameTable(
-        VideoFrames(frames, config.data.flow),
+        VideoFrames(frames, flow),
         np.zeros(n, np.int64),
         np.arange(1, n + 1),
         name=str(path),

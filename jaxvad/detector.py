@@ -1,0 +1,240 @@
+"""A trained run as a detector, read from its workdir alone: no prepared dataset is needed to
+score video.
+
+    detector = jaxvad.detector.load("runs/synthetic")
+    errors, seconds = detector.errors(table, labels=False, maps=False)  # a FrameTable
+    scores = detector.scores(errors)
+    alarms = scores.score > detector.threshold
+
+A workdir holds the run's checkpoints (`jaxvad.checkpoint`); the latest one holds the run's
+config, the model parameters and the training split's per-frame errors: the normal statistics
+that scores are normalised and thresholded with (`jaxvad.scoring`), stored by `jaxvad.train`
+after its last step. `load` reads them, builds the model on a mesh of every device and jits its
+error step (`jaxvad.inference`).
+
+`overrides` ("a.b" → value; the commands pass their whole config, flattened) set the fields of
+scoring, evaluation, explanation, the data root, the mesh. The fields that fix what the model
+was trained on (`TRAINED_FIELDS`: the dataset and its preparation, T) must keep the run's values
+(DatasetMismatchError), the model name too, and the model's settings must describe parameters
+of the stored shapes (CheckpointMismatchError); other model settings (e.g. `model.dtype`) may
+change.
+
+A checkpoint without normal statistics (a run from before they were stored) gets them once:
+the training split is scored and they are stored with the checkpoint. That is the only case in
+which the training dataset is read; when it is not prepared, MissingNormalStatisticsError gives
+the commands that add them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxvad import config as config_lib
+from jaxvad import distributed, inference, model, scoring
+from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints, changed
+from jaxvad.data import builder, pipeline
+
+log = logging.getLogger("jaxvad.detector")
+
+# What the model was trained on, so what it must score (dataset-specific fields: when used).
+TRAINED_FIELDS = ("data.dataset", "data.size", "data.flow", "data.channels", "history")
+TRAINED_FIELDS_OF = {
+    "avenue": ("data.label_version",),
+    "synthetic": ("data.synthetic", "data.synthetic_seed"),
+}
+
+
+class NoCheckpointError(FileNotFoundError):
+    """The workdir holds no checkpoint."""
+
+
+class DatasetMismatchError(ValueError):
+    """The config's dataset settings differ from those the checkpoint was trained with."""
+
+
+class MissingNormalStatisticsError(FileNotFoundError):
+    """An old checkpoint lacks its normal statistics and the training split is not prepared."""
+
+
+# What `load` raises for a workdir or config that does not fit (one line each).
+LOAD_ERRORS = (
+    NoCheckpointError,
+    DatasetMismatchError,
+    MissingNormalStatisticsError,
+    CheckpointMismatchError,
+    config_lib.ConfigError,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Detector:
+    """A run's latest checkpoint, ready to score.
+
+    `config`: the run's config with the overrides (locked); `step`: the checkpoint's step;
+    `graphdef`, `params`: the model, parameters sharded on the mesh; `normal`: the training
+    split's errors (the normal statistics); `settings`: `config.score` as `ScoreSettings`;
+    `threshold`: the alarm threshold of those settings (`scoring.training_threshold`);
+    `scorer`: the jitted error step on the mesh.
+    """
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    step: int
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    normal: scoring.SplitErrors
+    settings: scoring.ScoreSettings
+    threshold: float
+    scorer: inference.ErrorScorer
+
+    def errors(
+        self, table: pipeline.FrameTable, *, labels: bool, maps: bool, desc: str = "score"
+    ) -> tuple[scoring.SplitErrors, float]:
+        """The errors of every frame of `table` (see `ErrorScorer.split_errors`) and the
+        seconds they took."""
+        return self.scorer.split_errors(self.params, table, labels=labels, maps=maps, desc=desc)
+
+    def scores(self, errors: scoring.SplitErrors) -> scoring.Scores:
+        """The scores of `errors` under the detector's settings and normal statistics."""
+        return scoring.frame_scores(errors, self.settings, self.normal)
+
+
+def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Detector:
+    """The latest checkpoint of `workdir` as a Detector on a mesh of every device (see the
+    module docstring for `overrides`)."""
+    distributed.initialize()  # Before any other use of JAX.
+    workdir = Path(workdir)
+    checkpoints, step = latest_checkpoint(workdir)
+    try:
+        where = checkpoints.directory / str(step)
+        config = run_config(checkpoints.config(step), overrides or {}, where)
+        mesh = distributed.setup(config.mesh.fsdp)
+        graphdef, params = load_params(config, checkpoints, step, mesh)
+        scorer = error_scorer(config, graphdef, mesh)
+        normal = stored_normal_errors(checkpoints, step)
+        if normal is None:
+            data_dir = _training_data(config, where, workdir)
+            normal = store_normal_errors(checkpoints, step, scorer, params, data_dir)
+    finally:
+        checkpoints.close()
+    settings = scoring.ScoreSettings(**config.score)
+    threshold = scoring.training_threshold(normal, settings)
+    return Detector(config, workdir, step, graphdef, params, normal, settings, threshold, scorer)
+
+
+def latest_checkpoint(workdir: Path) -> tuple[Checkpoints, int]:
+    """The workdir's checkpoints and their latest step (NoCheckpointError when none)."""
+    if not (workdir / "checkpoints").is_dir():
+        raise NoCheckpointError(
+            f"{workdir}: no checkpoints/ folder: nothing to load. Train first, e.g. "
+            f"python -m jaxvad.train --config=CONFIG --workdir={workdir}"
+        )
+    checkpoints = Checkpoints(workdir)
+    step = checkpoints.latest_step()
+    if step is None:
+        checkpoints.close()
+        raise NoCheckpointError(f"{checkpoints.directory}: no complete checkpoint to load")
+    return checkpoints, step
+
+
+def run_config(
+    stored: Mapping[str, Any], overrides: Mapping[str, Any], where: Path
+) -> ml_collections.ConfigDict:
+    """The checkpoint's config `stored` with `overrides` applied and checked (validated; the
+    trained fields and the model name unchanged). `where`: the checkpoint, for errors."""
+    name = stored["model"]["name"]
+    if overrides.get("model.name", name) != name:
+        raise CheckpointMismatchError(
+            f"{where}: the checkpoint holds a {name!r} model, the config a "
+            f"{overrides['model.name']!r} one. Use the run's model: --config=FILE:{name}"
+        )
+    config = config_lib.from_dict(stored)
+    config_lib.override(config, overrides)
+    config_lib.validate(config)
+    fields = TRAINED_FIELDS + TRAINED_FIELDS_OF.get(config.data.dataset, ())
+    differ = changed(stored, config.to_dict(), fields)
+    if differ:
+        raise DatasetMismatchError(
+            f"{where} was trained on other data than the config names: {'; '.join(differ)}. "
+            f"Use the run's own data settings ({where.parents[1] / 'config.json'} lists them)."
+        )
+    return config
+
+
+def load_params(
+    config: ml_collections.ConfigDict, checkpoints: Checkpoints, step: int, mesh: Mesh
+) -> tuple[nnx.GraphDef, nnx.State]:
+    """The model's graphdef and the parameters of `step`, sharded on `mesh`
+    (CheckpointMismatchError when the config's model does not fit them)."""
+    abstract_model = nnx.eval_shape(lambda: model.make_model(config, rngs=nnx.Rngs(0)))
+    graphdef, abstract = nnx.split(abstract_model, nnx.Param)
+    checkpoints.check_fits(step, abstract, config.to_dict(), part="params")
+    shardings = distributed.state_shardings(abstract, mesh, config.mesh.rules)
+    abstract = distributed.with_shardings(abstract, shardings)
+    return graphdef, checkpoints.params(step, abstract)
+
+
+def error_scorer(
+    config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, mesh: Mesh
+) -> inference.ErrorScorer:
+    """The jitted error step of `graphdef` on `mesh`, with the config's evaluation batch and
+    input settings."""
+    return inference.ErrorScorer(
+        graphdef,
+        mesh,
+        config.mesh.rules,
+        batch_size=config.eval.batch_size,
+        history=config.history,
+        channels=config.data.channels,
+        read_threads=config.data.read_threads,
+    )
+
+
+def stored_normal_errors(checkpoints: Checkpoints, step: int) -> scoring.SplitErrors | None:
+    """The training split's errors stored with `step`, or None (a run from before they were)."""
+    arrays = checkpoints.normal_errors(step)
+    return None if arrays is None else scoring.SplitErrors.from_arrays(arrays)
+
+
+def store_normal_errors(
+    checkpoints: Checkpoints,
+    step: int,
+    scorer: inference.ErrorScorer,
+    params: nnx.State,
+    dataset_dir: Path,
+) -> scoring.SplitErrors:
+    """Scores the training split of `dataset_dir` with the parameters of `step` (every process)
+    and stores the errors with the checkpoint; returns them as `stored_normal_errors` would."""
+    log.info("scoring the training split with step %d (stored with the checkpoint)", step)
+    table = pipeline.open_prepared(dataset_dir, "train")
+    errors, _ = scorer.split_errors(params, table, labels=False, maps=False, desc="train")
+    arrays = errors.to_arrays()
+    checkpoints.save_normal_errors(step, arrays)
+    return scoring.SplitErrors.from_arrays(arrays)
+
+
+def _training_data(config: ml_collections.ConfigDict, where: Path, workdir: Path) -> Path:
+    """The prepared dataset whose training split gives an old checkpoint its normal statistics
+    (MissingNormalStatisticsError, with the commands that add them, when it is not there)."""
+    data = config.data
+    settings = config_lib.dataset_settings(config)
+    path = builder.prepared_dir(data.root, data.dataset, settings)
+    if builder.is_complete(path):
+        return path
+    prepare = builder.prepare_command(data.dataset, settings, data.root, data.source)
+    raise MissingNormalStatisticsError(
+        f"{where}: the checkpoint holds no normal statistics (the training split's per-frame "
+        "errors, which scores are normalised and thresholded with; runs trained before they "
+        f"were stored lack them), and the training split they are computed from is not "
+        f"prepared at {path}. Add them where the dataset is, with: {prepare} && python -m "
+        f"jaxvad.evaluate --config=CONFIG --workdir={workdir} --config.data.root={data.root} "
+        "(the first command that loads the run with its dataset stores them)"
+    )

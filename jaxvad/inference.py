@@ -1,0 +1,157 @@
+"""The jitted inference of a trained model: per-frame errors of a split, batch by batch, on
+a mesh of every device (one process or many).
+
+`error_step` is a pure function of (params, batch) for a graphdef; `ErrorScorer` jits it with
+the batch laid out over the mesh, reads a split through the evaluation pipeline (every process
+its contiguous shard) and gathers the errors of every frame, in (video, frame) order, into a
+`jaxvad.scoring.SplitErrors` on every process. The arithmetic that turns errors into scores is
+`jaxvad.scoring`'s.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from jaxvad import distributed, model, scoring
+from jaxvad.data import pipeline
+
+
+def error_step(
+    params: nnx.State, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef, maps: bool
+) -> dict[str, jax.Array]:
+    """Per-sample errors of one evaluation batch (B samples, S×S frames); a pure function.
+
+    Returns `rgb`, `flow` `[B]` float32 (E_rgb, E_flow), the batch's `video_index`,
+    `frame_index`, `label` `[B]` int32, `scored`, `valid` `[B]` bool and, when `maps`,
+    `rgb_map`, `flow_map` `[B, S, S]` float16 (the model's component maps) and `mask`
+    `[B, S, S]` uint8.
+    """
+    out = nnx.merge(graphdef, params).maps(model.model_inputs(batch))
+    rgb_map, flow_map = out["rgb"], out["flow"]
+    result = {
+        "rgb": rgb_map.mean(axis=(1, 2)),
+        "flow": flow_map.mean(axis=(1, 2)),
+        **{k: batch[k] for k in ("video_index", "frame_index", "label", "scored", "valid")},
+    }
+    if maps:
+        result |= {
+            "rgb_map": rgb_map.astype(jnp.float16),
+            "flow_map": flow_map.astype(jnp.float16),
+            "mask": batch["mask"],
+        }
+    return result
+
+
+class ErrorScorer:
+    """The jitted `error_step` of a model on a mesh, and the loop over a split.
+
+    Args:
+      graphdef: the model's graph (`nnx.split(model, nnx.Param)`).
+      mesh, rules: the device mesh and the logical-axis rules (`config.mesh.rules`) that lay
+        the batch out (`data_sharding`).
+      batch_size: the global batch (`config.eval.batch_size`), split over processes and the
+        batch's mesh axes.
+      history: T, past frames per sample; channels: the model's input channels.
+      read_threads: grain reader threads of the input pipeline.
+    """
+
+    def __init__(
+        self,
+        graphdef: nnx.GraphDef,
+        mesh: Mesh,
+        rules: distributed.Rules,
+        *,
+        batch_size: int,
+        history: int,
+        channels: int,
+        read_threads: int,
+    ):
+        rules = tuple(tuple(rule) for rule in rules)
+        distributed.check_batch_size(batch_size, mesh, rules, field="eval.batch_size")
+        self.batch_size = batch_size
+        self.history = history
+        self.channels = channels
+        self.read_threads = read_threads
+        self.data_sharding = distributed.batch_sharding(mesh, rules)
+        self._steps = {
+            maps: jax.jit(functools.partial(error_step, graphdef=graphdef, maps=maps))
+            for maps in (False, True)
+        }
+
+    def step(
+        self, params: nnx.State, batch: Mapping[str, jax.Array], *, maps: bool
+    ) -> dict[str, jax.Array]:
+        """The jitted `error_step` on a global batch (laid out with `data_sharding`)."""
+        return self._steps[maps](params, batch)
+
+    def split_errors(
+        self,
+        params: nnx.State,
+        table: pipeline.FrameTable,
+        *,
+        labels: bool,
+        maps: bool,
+        desc: str,
+    ) -> tuple[scoring.SplitErrors, float]:
+        """Errors of every frame of `table` (this process scores its shard, every process gets
+        all of them); returns them and the seconds spent (reading + model + copy back)."""
+        batch_size = self.batch_size // jax.process_count()  # This process's part.
+        dataset = pipeline.eval_dataset(
+            table,
+            history=self.history,
+            batch_size=batch_size,
+            channels=self.channels,
+            read_threads=self.read_threads,
+        )
+        keys = pipeline.EVAL_KEYS if maps else tuple(k for k in pipeline.EVAL_KEYS if k != "mask")
+        steps = pipeline.eval_steps(table, batch_size=batch_size)
+        parts: list[dict[str, np.ndarray]] = []
+        start = time.perf_counter()
+        for local in tqdm(
+            dataset, total=steps, desc=desc, unit="batch", disable=jax.process_index() != 0
+        ):
+            batch = distributed.global_batch({k: local[k] for k in keys}, self.data_sharding)
+            parts.append(self.step(params, batch, maps=maps))
+            if len(parts) > 1:  # Copy the previous batch back while this one computes.
+                parts[-2] = distributed.to_host(parts[-2])
+        parts[-1] = distributed.to_host(parts[-1])
+        seconds = time.perf_counter() - start
+        # Step k of the global batch holds every process's k-th local batch in process order;
+        # the split's order is process 0's whole block first: [steps, P, b] → [P, steps, b].
+        processes = jax.process_count()
+        out = {
+            k: np.stack([p[k] for p in parts])
+            .reshape(len(parts), processes, batch_size, *parts[0][k].shape[1:])
+            .swapaxes(0, 1)
+            .reshape(-1, *parts[0][k].shape[1:])
+            for k in parts[0]
+        }
+        keep = out.pop("valid")
+        out = {k: v[keep] for k, v in out.items()}
+        scored = out["scored"].astype(bool)
+        errors = scoring.SplitErrors(
+            names=list(table.video_names or [str(v) for v in range(table.num_videos)]),
+            video=out["video_index"].astype(np.int32),
+            frame=out["frame_index"].astype(np.int32),
+            scored=scored,
+            rgb=np.where(scored, out["rgb"], 0.0).astype(np.float64),
+            flow=np.where(scored, out["flow"], 0.0).astype(np.float64),
+            label=out["label"].astype(np.int32) if labels else None,
+            maps=(
+                {"rgb": out["rgb_map"], "flow": out["flow_map"], "mask": out["mask"]}
+                if maps
+                else None
+            ),
+        )
+        if len(errors.video) != table.num_frames:
+            raise AssertionError(f"scored {len(errors.video)} of {table.num_frames} frames")
+        return errors, seconds
