@@ -46,9 +46,7 @@ def write_text(path: str | os.PathLike, text: str, *, newline: str | None = None
 
 
 @contextlib.contextmanager
-def folder(
-    path: str | os.PathLike, *, replace: bool = True, suffix: str = ""
-) -> Iterator[Path]:
+def folder(path: str | os.PathLike, *, replace: bool = True, suffix: str = "") -> Iterator[Path]:
     """Yields an empty temporary folder beside `path` to fill; when the block succeeds it is
     renamed to `path` (an existing `path` is removed first when `replace`; otherwise the rename
     fails with OSError if `path` exists and is not empty). Removed when anything fails."""

@@ -190,6 +190,16 @@ class Run:
         return self.jitted_step(state, batch, key, self.vgg)
 
 
+def init_compiler_options(mesh: jax.sharding.Mesh) -> dict[str, int]:
+    """XLA options of the jitted initialiser. On CPU it is compiled at LLVM -O2 instead of -O3:
+    it runs once, its random draws (one threefry per parameter) make it as slow to compile as
+    the train step (~17 s for the tiny model on 2 cores), and -O2 compiles it 2-4× faster with
+    bit-identical parameters (checked on every config; tested in test_train)."""
+    if mesh.devices.flat[0].platform == "cpu":
+        return {"xla_backend_optimization_level": 2}
+    return {}
+
+
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, steps: int) -> Run:
     """Model, optimizer, shardings and the jitted step of `config` on `mesh` (`steps` sets the
     learning-rate schedule's length)."""
@@ -223,7 +233,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, steps: int
         graphdef=graphdef,
         abstract=abstract,
         data_sharding=distributed.batch_sharding(mesh, rules),
-        init=jax.jit(init, out_shardings=shardings),
+        init=jax.jit(init, out_shardings=shardings, compiler_options=init_compiler_options(mesh)),
         jitted_step=step,
         vgg=vgg,
     )

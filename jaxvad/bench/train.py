@@ -4,7 +4,7 @@ input pipeline's windows/s for the same config.
     python -m jaxvad.bench.train --config=configs/synthetic.py [--steps=20] [--config.a.b=v]
 
 The step runs on random batches of the config's shapes on every device (mesh from the config),
-timed after two warm-up steps (compilation). Memory: XLA's compiled memory analysis of the step
+timed after two warm-up steps; the initialiser's and the step's compilation times come first. Memory: XLA's compiled memory analysis of the step
 (arguments, outputs, temporaries) and, on GPU/TPU, the device's peak bytes in use; on CPU the
 process's peak resident memory. MFU = model FLOPs of one step (XLA's cost analysis of the
 compiled step, forward + backward + optimizer) × steps/s ÷ the chips' peak FLOP/s (bf16 dense
@@ -57,19 +57,27 @@ def benchmark(config: ml_collections.ConfigDict, steps: int) -> None:
         f"{device.device_kind}; mesh {dict(mesh.shape)}"
     )
     run = train_lib.build(config, mesh, steps=1000)
-    state = run.init()
+    start = time.perf_counter()
+    init = run.init.lower().compile()
+    init_seconds = time.perf_counter() - start
+    state = init()
     batch_size = config.train.batch_size
     batch = distributed.global_batch(
         random_batch(config, batch_size // jax.process_count()), run.data_sharding
     )
     key = jax.random.key(0)
+    start = time.perf_counter()
     compiled = run.jitted_step.lower(state, batch, key, run.vgg).compile()
+    print(
+        f"compilation: initialiser {init_seconds:.1f} s, train step "
+        f"{time.perf_counter() - start:.1f} s (cache hits if JAX_COMPILATION_CACHE_DIR is set)"
+    )
     for _ in range(2):
-        state, metrics = run.step(state, batch, key)
+        state, metrics = compiled(state, batch, key, run.vgg)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = run.step(state, batch, key)
+        state, metrics = compiled(state, batch, key, run.vgg)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
     print(
