@@ -3,13 +3,14 @@ input pipeline's windows/s for the same config.
 
     python -m jaxvad.bench.train --config=configs/synthetic.py [--steps=20] [--config.a.b=v]
 
-The step runs on random batches of the config's shapes on every device (mesh from the config),
-timed after two warm-up steps; the initialiser's and the step's compilation times come first. Memory: XLA's compiled memory analysis of the step
-(arguments, outputs, temporaries) and, on GPU/TPU, the device's peak bytes in use; on CPU the
-process's peak resident memory. MFU = model FLOPs of one step (XLA's cost analysis of the
-compiled step, forward + backward + optimizer) × steps/s ÷ the chips' peak FLOP/s (bf16 dense
-peaks of known chips). When the config's dataset is prepared, grain's training windows/s for
-the same batch shape are measured too, so the loader's margin over training is visible.
+The step runs on random batches of the config's shapes on every device (mesh from the config), timed
+after two warm-up steps; the initialiser's and the step's compilation times come first. Memory:
+XLA's compiled memory analysis of the step (arguments, outputs, temporaries) and, on GPU/TPU, the
+device's peak bytes in use; on CPU the process's peak resident memory. MFU = model FLOPs of one step
+(XLA's cost analysis of the compiled step, forward + backward + optimizer) × steps/s ÷ the chips'
+peak FLOP/s (bf16 dense peaks of known chips). When the config's dataset is prepared, grain's
+training windows/s for the same batch shape are measured too, so the loader's margin over training
+is visible.
 """
 
 from __future__ import annotations
