@@ -34,49 +34,6 @@ def _pad_rows(x: np.ndarray, multiple: int, value: float) -> np.ndarray:
     return np.concatenate([x, np.full((rows, *x.shape[1:]), value, x.dtype)]) if rows else x
 
 
-def _block_neighbours(
-    queries: jax.Array,
-    query_groups: jax.Array,
-    bank: jax.Array,
-    bank_groups: jax.Array,
-    bank_valid: jax.Array,
-    *,
-    k: int,
-    bank_block: int,
-) -> tuple[jax.Array, jax.Array]:
-    """queries `[Qb, D]`, query_groups `[Qb]`; bank `[M, D]` (M a multiple of bank_block),
-    bank_groups `[M]`, bank_valid `[M]` bool → (squared distances `[Qb, k]` ascending, indices
-    `[Qb, k]`) among the valid bank rows of other groups."""
-    q_norms = jnp.sum(queries * queries, axis=1)
-    blocks = bank.shape[0] // bank_block
-
-    def scan_block(carry, i):
-        best, best_index = carry  # [Qb, k] negated squared distances, int32 indices
-        start = i * bank_block
-        rows = jax.lax.dynamic_slice_in_dim(bank, start, bank_block)
-        groups = jax.lax.dynamic_slice_in_dim(bank_groups, start, bank_block)
-        valid = jax.lax.dynamic_slice_in_dim(bank_valid, start, bank_block)
-        d2 = q_norms[:, None] - 2.0 * queries @ rows.T + jnp.sum(rows * rows, axis=1)[None, :]
-        allowed = valid[None, :] & (groups[None, :] != query_groups[:, None])
-        d2 = jnp.where(allowed, jnp.maximum(d2, 0.0), _FAR)
-        index = start + jnp.arange(bank_block, dtype=jnp.int32)
-        merged = jnp.concatenate([best, -d2], axis=1)
-        merged_index = jnp.concatenate([best_index, jnp.broadcast_to(index, d2.shape)], axis=1)
-        best, where = jax.lax.top_k(merged, k)
-        return (best, jnp.take_along_axis(merged_index, where, axis=1)), None
-
-    start = (
-        jnp.full((queries.shape[0], k), -_FAR, queries.dtype),
-        jnp.zeros((queries.shape[0], k), jnp.int32),
-    )
-    (best, best_index), _ = jax.lax.scan(scan_block, start, jnp.arange(blocks))
-    # Exact squared distances of the winners (rows beyond reach stay at +inf).
-    diff = queries[:, None, :] - bank[best_index]
-    exact = jnp.where(jnp.isfinite(best), jnp.sum(diff * diff, axis=-1), _FAR)
-    order = jnp.argsort(exact, axis=1)
-    return jnp.take_along_axis(exact, order, axis=1), jnp.take_along_axis(best_index, order, 1)
-
-
 @functools.partial(jax.jit, static_argnames=("k", "bank_block"))
 def _search(
     queries: jax.Array,
@@ -88,13 +45,44 @@ def _search(
     k: int,
     bank_block: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """`_block_neighbours` over query blocks `[B, Qb, D]` (groups `[B, Qb]`), one at a time."""
+    """Query blocks `[B, Qb, D]` (groups `[B, Qb]`), one at a time; bank `[M, D]` (M a multiple
+    of bank_block), bank_groups `[M]`, bank_valid `[M]` bool → (squared distances `[B, Qb, k]`
+    ascending, indices `[B, Qb, k]`) among the valid bank rows of other groups."""
+    blocks = bank.shape[0] // bank_block
+    bank_norms = jnp.sum(bank * bank, axis=1)
 
-    def block(args):
-        q, g = args
-        return _block_neighbours(q, g, bank, bank_groups, bank_valid, k=k, bank_block=bank_block)
+    def query_block(args: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        queries, query_groups = args
+        q_norms = jnp.sum(queries * queries, axis=1)
 
-    return jax.lax.map(block, (queries, query_groups))
+        def scan_block(carry, i):
+            best, best_index = carry  # [Qb, k] negated squared distances, int32 indices
+            start = i * bank_block
+            rows = jax.lax.dynamic_slice_in_dim(bank, start, bank_block)
+            norms = jax.lax.dynamic_slice_in_dim(bank_norms, start, bank_block)
+            groups = jax.lax.dynamic_slice_in_dim(bank_groups, start, bank_block)
+            valid = jax.lax.dynamic_slice_in_dim(bank_valid, start, bank_block)
+            d2 = q_norms[:, None] - 2.0 * queries @ rows.T + norms[None, :]
+            allowed = valid[None, :] & (groups[None, :] != query_groups[:, None])
+            d2 = jnp.where(allowed, jnp.maximum(d2, 0.0), _FAR)
+            index = start + jnp.arange(bank_block, dtype=jnp.int32)
+            merged = jnp.concatenate([best, -d2], axis=1)
+            merged_index = jnp.concatenate([best_index, jnp.broadcast_to(index, d2.shape)], 1)
+            best, where = jax.lax.top_k(merged, k)
+            return (best, jnp.take_along_axis(merged_index, where, axis=1)), None
+
+        start = (
+            jnp.full((queries.shape[0], k), -_FAR, queries.dtype),
+            jnp.zeros((queries.shape[0], k), jnp.int32),
+        )
+        (best, best_index), _ = jax.lax.scan(scan_block, start, jnp.arange(blocks))
+        # Exact squared distances of the winners (rows beyond reach stay at +inf).
+        diff = queries[:, None, :] - bank[best_index]
+        exact = jnp.where(jnp.isfinite(best), jnp.sum(diff * diff, axis=-1), _FAR)
+        order = jnp.argsort(exact, axis=1)
+        return jnp.take_along_axis(exact, order, 1), jnp.take_along_axis(best_index, order, 1)
+
+    return jax.lax.map(query_block, (queries, query_groups))
 
 
 def knn_distances(
