@@ -156,6 +156,23 @@ def check_finite(
         )
 
 
+def training_input(
+    config: ml_collections.ConfigDict, data_path: Path
+) -> tuple[pipeline.FrameTable, Any]:
+    """The frame table of the training split of the prepared dataset at `data_path`, and this
+    process's shuffled windows: batches of `config.train.batch_size / processes`."""
+    table = pipeline.open_prepared(data_path, "train")
+    dataset = pipeline.train_dataset(
+        table,
+        history=config.history,
+        batch_size=config.train.batch_size // jax.process_count(),
+        seed=config.seed,
+        channels=config.data.channels,
+        read_threads=config.data.read_threads,
+    )
+    return table, dataset
+
+
 def total_steps(config: ml_collections.ConfigDict, table: pipeline.FrameTable) -> int:
     if config.train.num_steps > 0:
         return config.train.num_steps
@@ -258,16 +275,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
 
     # --- Input: this process's shard of shuffled windows, batches of B / processes.
     data_path = training_dataset(config)
-    table = pipeline.open_prepared(data_path, "train")
+    table, dataset = training_input(config, data_path)
     steps = total_steps(config, table)
-    dataset = pipeline.train_dataset(
-        table,
-        history=config.history,
-        batch_size=config.train.batch_size // jax.process_count(),
-        seed=config.seed,
-        channels=config.data.channels,
-        read_threads=config.data.read_threads,
-    )
     data_iter = iter(dataset)
 
     # --- Model, optimizer, step: shapes first, then shardings, then materialise sharded.

@@ -20,7 +20,7 @@ from jaxvad import config as config_lib
 from jaxvad import distributed, model
 from jaxvad import train as train_lib
 from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints
-from jaxvad.data import builder, pipeline
+from jaxvad.data import builder
 from jaxvad.metric_writer import read_jsonl
 
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
@@ -67,15 +67,7 @@ def test_tiny_variant_of_every_config_traces_a_train_step(name, synthetic_root):
     config = load_config(name, **{"data.root": str(synthetic_root)})
     config_lib.validate(config)
     run = train_lib.build(config, distributed.make_mesh(config.mesh.fsdp), steps=2)
-    table = pipeline.open_prepared(train_lib.training_dataset(config), "train")
-    loader = pipeline.train_dataset(
-        table,
-        history=config.history,
-        batch_size=config.train.batch_size,
-        seed=config.seed,
-        channels=config.data.channels,
-        read_threads=1,
-    )
+    _, loader = train_lib.training_input(config, train_lib.training_dataset(config))
     batch = next(iter(loader))
     t, s, c = config.history, config.data.size, config.data.channels
     assert batch["frames"].shape == (config.train.batch_size, t, s, s, c)
