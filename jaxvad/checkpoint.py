@@ -10,7 +10,9 @@ A fourth item, `normal_errors`, is added to a step once its model has scored the
 split (the per-frame errors that scores are normalised and thresholded with; see
 `jaxvad.scoring`): by the trainer after its last step, or by the first `jaxvad.detector.load`
 of a step that lacks it. It is written atomically (a temporary folder renamed) into the step's
-folder. With it, a workdir alone is a detector: scoring video needs no prepared dataset.
+folder. With it, a workdir alone is a detector: scoring video needs no prepared dataset. In
+object mode the memory banks of `jaxvad.object_scores` are added the same way, as files
+`object_bank_<component>_k<k>.npz` in the step's folder (Orbax passes over files).
 
 `changed` is the one "X in the checkpoint, Y now" diff of a checkpoint's config against a
 config, used wherever a run must match its checkpoint.
@@ -27,7 +29,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxvad import atomic
+
 NORMAL_ERRORS = "normal_errors"
+OBJECT_BANK = "object_bank_"  # + a component and k: one .npz per object bank.
 
 
 class CheckpointMismatchError(ValueError):
@@ -131,6 +136,23 @@ class Checkpoints:
         """Adds the `normal_errors` item to `step` (collective; atomic)."""
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(self.directory / str(step) / NORMAL_ERRORS, dict(arrays))
+
+    def _bank_path(self, step: int, name: str) -> Path:
+        return self.directory / str(step) / f"{OBJECT_BANK}{name}.npz"
+
+    def object_bank(self, step: int, name: str) -> dict[str, np.ndarray] | None:
+        """The arrays of the object bank `name` stored with `step`, or None."""
+        path = self._bank_path(step, name)
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+
+    def save_object_bank(self, step: int, name: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """Stores an object bank with `step` (process 0 writes; atomic)."""
+        if jax.process_index() == 0:
+            with atomic.file(self._bank_path(step, name), suffix=".npz") as tmp:
+                np.savez(tmp, **arrays)
 
     def restore(self, step: int, abstract_state: Any, data_iter: grain.DatasetIterator) -> Any:
         """The train state of `step`, laid out as `abstract_state` (shapes, dtypes and

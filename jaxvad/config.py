@@ -10,12 +10,13 @@ the same structure (channels, history, losses) on the tiny synthetic dataset and
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
+from jaxvad import object_scores
 from jaxvad.data import builder
 
 DTYPES = ("float32", "bfloat16")
@@ -118,6 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.label_version = "mask"  # Avenue only.
     config.data.synthetic = "full"  # Synthetic only: preset.
     config.data.synthetic_seed = 0  # Synthetic only.
+    # Per-frame object boxes stored with the dataset (jaxvad/data/objects.py): "none", "auto"
+    # (the weight-free motion detector) or "mot:DIR" (MOTChallenge files DIR/<video>.txt).
+    config.data.objects = "none"
     config.data.channels = 1  # Model input channels: stored frames are converted (gray ↔ RGB).
     config.data.read_threads = 4
 
@@ -169,6 +173,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.score.normalisation = "train"
     config.score.smoothing_sigma = 0.0  # Gaussian σ in frames; 0: no smoothing.
     config.score.threshold_quantile = 0.99  # Alarm threshold: this quantile of training scores.
+    # What a frame's score is made of: ("error",), the model's frame error above; or object
+    # components (jaxvad/object_scores.py: "velocity", "speed", "size", "position", or groups
+    # joined by "+"), each calibrated and summed per object, a frame the max over its objects.
+    config.score.components = ("error",)
+
+    # Object mode (config.score.components other than "error"; needs config.data.objects).
+    config.objects = ml_collections.ConfigDict()
+    config.objects.k = 1  # Neighbours of the kNN density of each component.
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 32  # Global, like train.batch_size.
@@ -229,6 +241,16 @@ def make_tiny(config: ml_collections.ConfigDict) -> None:
     config.explain.batch_size = 4
 
 
+def set_object_mode(
+    config: ml_collections.ConfigDict, components: tuple[str, ...] = ("speed",), k: int = 1
+) -> None:
+    """Object mode in place: objects from the motion detector stored with the dataset, frames
+    scored from their objects' `components` (`jaxvad.object_scores`) with k neighbours."""
+    config.data.objects = "auto"
+    config.score.components = components
+    config.objects.k = k
+
+
 def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
     """Applies the variants named by `arg` and locks the config. `arg` is None or a
     comma-separated list of a model name (`set_model`) and "tiny" (`make_tiny`), e.g.
@@ -247,6 +269,34 @@ def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
         make_tiny(config)
     config.lock()
     return config
+
+
+def check_components(
+    components: tuple[str, ...], objects: str, check: Callable[[bool, str, str], None]
+) -> None:
+    """config.score.components: ("error",), or object components with objects prepared."""
+    field = "score.components"
+    check(len(components) >= 1, field, "at least one component")
+    if components == ("error",):
+        return
+    check(
+        "error" not in components,
+        field,
+        "the model's frame error and object components do not mix (a per-object model error "
+        "needs object samples, not built yet)",
+    )
+    for component in components:
+        try:
+            object_scores.component_groups(component)
+        except ValueError as e:
+            check(False, field, str(e))
+    check(
+        objects != "none",
+        field,
+        "object components need objects stored with the dataset: set config.data.objects "
+        "to auto or mot:DIR (and prepare it with --objects)",
+    )
+    check(len(set(components)) == len(components), field, "each component once")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -284,6 +334,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(math.isfinite(s.alpha) and s.alpha >= 0, "score.alpha", "a number ≥ 0")
     check(s.smoothing_sigma >= 0, "score.smoothing_sigma", "≥ 0 (0: no smoothing)")
     check(0 < s.threshold_quantile <= 1, "score.threshold_quantile", "in (0, 1]")
+    check_components(tuple(s.components), config.data.objects, check)
+    check(config.objects.k >= 1, "objects.k", "at least 1")
     check(config.eval.batch_size >= 1, "eval.batch_size", "at least 1")
     check(config.eval.rbdc_thresholds >= 2, "eval.rbdc_thresholds", "at least 2")
     check(config.eval.map_sigma >= 0, "eval.map_sigma", "≥ 0 (0: no blur)")
@@ -359,6 +411,7 @@ def dataset_settings(config: ml_collections.ConfigDict) -> builder.VadConfig:
         label_version=data.label_version,
         synthetic=data.synthetic,
         seed=data.synthetic_seed,
+        objects=data.objects,
     )
 
 

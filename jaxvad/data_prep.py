@@ -45,6 +45,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--synthetic", default="full", choices=sorted(synthetic.PRESETS), help="synthetic size"
     )
     parser.add_argument("--seed", type=int, default=0, help="synthetic only")
+    parser.add_argument(
+        "--objects",
+        default="none",
+        help="per-frame object boxes: auto (the weight-free motion detector), mot:DIR "
+        "(MOTChallenge files DIR/<video>.txt) or none",
+    )
     args = parser.parse_args(argv)
     if args.dataset != "synthetic" and args.source is None:
         parser.error(f"--source is required for --dataset={args.dataset}")
@@ -80,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             label_version=args.label_version,
             synthetic=args.synthetic,
             seed=args.seed,
+            objects=args.objects,
         )
     except (ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -29,23 +29,31 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
 from jaxvad import config as config_lib
-from jaxvad import distributed, inference, model, scoring
+from jaxvad import distributed, inference, model, object_scores, scoring
 from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints, changed
 from jaxvad.data import builder, pipeline
 
 log = logging.getLogger("jaxvad.detector")
 
 # What the model was trained on, so what it must score (dataset-specific fields: when used).
-TRAINED_FIELDS = ("data.dataset", "data.size", "data.flow", "data.channels", "history")
+TRAINED_FIELDS = (
+    "data.dataset",
+    "data.size",
+    "data.flow",
+    "data.channels",
+    "data.objects",
+    "history",
+)
 TRAINED_FIELDS_OF = {
     "avenue": ("data.label_version",),
     "synthetic": ("data.synthetic", "data.synthetic_seed"),
@@ -82,7 +90,8 @@ class Detector:
     `graphdef`, `params`: the model, parameters sharded on the mesh; `normal`: the training
     split's errors (the normal statistics); `settings`: `config.score` as `ScoreSettings`;
     `threshold`: the alarm threshold of those settings (`scoring.training_threshold`);
-    `scorer`: the jitted error step on the mesh.
+    `scorer`: the jitted error step on the mesh; `objects`: in object mode (`settings.
+    object_mode`) the components' banks (`jaxvad.object_scores`), else None.
     """
 
     config: ml_collections.ConfigDict
@@ -94,6 +103,7 @@ class Detector:
     settings: scoring.ScoreSettings
     threshold: float
     scorer: inference.ErrorScorer
+    objects: object_scores.ObjectModel | None = None
 
     def errors(
         self, table: pipeline.FrameTable, *, labels: bool, maps: bool, desc: str = "score"
@@ -102,9 +112,27 @@ class Detector:
         seconds they took."""
         return self.scorer.split_errors(self.params, table, labels=labels, maps=maps, desc=desc)
 
-    def scores(self, errors: scoring.SplitErrors) -> scoring.Scores:
-        """The scores of `errors` under the detector's settings and normal statistics."""
-        return scoring.frame_scores(errors, self.settings, self.normal)
+    def scores(
+        self, errors: scoring.SplitErrors, objects: object_scores.ObjectScores | None = None
+    ) -> scoring.Scores:
+        """The scores of `errors` under the detector's settings and normal statistics; in
+        object mode `score` is the frames' object score (`objects`: `score_objects` of the same
+        frames, required then) through the same normalisation and smoothing."""
+        scores = scoring.frame_scores(errors, self.settings, self.normal)
+        if self.objects is None:
+            return scores
+        if objects is None:
+            raise ValueError("object mode scores frames from their objects: pass them")
+        frame = objects.frame
+        train = self.objects.train_frame_scores()
+        value = scoring.settle(frame, errors, self.settings, train[self.normal.scored])
+        return dataclasses.replace(scores, score=value)
+
+    def score_objects(self, objects: object_scores.SplitObjects) -> object_scores.ObjectScores:
+        """Every object's score and components, and the frames' maxima (object mode)."""
+        if self.objects is None:
+            raise ValueError("this detector scores frames, not objects (config.score.components)")
+        return object_scores.score(objects, self.objects)
 
 
 def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Detector:
@@ -121,13 +149,34 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
         scorer = error_scorer(config, graphdef, mesh)
         normal = stored_normal_errors(checkpoints, step)
         if normal is None:
-            data_dir = _training_data(config, where, workdir)
+            data_dir = _training_data(config, where, workdir, NORMAL_STATISTICS)
             normal = store_normal_errors(checkpoints, step, scorer, params, data_dir)
+        settings = scoring.ScoreSettings(**config.score)
+        objects = None
+        if settings.object_mode:
+            objects = object_model(
+                checkpoints,
+                step,
+                settings.components,
+                config.objects.k,
+                lambda: _training_data(
+                    config,
+                    where,
+                    workdir,
+                    OBJECT_BANKS.format(components=settings.components, k=config.objects.k),
+                ),
+            )
     finally:
         checkpoints.close()
-    settings = scoring.ScoreSettings(**config.score)
-    threshold = scoring.training_threshold(normal, settings)
-    return Detector(config, workdir, step, graphdef, params, normal, settings, threshold, scorer)
+    if objects is None:
+        threshold = scoring.training_threshold(normal, settings)
+    else:
+        train = objects.train_frame_scores()
+        values = scoring.settle(train, normal, settings, train[normal.scored])
+        threshold = float(np.quantile(values[normal.scored], settings.threshold_quantile))
+    return Detector(
+        config, workdir, step, graphdef, params, normal, settings, threshold, scorer, objects
+    )
 
 
 def latest_checkpoint(workdir: Path) -> tuple[Checkpoints, int]:
@@ -221,8 +270,44 @@ def store_normal_errors(
     return scoring.SplitErrors.from_arrays(arrays)
 
 
-def _training_data(config: ml_collections.ConfigDict, where: Path, workdir: Path) -> Path:
-    """The prepared dataset whose training split gives an old checkpoint its normal statistics
+def object_model(
+    checkpoints: Checkpoints,
+    step: int,
+    components: Sequence[str],
+    k: int,
+    training_data: Callable[[], Path],
+) -> object_scores.ObjectModel:
+    """The banks of `components` stored with `step`; one not stored yet is fitted on the
+    training split's objects (`training_data()`: its prepared dataset) and stored (every
+    process)."""
+    banks, train = {}, None
+    for component in components:
+        name = object_scores.bank_name(component, k)
+        arrays = checkpoints.object_bank(step, name)
+        if arrays is None:
+            if train is None:
+                train = object_scores.read_objects(pipeline.open_prepared(training_data(), "train"))
+            log.info("fitting the %s bank (k=%d) on %d objects", component, k, len(train.boxes))
+            arrays = object_scores.fit_bank(train, component, k).to_arrays()
+            checkpoints.save_object_bank(step, name, arrays)
+        banks[component] = object_scores.Bank.from_arrays(arrays)
+    return object_scores.ObjectModel(banks)
+
+
+NORMAL_STATISTICS = (
+    "normal statistics (the training split's per-frame errors, which scores are normalised and "
+    "thresholded with; runs trained before they were stored lack them)"
+)
+OBJECT_BANKS = (
+    "object banks for config.score.components={components} with k={k} (the training objects' "
+    "attributes, fitted the first time a run is scored with a component)"
+)
+
+
+def _training_data(
+    config: ml_collections.ConfigDict, where: Path, workdir: Path, what: str
+) -> Path:
+    """The prepared dataset whose training split gives a checkpoint `what` it lacks
     (MissingNormalStatisticsError, with the commands that add them, when it is not there)."""
     data = config.data
     settings = config_lib.dataset_settings(config)
@@ -231,10 +316,9 @@ def _training_data(config: ml_collections.ConfigDict, where: Path, workdir: Path
         return path
     prepare = builder.prepare_command(data.dataset, settings, data.root, data.source)
     raise MissingNormalStatisticsError(
-        f"{where}: the checkpoint holds no normal statistics (the training split's per-frame "
-        "errors, which scores are normalised and thresholded with; runs trained before they "
-        f"were stored lack them), and the training split they are computed from is not "
-        f"prepared at {path}. Add them where the dataset is, with: {prepare} && python -m "
-        f"jaxvad.evaluate --config=CONFIG --workdir={workdir} --config.data.root={data.root} "
+        f"{where}: the checkpoint holds no {what}, and the training split they are computed "
+        f"from is not prepared at {path}. Add them where the dataset is, with: {prepare} && "
+        f"python -m jaxvad.evaluate --config=CONFIG --workdir={workdir} "
+        f"--config.data.root={data.root} "
         "(the first command that loads the run with its dataset stores them)"
     )

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from jaxvad import atomic, cli, metrics, plots, scoring
+from jaxvad import atomic, cli, metrics, object_scores, plots, scoring
 from jaxvad import config as config_lib
 from jaxvad import detector as detector_lib
 from jaxvad.data import builder, pipeline
@@ -90,16 +90,13 @@ def frame_metrics(
 
 def pixel_metrics(
     errors: scoring.SplitErrors,
-    scores: scoring.Scores,
+    maps: np.ndarray,
     masked_videos: list[int],
     *,
-    alpha: float,
-    sigma: float,
     rbdc_thresholds: int,
 ) -> dict[str, Any]:
-    """Pixel AUC / AP and RBDC / TBDC over the scored frames of the videos with masks; maps
-    weigh the motion component by `alpha` and are blurred by a Gaussian of `sigma` pixels."""
-    maps = scoring.anomaly_maps(errors, scores, alpha, sigma)
+    """Pixel AUC / AP and RBDC / TBDC of `maps` `[M, S, S]` (the M scored frames') over the
+    frames of the videos with masks."""
     keep = np.isin(errors.video[errors.scored], masked_videos)
     maps, masks = maps[keep], errors.maps["mask"][errors.scored][keep]
     videos = errors.video[errors.scored][keep]
@@ -117,19 +114,25 @@ def pixel_metrics(
 
 
 def variants_table(
-    errors: scoring.SplitErrors, normal: scoring.SplitErrors, score: scoring.ScoreSettings
+    errors: scoring.SplitErrors,
+    found: detector_lib.Detector,
+    objects: object_scores.ObjectScores | None = None,
 ) -> list[dict[str, Any]]:
     """Micro / macro AUC and PR-AUC of every score variant and normalisation, at the compared
-    smoothings: for comparison with other papers' protocols (the configured one is marked)."""
+    smoothings: for comparison with other papers' protocols (the configured one is marked).
+    In object mode the variant (of the model's errors) does not enter the score: only the
+    configured one is listed."""
     rows = []
-    scored = errors.scored
-    for variant in config_lib.SCORE_VARIANTS:
+    scored, score = errors.scored, found.settings
+    variants = (score.variant,) if score.object_mode else config_lib.SCORE_VARIANTS
+    for variant in variants:
         for normalisation in config_lib.NORMALISATIONS:
             for sigma in sorted({*COMPARED_SIGMAS, score.smoothing_sigma}):
                 setting = dataclasses.replace(
                     score, variant=variant, normalisation=normalisation, smoothing_sigma=sigma
                 )
-                s = scoring.frame_scores(errors, setting, normal).score[scored]
+                s = dataclasses.replace(found, settings=setting).scores(errors, objects)
+                s = s.score[scored]
                 label = errors.label[scored]
                 rows.append(
                     {
@@ -259,12 +262,82 @@ def protocol(
     }
 
 
+def object_maps(
+    split: TestSplit, objects: object_scores.SplitObjects, scores: np.ndarray, floor: float
+) -> np.ndarray:
+    """Object mode's pixel maps `[N, S, S]` of the test split: each object's score (`scores`
+    `[M]`) over its box, `floor` elsewhere."""
+    videos = split.metadata["splits"]["test"]["videos"]
+    frame_sizes = np.array([[v["height"], v["width"]] for v in videos])
+    size = split.metadata["size"]
+    return object_scores.box_maps(objects, scores, floor, frame_sizes, size)
+
+
+def object_localisation(
+    split: TestSplit,
+    errors: scoring.SplitErrors,
+    scores: scoring.Scores,
+    objects: object_scores.ObjectScores,
+    threshold: float,
+) -> dict[str, Any]:
+    """metrics.json's `objects.detection` (the share of ground-truth regions, connected
+    components of the test masks, that overlap a box) and `objects.pointing` (the share of
+    frames labelled anomalous and flagged whose top object's box holds mask pixels), over the
+    scored frames of the videos with masks, at the stored resolution."""
+    frames = errors.scored & np.isin(errors.video, split.masked_videos)
+    masks = errors.maps["mask"]
+    boxes = objects.objects
+    inside = object_maps(split, boxes, np.ones(len(boxes.boxes)), 0.0) > 0
+    flagged = frames & (errors.label == 1) & (scores.score > threshold)
+    order = np.lexsort((-objects.score, boxes.frame_position))  # Each frame's best first.
+    first = np.ones(len(order), bool)
+    first[1:] = boxes.frame_position[order][1:] != boxes.frame_position[order][:-1]
+    top = order[first]
+    top = top[flagged[boxes.frame_position[top]]]
+    top_objects = dataclasses.replace(
+        boxes,
+        frame_position=boxes.frame_position[top],
+        video=boxes.video[top],
+        boxes=boxes.boxes[top],
+        tracks=boxes.tracks[top],
+        velocity=boxes.velocity[top],
+    )
+    top_box = object_maps(split, top_objects, np.ones(len(top)), 0.0) > 0
+    return {
+        "detection": metrics.region_recall(inside[frames], masks[frames]),
+        "pointing": {
+            "rule": "frames labelled anomalous and flagged (score > threshold); a frame "
+            "without objects counts as a miss",
+            **metrics.box_pointing(top_box[flagged], masks[flagged]),
+        },
+    }
+
+
+def objects_summary(
+    found: detector_lib.Detector, objects: object_scores.ObjectScores, errors: scoring.SplitErrors
+) -> dict[str, Any]:
+    """metrics.json's `objects`: how frames were scored from their objects."""
+    counts = objects.objects.counts()
+    return {
+        "components": list(found.settings.components),
+        "k": found.config.objects.k,
+        "rule": "object score = sum of the components' calibrated kNN scores; frame score = "
+        "max over its objects; a frame with no object gets the training objects' minimum",
+        "floor": found.objects.floor,
+        "objects": len(objects.score),
+        "boxes_per_frame": float(counts.mean()),
+        "scored_frames_without_objects": int((counts[errors.scored] == 0).sum()),
+        "training_objects": len(next(iter(found.objects.banks.values())).bank),
+    }
+
+
 def split_metrics(
     config: ml_collections.ConfigDict,
     found: detector_lib.Detector,
     split: TestSplit,
     errors: scoring.SplitErrors,
     scores: scoring.Scores,
+    objects: object_scores.ObjectScores | None = None,
 ) -> dict[str, Any]:
     """The `frame`, `pixel` and `variants` entries of metrics.json, or `metrics_skipped` with
     the reason (no labels, or a single class)."""
@@ -281,15 +354,16 @@ def split_metrics(
         }
     result = {"frame": frame_metrics(errors, scores, found.threshold)}
     if errors.maps is not None:
+        if objects is None:
+            sigma = config.eval.map_sigma * config.data.size
+            maps = scoring.anomaly_maps(errors, scores, found.settings.alpha, sigma)
+        else:
+            floor = found.objects.floor
+            maps = object_maps(split, objects.objects, objects.score, floor)[errors.scored]
         result["pixel"] = pixel_metrics(
-            errors,
-            scores,
-            split.masked_videos,
-            alpha=found.settings.alpha,
-            sigma=config.eval.map_sigma * config.data.size,
-            rbdc_thresholds=config.eval.rbdc_thresholds,
+            errors, maps, split.masked_videos, rbdc_thresholds=config.eval.rbdc_thresholds
         )
-    result["variants"] = variants_table(errors, found.normal, found.settings)
+    result["variants"] = variants_table(errors, found, objects)
     return result
 
 
@@ -304,7 +378,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     split = open_test_split(config_lib.dataset_dir(config, needed_for="its test split"))
     maps = split.labeled and config.eval.pixel_metrics and bool(split.masked_videos)
     errors, seconds = found.errors(split.table, labels=split.labeled, maps=maps, desc="test")
-    scores = found.scores(errors)
+    objects, objects_started = None, time.perf_counter()
+    if found.objects is not None:
+        objects = found.score_objects(object_scores.read_objects(split.table))
+    objects_seconds = time.perf_counter() - objects_started
+    scores = found.scores(errors, objects)
     result: dict[str, Any] = {
         "dataset": config.data.dataset,
         "split": "test",
@@ -315,9 +393,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         "timing": {
             "test_split_seconds": seconds,
             "frames_per_second": len(errors.video) / seconds,
-        },
+        }
+        | ({"objects_seconds": objects_seconds} if objects is not None else {}),
     }
-    result |= split_metrics(config, found, split, errors, scores)
+    if objects is not None:
+        result["objects"] = objects_summary(found, objects, errors)
+        if maps:
+            result["objects"] |= object_localisation(
+                split, errors, scores, objects, found.threshold
+            )
+    result |= split_metrics(config, found, split, errors, scores, objects)
     if "metrics_skipped" in result:
         log.warning("metrics skipped: %s", result["metrics_skipped"])
     if jax.process_index() == 0:

@@ -451,3 +451,25 @@ def _plain(value: Hashable) -> Hashable:
 
 def _ratio(numerator: int, denominator: int) -> float:
     return numerator / denominator if denominator else 0.0
+
+
+def region_recall(inside: ArrayLike, masks: ArrayLike) -> dict[str, float | int]:
+    """The share of ground-truth regions (8-connected components of each frame's mask) that
+    overlap a detection: `inside [N, H, W]` bool (pixels inside a box), `masks [N, H, W]` 0/1.
+    Returns `recall` (0 without regions), `regions`, `found`."""
+    inside, masks = np.asarray(inside, bool), np.asarray(masks) != 0
+    if inside.shape != masks.shape:
+        raise ValueError(f"detections {inside.shape} and masks {masks.shape} differ in shape")
+    ids, count = scipy.ndimage.label(masks, IN_FRAME_8_CONNECTED)
+    found = np.unique(ids[inside & masks])
+    found = int((found > 0).sum())
+    return {"recall": _ratio(found, count), "regions": int(count), "found": found}
+
+
+def box_pointing(top_box: ArrayLike, masks: ArrayLike) -> dict[str, float | int]:
+    """The object pointing game: the share of frames whose top object's box (`top_box
+    [N, H, W]` bool, its pixels) holds ground-truth mask pixels (`masks [N, H, W]` 0/1).
+    Returns `hit_rate` (0 without frames), `frames`, `hits`."""
+    top_box, masks = np.asarray(top_box, bool), np.asarray(masks) != 0
+    hits = int((top_box & masks).any(axis=(1, 2)).sum())
+    return {"hit_rate": _ratio(hits, len(top_box)), "frames": len(top_box), "hits": hits}

@@ -101,14 +101,25 @@ class ScoreSettings:
     """How a split's errors become scores and the alarm threshold (`config.score`'s fields;
     `ScoreSettings(**config.score)`): the `variant` ("error" or "psnr"), `alpha` (the motion
     component's weight), the `normalisation` ("train", "minmax" or "none"), the Gaussian
-    `smoothing_sigma` in frames (0: none) and the `threshold_quantile` of the training split's
-    scores."""
+    `smoothing_sigma` in frames (0: none), the `threshold_quantile` of the training split's
+    scores, and the `components`: ("error",) for these frame errors, or the object components
+    of `jaxvad.object_scores`, whose frame scores replace S (then normalised by their own
+    calibration, smoothed the same way)."""
 
     variant: str
     alpha: float
     normalisation: str
     smoothing_sigma: float
     threshold_quantile: float
+    components: tuple[str, ...] = ("error",)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "components", tuple(self.components))
+
+    @property
+    def object_mode(self) -> bool:
+        """Whether frames are scored from their objects (`jaxvad.object_scores`)."""
+        return self.components != ("error",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +217,16 @@ def frame_scores(errors: SplitErrors, score: ScoreSettings, normal: SplitErrors)
         flow=result["flow"],
         error_affine=error_affine,
     )
+
+
+def settle(
+    values: np.ndarray, errors: SplitErrors, score: ScoreSettings, normal_values: np.ndarray
+) -> np.ndarray:
+    """Frame values `[N]` of `errors`' frames (e.g. object scores) through the normalisation
+    and smoothing of `score`, as a component is; NaN where not scored. `normal_values`: the
+    same values on the scored training frames ("train" normalisation)."""
+    affine = normaliser(values, errors, score.normalisation, normal_values)
+    return smooth(np.where(errors.scored, affine(values), np.nan), errors, score.smoothing_sigma)
 
 
 def training_threshold(normal: SplitErrors, score: ScoreSettings) -> float:

@@ -38,7 +38,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from jaxvad import atomic, cli, detector, distributed, losses, model
+from jaxvad import atomic, cli, detector, distributed, losses, model, scoring
 from jaxvad import config as config_lib
 from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints
 from jaxvad.data import builder, pipeline
@@ -332,6 +332,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         if not checkpoints.has_normal_errors(steps):
             scorer = detector.error_scorer(config, run.graphdef, mesh)
             detector.store_normal_errors(checkpoints, steps, scorer, state["params"], data_path)
+        settings = scoring.ScoreSettings(**config.score)
+        if settings.object_mode:  # The memory banks of the object components.
+            detector.object_model(
+                checkpoints, steps, settings.components, config.objects.k, lambda: data_path
+            )
     finally:
         bar.close()
         writer.close()

@@ -277,6 +277,39 @@ def labeled_run(labeled_data, tmp_path_factory) -> types.SimpleNamespace:
     return types.SimpleNamespace(config=config, workdir=workdir)
 
 
+@pytest.fixture(scope="session")
+def object_run(tmp_path_factory) -> types.SimpleNamespace:
+    """The tiny config in object mode (score.components ("speed",), k = 1) on synthetic clips
+    at full size (240×360, the object detector's), short and few (2 train, 2 test clips of
+    24–32 frames), prepared as Ped2 with --objects=auto at 32×32 and trained 6 steps: `config`,
+    `workdir`, `source` (the Ped2-layout clips), `root`. Copy the workdir before changing it."""
+    from jaxvad import config as config_lib
+    from jaxvad import train
+    from jaxvad.data import builder, synthetic
+
+    root = tmp_path_factory.mktemp("objects")
+    spec = dataclasses.replace(
+        synthetic.FULL, train_clips=2, test_clips=2, min_frames=24, max_frames=32
+    )
+    source = synthetic.write_ped2_layout(root / "source", spec)
+    label_file = source / "Test" / "UCSDped2.m"  # Both classes (the clips: anomalies throughout).
+    lines = "TestVideoFile{end+1}.gt_frame = [10:18];\n" * spec.test_clips
+    label_file.write_text("TestVideoFile = {};\n" + lines)
+    config = load_config(
+        "synthetic",
+        **{
+            "data.dataset": "ped2",
+            "data.root": str(root / "data"),
+            "data.objects": "auto",
+            "score.components": ("speed",),
+        },
+    )
+    vad = config_lib.dataset_settings(config)
+    builder.prepare("ped2", vad, output=root / "data", source=source)
+    train.train(config, root / "run")
+    return types.SimpleNamespace(config=config, workdir=root / "run", source=source, root=root)
+
+
 EXPLAIN_SIZE = 64
 EXPLAIN_STEPS = 600
 

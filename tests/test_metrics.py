@@ -314,3 +314,24 @@ def test_real_ped2_masks_rbdc_perfect():
     assert result["regions"] >= result["tracks"] >= 1
     assert result["rbdc"] == 1.0
     assert result["tbdc"] == 1.0
+
+
+def test_region_recall_counts_the_mask_components_a_box_overlaps():
+    masks = np.zeros((2, 10, 10), np.uint8)
+    masks[0, 1:3, 1:3] = 1  # region A (frame 0)
+    masks[0, 6:9, 6:9] = 1  # region B (frame 0)
+    masks[1, 0:2, 8:10] = 1  # region C (frame 1)
+    inside = np.zeros((2, 10, 10), bool)
+    inside[0, 2:5, 2:5] = True  # overlaps A by one pixel
+    inside[1, 0:2, 8:10] = True  # covers C
+    inside[1, 6:9, 6:9] = True  # where B is, but in the other frame
+    assert metrics.region_recall(inside, masks) == {"recall": 2 / 3, "regions": 3, "found": 2}
+
+
+def test_box_pointing_asks_whether_the_top_box_holds_mask_pixels():
+    masks = np.zeros((3, 10, 10), np.uint8)
+    masks[:, 4:6, 4:6] = 1
+    top = np.zeros((3, 10, 10), bool)
+    top[0, 5:9, 5:9] = True  # touches the mask
+    top[1, 0:3, 0:3] = True  # elsewhere; frame 2 has no box
+    assert metrics.box_pointing(top, masks) == {"hit_rate": 1 / 3, "frames": 3, "hits": 1}

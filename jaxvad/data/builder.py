@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import multiprocessing
 import os
@@ -44,12 +45,21 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from jaxvad.data import flow as flow_lib
-from jaxvad.data import preprocess, readers, synthetic
+from jaxvad.data import objects, preprocess, readers, synthetic
 from jaxvad.data.readers import VideoSpec
 
 VERSION = "1.0.0"
 _BYTES = tfds.features.Encoding.BYTES
 _ZLIB = tfds.features.Encoding.ZLIB
+# Per frame, with --objects: K boxes [x0, y0, x1, y1] (original-resolution pixels), track ids
+# and velocity histograms (`objects.video_objects`).
+OBJECT_FEATURES = {
+    "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32, encoding=_BYTES),
+    "tracks": tfds.features.Tensor(shape=(None,), dtype=np.int32, encoding=_BYTES),
+    "velocity": tfds.features.Tensor(
+        shape=(None, objects.VELOCITY_BINS), dtype=np.float32, encoding=_BYTES
+    ),
+}
 
 
 @dataclasses.dataclass(eq=False)
@@ -62,6 +72,7 @@ class VadConfig(tfds.core.BuilderConfig):
     label_version: str = "mask"  # Avenue only: "mask" or "interval".
     synthetic: str = "full"  # Synthetic only: a preset of `synthetic.PRESETS`.
     seed: int = 0  # Synthetic only.
+    objects: str = "none"  # "none", "auto" (the motion detector) or "mot:DIR" (MOT files).
 
     @classmethod
     def make(cls, dataset: str = "ped2", **settings) -> VadConfig:
@@ -78,7 +89,43 @@ class VadConfig(tfds.core.BuilderConfig):
             if config.synthetic not in synthetic.PRESETS:
                 raise ValueError(f"synthetic preset: one of {sorted(synthetic.PRESETS)}")
             parts += [config.synthetic, f"seed{config.seed}"]
+        if config.objects != "none":
+            parts.append(objects_part(config.objects))
         return dataclasses.replace(config, name="_".join(parts), version=VERSION)
+
+
+def objects_part(objects: str) -> str:
+    """The name part of an `objects` setting: "objauto", or "objmot-" and a hash of the MOT
+    folder (each folder of detections gets its own dataset). ValueError for another value."""
+    if objects == "auto":
+        return "objauto"
+    if objects.startswith("mot:") and len(objects) > 4:
+        return "objmot-" + hashlib.sha1(objects[4:].encode()).hexdigest()[:8]
+    raise ValueError(f"--objects must be auto, mot:DIR or none, not {objects!r}")
+
+
+def _object_counts(counts: np.ndarray) -> dict[str, int]:
+    """A video's object count and frames without any, from its objects per frame `[N]` (and,
+    beside them in the metadata, the original height and width its boxes are in)."""
+    return {"objects": int(counts.sum()), "frames_without_objects": int((counts == 0).sum())}
+
+
+def objects_metadata(objects_setting: str) -> dict:
+    """What metadata.json says of how the objects were found."""
+    source = (
+        {"source": "auto", "detector": dataclasses.asdict(objects.BoxSettings())}
+        if objects_setting == "auto"
+        else {"source": "mot", "folder": objects_setting[4:]}
+    )
+    return source | {
+        "boxes": "[x0, y0, x1, y1], pixels of the original resolution, x1 and y1 exclusive",
+        "tracks": "greedy IoU matching to the previous frame, IoU >= 0.3",
+        "velocity": (
+            f"{objects.VELOCITY_BINS}-bin magnitude-weighted histogram of flow orientation over "
+            "the object's foreground pixels (MOG2), px/frame, DIS flow (preset medium) at the "
+            "original resolution; a row sums to the object's mean speed"
+        ),
+    }
 
 
 class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -116,6 +163,7 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 "label": np.int32,
                 "mask": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding=_ZLIB),
             }
+            | (OBJECT_FEATURES if self.builder_config.objects != "none" else {})
         )
         # Records are written in generation order (video, frame): skipping TFDS's shuffle pass
         # saves a full re-read of the data. Readers still index frames by their fields.
@@ -137,6 +185,7 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, videos: list[VideoSpec], cached: dict) -> Iterator:
         for index, spec in enumerate(videos):
             video = preprocess.load(cached[spec.split, spec.name])
+            with_objects = self.builder_config.objects != "none"
             for i in range(len(video.frames)):
                 yield (
                     f"{spec.name}_{i + 1:06d}",
@@ -148,7 +197,8 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                         "flow": video.flow[i],
                         "label": int(video.labels[i]),
                         "mask": video.masks[i],
-                    },
+                    }
+                    | (video.frame_objects(i) if with_objects else {}),
                 )
 
     def _cache_dir(self) -> Path:
@@ -170,6 +220,7 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             size=config.size,
             channels=self.CHANNELS,
             flow_method=config.flow,
+            objects=config.objects,
         )
         done = {}
         with contextlib.ExitStack() as stack:
@@ -198,6 +249,7 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     has_labels = bool(data["has_labels"])
                     if split == "train":
                         moments += data["flow_moments"]
+                    counts, (height, width) = data["object_counts"], data["frame_size"]
                 entries.append(
                     {
                         "name": spec.name,
@@ -206,6 +258,11 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                         "has_labels": has_labels,
                         "has_pixel_mask": has_masks,
                     }
+                    | (
+                        _object_counts(counts) | {"height": int(height), "width": int(width)}
+                        if config.objects != "none"
+                        else {}
+                    )
                 )
             splits[split] = {
                 "videos": entries,
@@ -228,7 +285,7 @@ class VadBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 "train_std": std.tolist(),
             },
             "splits": splits,
-        }
+        } | ({"objects": objects_metadata(config.objects)} if config.objects != "none" else {})
 
     def finish(self) -> None:
         """Deletes the per-video cache once the dataset is complete."""
@@ -328,6 +385,8 @@ def prepare_command(dataset: str, config: VadConfig, output: str | Path, source:
         command += f" --label_version={config.label_version}"
     if dataset == "synthetic":
         command += f" --synthetic={config.synthetic} --seed={config.seed}"
+    if config.objects != "none":
+        command += f" --objects={config.objects}"
     return command
 
 

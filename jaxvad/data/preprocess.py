@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxvad import atomic
 from jaxvad.data import flow as flow_lib
+from jaxvad.data import objects as object_lib
 from jaxvad.data.readers import VideoSpec
 from jaxvad.data.video_io import convert_channels, resize_frames, resize_masks, to_gray
 
@@ -25,7 +26,11 @@ class PreparedVideo:
     when the video is unlabeled), masks `[N, S, S]` uint8 0/1 (zeros when the dataset has
     none), has_labels, has_masks, and
     flow_moments `[2, 2]` float64: per flow component (dx, dy), the sum and the sum of squares
-    over all pixels and frames (for dataset statistics without re-reading the flow)."""
+    over all pixels and frames (for dataset statistics without re-reading the flow), and the
+    objects (`jaxvad.data.objects.video_objects`; none unless asked for) flattened over frames:
+    object_counts `[N]` int32 (objects per frame), boxes `[M, 4]` float32 (original-resolution
+    pixels), tracks `[M]` int32, velocity `[M, VELOCITY_BINS]` float32; frame_size `[2]` int32:
+    the original (height, width)."""
 
     frames: np.ndarray
     flow: np.ndarray
@@ -34,6 +39,17 @@ class PreparedVideo:
     has_labels: bool
     has_masks: bool
     flow_moments: np.ndarray
+    object_counts: np.ndarray
+    boxes: np.ndarray
+    tracks: np.ndarray
+    velocity: np.ndarray
+    frame_size: np.ndarray
+
+    def frame_objects(self, i: int) -> dict[str, np.ndarray]:
+        """Frame i's (0-based) `boxes` `[K, 4]`, `tracks` `[K]`, `velocity` `[K, B]`."""
+        start = int(self.object_counts[:i].sum())
+        end = start + int(self.object_counts[i])
+        return {k: getattr(self, k)[start:end] for k in ("boxes", "tracks", "velocity")}
 
 
 def frames_and_flow(
@@ -46,8 +62,21 @@ def frames_and_flow(
     return convert_channels(resized, channels), flow.astype(np.float16)
 
 
-def prepare_video(spec: VideoSpec, *, size: int, channels: int, flow_method: str) -> PreparedVideo:
-    """Decodes, checks and converts one video of a dataset."""
+def video_boxes(objects: str, spec: VideoSpec, frames: np.ndarray) -> list[np.ndarray] | None:
+    """The boxes `objects` ("auto" or "mot:DIR") names for the video `spec` of `frames`
+    `[N, H, W, C]`: None for "auto" (the detector's), the MOT file `DIR/<name>.txt`'s
+    otherwise."""
+    if objects == "auto":
+        return None
+    n, height, width = frames.shape[:3]
+    return object_lib.read_mot(object_lib.mot_path(objects[4:], spec.name), n, width, height)
+
+
+def prepare_video(
+    spec: VideoSpec, *, size: int, channels: int, flow_method: str, objects: str = "none"
+) -> PreparedVideo:
+    """Decodes, checks and converts one video of a dataset; `objects`: "none", "auto" or
+    "mot:DIR" (see `video_boxes`)."""
     cv2.setNumThreads(1)  # Parallelism comes from one process per video.
     video = spec.load()
     frames, flow = frames_and_flow(
@@ -59,8 +88,27 @@ def prepare_video(spec: VideoSpec, *, size: int, channels: int, flow_method: str
     masks = resize_masks(video.masks, size) if has_masks else np.zeros((n, size, size), np.uint8)
     flat = flow.reshape(-1, 2).astype(np.float64)
     moments = np.stack([flat.sum(0), (flat**2).sum(0)])
+    boxes = np.zeros((0, 4), np.float32)
+    counts, tracks = np.zeros(n, np.int32), np.zeros(0, np.int32)
+    velocity = np.zeros((0, object_lib.VELOCITY_BINS), np.float32)
+    if objects != "none":
+        found = object_lib.video_objects(video.frames, video_boxes(objects, spec, video.frames))
+        counts = np.array([len(b) for b in found.boxes], np.int32)
+        boxes, tracks = np.concatenate(found.boxes), np.concatenate(found.tracks)
+        velocity = np.concatenate(found.velocity)
     return PreparedVideo(
-        frames, flow, labels.astype(np.int32), masks, video.labels is not None, has_masks, moments
+        frames,
+        flow,
+        labels.astype(np.int32),
+        masks,
+        video.labels is not None,
+        has_masks,
+        moments,
+        counts,
+        boxes,
+        tracks,
+        velocity,
+        np.array(video.frames.shape[1:3], np.int32),
     )
 
 
@@ -79,11 +127,14 @@ def load(path: Path) -> PreparedVideo:
 
 
 def prepare_to_cache(
-    job: tuple[VideoSpec, Path], *, size: int, channels: int, flow_method: str
+    job: tuple[VideoSpec, Path], *, size: int, channels: int, flow_method: str, objects: str
 ) -> tuple[str, str, Path]:
     """Worker entry point: prepares the video `job[0]` into the file `job[1]` unless it is
     already there; returns (split, name, path)."""
     spec, path = job
     if not path.is_file():
-        save(prepare_video(spec, size=size, channels=channels, flow_method=flow_method), path)
+        video = prepare_video(
+            spec, size=size, channels=channels, flow_method=flow_method, objects=objects
+        )
+        save(video, path)
     return spec.split, spec.name, path

@@ -44,7 +44,7 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from jaxvad import atomic, cli, distributed, model, plots, scoring
+from jaxvad import atomic, cli, distributed, model, object_scores, plots, scoring
 from jaxvad import config as config_lib
 from jaxvad import detector as detector_lib
 from jaxvad.data import builder, pipeline
@@ -78,6 +78,7 @@ RECORD_FIELDS = (
     "caption_source",
     "caption_note",
     "checkpoint_step",
+    "objects",
 )
 NO_BLIP = "no captioner: run with --blip=DIR (a Hugging Face BlipForConditionalGeneration folder)"
 
@@ -110,6 +111,7 @@ class Input:
     shown: str
     labeled: bool
     masked: frozenset[int]
+    frame_sizes: np.ndarray | None = None  # `[V, 2]` original (height, width), with objects.
 
 
 def video_input(path: str | Path, *, size: int, history: int, flow: str) -> Input:
@@ -124,12 +126,14 @@ def split_input(dataset_dir: Path, split: str) -> Input:
     if split not in metadata["splits"]:
         raise UsageError(f"{dataset_dir}: no split {split!r}; it has {sorted(metadata['splits'])}")
     videos = metadata["splits"][split]["videos"]
+    sizes = [[v["height"], v["width"]] for v in videos] if "objects" in metadata else None
     return Input(
         pipeline.open_prepared(dataset_dir, split),
         split,
         f"{split} split of {dataset_dir}",
         builder.split_has_labels(metadata, split),
         frozenset(i for i, v in enumerate(videos) if v["has_pixel_mask"]),
+        None if sizes is None else np.array(sizes),
     )
 
 
@@ -269,9 +273,12 @@ def make_records(
     captions: Sequence[str | None],
     *,
     caption_source: str | None,
+    objects: Sequence[list[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """One record per explained anomaly (`RECORD_FIELDS`; `caption_source` None: no
-    captioner); `images` holds the paths `write` puts each picture at."""
+    captioner; `objects`: in object mode each anomaly's `frame_objects`, else None);
+    `images` holds the paths `write` puts each picture at. In object mode the explanation
+    is the top object's (`object_sentence`)."""
     z = attribution.training_z(errors, found.normal)
     records = []
     for a, i in enumerate(chosen):
@@ -291,7 +298,9 @@ def make_records(
                 "threshold": found.threshold,
                 "label": None if errors.label is None else int(errors.label[i]),
                 "modality": attribution.modality(z["rgb"][i], z["flow"][i]),
-                "explanation": attribution.sentence(z["rgb"][i], z["flow"][i]),
+                "explanation": attribution.sentence(z["rgb"][i], z["flow"][i])
+                if objects is None
+                else object_sentence(objects[a]),
                 "heatmap": paths["gradcam"],
                 "overlay": paths["overlay"],
                 "images": paths,
@@ -309,9 +318,45 @@ def make_records(
                 "caption_source": caption_source,
                 "caption_note": None if caption_source else NO_BLIP,
                 "checkpoint_step": found.step,
+                "objects": None if objects is None else objects[a],
             }
         )
     return records
+
+
+def frame_objects(scored: object_scores.ObjectScores, shares: np.ndarray, position: int):
+    """The objects of the frame at `position`, highest score first: box (original-resolution
+    pixels), track, score, calibrated components, attributes (`object_scores.ATTRIBUTES`
+    and `slower_nearby`: the share of the 100 training objects nearest its place that move
+    slower; `shares` `[M]`)."""
+    mine = np.flatnonzero(scored.objects.frame_position == position)
+    mine = mine[np.argsort(-scored.score[mine], kind="stable")]
+    values = object_scores.attributes(scored.objects)
+    return [
+        {
+            "box": [float(v) for v in scored.objects.boxes[m]],
+            "track": int(scored.objects.tracks[m]),
+            "score": float(scored.score[m]),
+            "components": {k: float(v[m]) for k, v in scored.components.items()},
+            "attributes": dict(zip(object_scores.ATTRIBUTES, map(float, values[m]), strict=True))
+            | {"slower_nearby": float(shares[m])},
+        }
+        for m in mine
+    ]
+
+
+def object_sentence(found_objects: Sequence[Mapping[str, Any]]) -> str:
+    """What makes a frame's top object unusual, in numbers against training."""
+    if not found_objects:
+        return "no object found in this frame: it has the training objects' minimum score"
+    top = found_objects[0]
+    a = top["attributes"]
+    x0, y0, x1, y1 = (round(v) for v in top["box"])
+    return (
+        f"the object in box [{x0}, {y0}, {x1}, {y1}] ({a['width']:.0f}×{a['height']:.0f} px) "
+        f"moves {a['speed']:.1f} px/frame; {100 * a['slower_nearby']:.1f} % of training "
+        "objects near this place move slower"
+    )
 
 
 def make_summary(
@@ -448,7 +493,15 @@ def explain(
     errors, seconds["score"] = found.errors(
         source.table, labels=source.labeled, maps=False, desc=f"score {source.name}"
     )
-    scores = found.scores(errors)
+    scored = None
+    if found.objects is not None:
+        if source.frame_sizes is None:
+            raise UsageError(
+                "object mode (config.score.components) explains a split prepared with "
+                "--objects (--split=test); a video's objects are not found on the fly yet"
+            )
+        scored = found.score_objects(object_scores.read_objects(source.table))
+    scores = found.scores(errors, scored)
     chosen, above = pick(errors, scores, found.threshold, top)
 
     # --- Explain: Grad-CAM, predictions and maps of the anomalies.
@@ -462,6 +515,16 @@ def explain(
     extra = model.MODELS[config.model.name].EXTRA_MAPS
     crop = captioner is not None and settings.caption_source == "crop"
     pictures = render(explained, settings, count=len(chosen), crop=crop, extra=extra)
+    found_objects = None
+    if scored is not None:
+        shares = found.objects.slower_share(scored.objects)
+        found_objects = [frame_objects(scored, shares, int(i)) for i in chosen]
+        size = config.data.size
+        for picture, i, listed in zip(pictures, chosen, found_objects, strict=True):
+            height, width = source.frame_sizes[errors.video[i]]
+            boxes = [np.array(o["box"]) * size / [width, height, width, height] for o in listed]
+            picture["objects"] = images.draw_boxes(picture["frame"], boxes)
+        extra = {**extra, "objects": report.OBJECTS_TITLE}
     with _timed(seconds, "captions"):
         captions = caption(captioner, pictures, settings) if captioner else [None] * len(chosen)
     records = make_records(
@@ -474,6 +537,7 @@ def explain(
         pictures,
         captions,
         caption_source=settings.caption_source if captioner else None,
+        objects=found_objects,
     )
 
     # --- Write (process 0): pictures, curves, records, summary, report.

@@ -63,6 +63,18 @@ def crop_around(frame: np.ndarray, heat: np.ndarray, fraction: float) -> np.ndar
     return as_rgb(frame)[top : top + side, left : left + side]
 
 
+def draw_boxes(image: np.ndarray, boxes: list[np.ndarray]) -> np.ndarray:
+    """`image` `[S, S, 3]` uint8 with the boxes `[x0, y0, x1, y1]` (its pixels) outlined, the
+    first in red, the others in green."""
+    out = image.copy()
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        colour = (255, 0, 0) if k == 0 else (0, 255, 0)
+        left, top = int(np.floor(x0)), int(np.floor(y0))
+        right, bottom = max(int(np.ceil(x1)) - 1, left), max(int(np.ceil(y1)) - 1, top)
+        cv2.rectangle(out, (left, top), (right, bottom), colour, 1)
+    return out
+
+
 def write_png(path: Path, image: np.ndarray) -> Path:
     """Writes an RGB `[H, W, 3]` (or gray `[H, W]`) uint8 image as PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)

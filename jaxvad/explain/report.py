@@ -24,6 +24,7 @@ IMAGE_TITLES = {
     "overlay": "Grad-CAM overlay",
     "crop": "captioned crop",
 }
+OBJECTS_TITLE = "objects (the top one in red)"
 
 
 def _environment() -> jinja2.Environment:

@@ -1,0 +1,306 @@
+"""Object scores: each object's attributes scored by their density among the training objects,
+and a frame's score the maximum over its objects (AI-VAD's idea; DESIGN.md, "Objects").
+
+An object (a box of `jaxvad.data.objects`, stored per frame in a dataset prepared with
+`--objects`) has attribute groups:
+
+- `velocity`: its magnitude-weighted histogram of flow orientation `[8]`, px/frame;
+- `speed`: the histogram's sum, the object's mean speed (px/frame) `[1]`;
+- `size`: log width and log height of its box `[2]`;
+- `position`: its box's centre (x, y) in pixels `[2]`, for perspective.
+
+A component (an entry of `config.score.components`) is one group, or groups joined by "+"
+("speed+size") whose features are concatenated, so their joint density is scored. Per
+component:
+
+1. features are divided by their standard deviation over the training objects;
+2. an object's distance is the mean Euclidean distance to its k nearest training objects
+   (`jaxvad.knn`; the memory bank is every training object);
+3. calibration: z = (d − μ) / σ with μ, σ the mean and standard deviation of the training
+   objects' own distances, each computed leave-one-video-out (its own video's objects are not
+   in its bank), so that a training object is scored as a test object is.
+
+An object's score is the sum of its components' z; a frame's score is the maximum of its
+objects' scores, and a frame with no object gets the training objects' minimum (`floor`).
+The banks are stored with the checkpoint (`jaxvad.detector`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+
+from jaxvad import knn
+from jaxvad.data import pipeline
+
+GROUPS = ("velocity", "speed", "size", "position")
+OBJECT_FIELDS = ("boxes", "tracks", "velocity")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitObjects:
+    """The objects of a split, M of them, in (video, frame, box) order, for the N frames of
+    the split's `FrameTable` order: `frame_position` `[M]` int64 (the object's frame, 0-based
+    into those N), `video` `[M]` int32, `boxes` `[M, 4]` float32, `tracks` `[M]` int32,
+    `velocity` `[M, B]` float32; `num_frames` N."""
+
+    frame_position: np.ndarray
+    video: np.ndarray
+    boxes: np.ndarray
+    tracks: np.ndarray
+    velocity: np.ndarray
+    num_frames: int
+
+    def counts(self) -> np.ndarray:
+        """`[N]` objects per frame."""
+        return np.bincount(self.frame_position, minlength=self.num_frames)
+
+
+def read_objects(table: pipeline.FrameTable) -> SplitObjects:
+    """Every frame's objects of a split prepared with `--objects` (ValueError otherwise)."""
+    first = table.source[int(table.frame_ids[0])]
+    if "boxes" not in first:
+        raise ValueError(
+            f"{table.name}: prepared without objects; prepare it with --objects=auto "
+            "(or mot:DIR) and set config.data.objects to match"
+        )
+    per_frame: dict[str, list[np.ndarray]] = {key: [] for key in OBJECT_FIELDS}
+    counts = np.zeros(table.num_frames, np.int64)
+    for n, record_id in enumerate(table.frame_ids):
+        record = table.source[int(record_id)]
+        for key in OBJECT_FIELDS:
+            per_frame[key].append(np.asarray(record[key]))
+        counts[n] = len(per_frame["boxes"][-1])
+    videos = np.repeat(np.arange(table.num_videos), table.video_lengths)
+    return SplitObjects(
+        frame_position=np.repeat(np.arange(table.num_frames), counts),
+        video=np.repeat(videos, counts).astype(np.int32),
+        boxes=np.concatenate(per_frame["boxes"]).reshape(-1, 4).astype(np.float32),
+        tracks=np.concatenate(per_frame["tracks"]).astype(np.int32),
+        velocity=np.concatenate(per_frame["velocity"]).astype(np.float32),
+        num_frames=table.num_frames,
+    )
+
+
+def group_features(objects: SplitObjects, group: str) -> np.ndarray:
+    """`[M, D]` float64 features of one attribute group (see the module docstring)."""
+    boxes = objects.boxes.astype(np.float64)
+    if group == "velocity":
+        return objects.velocity.astype(np.float64)
+    if group == "speed":
+        return objects.velocity.sum(axis=1, keepdims=True, dtype=np.float64)
+    if group == "size":
+        return np.log(np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0))
+    if group == "position":
+        return (boxes[:, :2] + boxes[:, 2:]) / 2
+    raise ValueError(f"unknown attribute group {group!r}: one of {GROUPS}")
+
+
+ATTRIBUTES = ("speed", "width", "height", "x", "y")  # What an explanation says of an object.
+
+
+def attributes(objects: SplitObjects) -> np.ndarray:
+    """`[M, 5]` float64 per object its `ATTRIBUTES`: mean speed (px/frame), box width and
+    height (px), box centre x and y (px), all at the original resolution."""
+    boxes = objects.boxes.astype(np.float64)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    speed = objects.velocity.sum(axis=1, dtype=np.float64)
+    return np.column_stack([speed, boxes[:, 2:] - boxes[:, :2], centre])
+
+
+def component_groups(component: str) -> list[str]:
+    """The groups of a component name ("speed+size" → ["speed", "size"]); ValueError when one
+    is not a group."""
+    groups = component.split("+")
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or len(set(groups)) != len(groups):
+        raise ValueError(
+            f"component {component!r}: groups joined by '+', each once, from {GROUPS}"
+        )
+    return groups
+
+
+def features(objects: SplitObjects, component: str) -> np.ndarray:
+    """`[M, D]` the concatenated features of a component's groups."""
+    return np.concatenate([group_features(objects, g) for g in component_groups(component)], 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bank:
+    """One component's memory bank: the training objects' scaled features `bank` `[M, D]`
+    float32, the per-feature `scale` `[D]`, k, the calibration `mean`, `std` of the training
+    objects' leave-one-video-out distances, and those objects' calibrated scores
+    `train_scores` `[M]` and frames `train_frame` `[M]` (positions among the training split's
+    `num_train_frames` frames), and their `train_attributes` `[M, 5]` (`attributes`)."""
+
+    bank: np.ndarray
+    scale: np.ndarray
+    k: int
+    mean: float
+    std: float
+    train_scores: np.ndarray
+    train_frame: np.ndarray
+    num_train_frames: int
+    train_attributes: np.ndarray
+
+    def distances(
+        self, x: np.ndarray, groups: np.ndarray | None = None, bank_groups: np.ndarray | None = None
+    ) -> np.ndarray:
+        """`[Q]` mean distance of features `x` `[Q, D]` (unscaled) to their k nearest rows."""
+        d, _ = knn.knn_distances(
+            x / self.scale, self.bank, self.k, query_groups=groups, bank_groups=bank_groups
+        )
+        return d.mean(axis=1)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """`[Q]` calibrated scores (d − mean) / std of features `x` `[Q, D]`."""
+        return (self.distances(x) - self.mean) / self.std
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "bank": self.bank,
+            "scale": self.scale,
+            "calibration": np.array([self.k, self.mean, self.std, self.num_train_frames]),
+            "train_scores": self.train_scores,
+            "train_frame": self.train_frame,
+            "train_attributes": self.train_attributes,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> Bank:
+        k, mean, std, num_train_frames = np.asarray(arrays["calibration"], np.float64)
+        return cls(
+            np.asarray(arrays["bank"], np.float32),
+            np.asarray(arrays["scale"], np.float64),
+            int(k),
+            float(mean),
+            float(std),
+            np.asarray(arrays["train_scores"], np.float64),
+            np.asarray(arrays["train_frame"], np.int64),
+            int(num_train_frames),
+            np.asarray(arrays["train_attributes"], np.float64),
+        )
+
+
+def fit_bank(train: SplitObjects, component: str, k: int) -> Bank:
+    """The bank of `component` over the training objects (from at least two videos)."""
+    if len(np.unique(train.video)) < 2:
+        raise ValueError("calibrating object scores needs training objects from ≥ 2 videos")
+    x = features(train, component)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    bank = Bank(
+        (x / scale).astype(np.float32),
+        scale,
+        k,
+        0.0,
+        1.0,
+        np.zeros(0),
+        train.frame_position,
+        train.num_frames,
+        attributes(train),
+    )
+    d = bank.distances(x, train.video, train.video)
+    finite = np.isfinite(d)  # A video's objects may have fewer than k others (tiny sets).
+    mean, std = float(d[finite].mean()), float(d[finite].std())
+    std = std if std > 0 else 1.0
+    return dataclasses.replace(bank, mean=mean, std=std, train_scores=(d - mean) / std)
+
+
+def bank_name(component: str, k: int) -> str:
+    """The name a component's bank is stored under (`Checkpoints.save_object_bank`)."""
+    return f"{component.replace('+', '_')}_k{k}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectModel:
+    """The banks of a score's components; `floor`: the least training object score (finite
+    ones: a training object with fewer than k neighbours outside its video has none)."""
+
+    banks: dict[str, Bank]
+
+    @property
+    def _train_total(self) -> np.ndarray:
+        return sum(bank.train_scores for bank in self.banks.values())
+
+    @property
+    def floor(self) -> float:
+        total = self._train_total
+        finite = np.isfinite(total)
+        return float(total[finite].min()) if finite.any() else 0.0
+
+    def slower_share(self, objects: SplitObjects, nearby: int = 100) -> np.ndarray:
+        """`[M]` per object the share of the `nearby` training objects closest to its place
+        (box centre) that move slower than it."""
+        train = next(iter(self.banks.values())).train_attributes
+        mine = attributes(objects)
+        nearby = min(nearby, len(train))
+        _, index = knn.knn_distances(mine[:, 3:], train[:, 3:], nearby)
+        return (train[index, 0] < mine[:, :1]).mean(axis=1)
+
+    def train_frame_scores(self) -> np.ndarray:
+        """`[N]` the training frames' scores, each object scored leave-one-video-out."""
+        bank = next(iter(self.banks.values()))
+        total = np.where(np.isfinite(self._train_total), self._train_total, self.floor)
+        return frame_maximum(total, bank.train_frame, bank.num_train_frames, self.floor)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectScores:
+    """The scored `objects`; per object `score` `[M]` and each component's calibrated score
+    `components[name]` `[M]`; per frame `frame` `[N]` (the maximum over its objects, `floor`
+    without one) and `has_objects` `[N]` bool."""
+
+    objects: SplitObjects
+    score: np.ndarray
+    components: dict[str, np.ndarray]
+    frame: np.ndarray
+    has_objects: np.ndarray
+
+
+def frame_maximum(
+    scores: np.ndarray, frame_position: np.ndarray, num_frames: int, floor: float
+) -> np.ndarray:
+    """`[N]` per frame the maximum of its objects' `scores` `[M]` (objects' frames
+    `frame_position` `[M]`), `floor` for a frame without objects."""
+    frame = np.full(num_frames, -np.inf)
+    np.maximum.at(frame, frame_position, scores)
+    return np.where(np.isfinite(frame), frame, floor)
+
+
+def score(objects: SplitObjects, model: ObjectModel) -> ObjectScores:
+    """The object and frame scores of a split's objects."""
+    components = {name: bank.scores(features(objects, name)) for name, bank in model.banks.items()}
+    total = sum(components.values(), np.zeros(len(objects.boxes)))
+    frame = frame_maximum(total, objects.frame_position, objects.num_frames, model.floor)
+    return ObjectScores(objects, total, components, frame, objects.counts() > 0)
+
+
+def box_maps(
+    objects: SplitObjects,
+    scores: np.ndarray,
+    floor: float,
+    frame_sizes: np.ndarray,
+    size: int,
+) -> np.ndarray:
+    """Pixel anomaly maps `[N, S, S]` float32: each object's score over its box (the larger
+    where boxes overlap), `floor` elsewhere.
+
+    Args:
+      objects: the split's objects; scores: `[M]` their scores.
+      floor: the value of pixels outside every box.
+      frame_sizes: `[V, 2]` each video's original (height, width), the boxes' pixels.
+      size: S, the side of the stored frames the maps are for.
+    """
+    maps = np.full((objects.num_frames, size, size), floor, np.float32)
+    heights, widths = frame_sizes[objects.video, 0], frame_sizes[objects.video, 1]
+    scale = np.stack([size / widths, size / heights] * 2, axis=1)
+    boxes = objects.boxes * scale
+    low = np.floor(boxes[:, :2]).astype(int)
+    high = np.maximum(np.ceil(boxes[:, 2:]).astype(int), low + 1)
+    for m, frame in enumerate(objects.frame_position):
+        region = maps[frame, low[m, 1] : high[m, 1], low[m, 0] : high[m, 0]]
+        np.maximum(region, np.float32(scores[m]), out=region)
+    return maps

@@ -1,0 +1,247 @@
+"""Object mode: velocity attributes, memory banks calibrated leave-one-video-out, frame scores
+as the maximum over objects, and the whole path through data_prep --objects, training and
+evaluation (`object_run`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import copy_run, load_config
+from sklearn.neighbors import NearestNeighbors
+
+from jaxvad import config as config_lib
+from jaxvad import detector, evaluate, object_scores, scoring
+from jaxvad.data import builder, objects, pipeline, readers
+
+
+def split_objects(frames: list[list[list[float]]], videos: list[int], velocity=None):
+    """SplitObjects of per-frame box lists (frames' videos `videos`); velocity `[M, 8]`."""
+    boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in frames]
+    counts = np.array([len(b) for b in boxes])
+    m = int(counts.sum())
+    return object_scores.SplitObjects(
+        frame_position=np.repeat(np.arange(len(frames)), counts),
+        video=np.repeat(np.asarray(videos, np.int32), counts),
+        boxes=np.concatenate(boxes),
+        tracks=np.zeros(m, np.int32),
+        velocity=np.zeros((m, 8), np.float32) if velocity is None else np.asarray(velocity),
+        num_frames=len(frames),
+    )
+
+
+def speeds(values) -> np.ndarray:
+    """`[M, 8]` velocity histograms whose rows sum to `values` (all in bin 0)."""
+    velocity = np.zeros((len(values), 8), np.float32)
+    velocity[:, 0] = values
+    return velocity
+
+
+BOX = [0, 0, 10, 20]
+
+
+def test_a_frame_scores_the_maximum_of_its_objects_and_an_empty_frame_the_training_minimum():
+    rng = np.random.default_rng(0)
+    train_speeds = rng.uniform(1, 2, 30)
+    train = split_objects([[BOX] * 3] * 10, [0] * 5 + [1] * 5, speeds(train_speeds))
+    model = object_scores.ObjectModel({"speed": object_scores.fit_bank(train, "speed", 1)})
+    test_speeds = [1.5, 9.0, 1.2, 3.0]
+    test = split_objects([[BOX, BOX], [], [BOX, BOX]], [0, 0, 0], speeds(test_speeds))
+    found = object_scores.score(test, model)
+
+    bank = model.banks["speed"]
+    nearest = [np.abs(train_speeds - s).min() / bank.scale[0] for s in test_speeds]
+    own = (np.array(nearest) - bank.mean) / bank.std
+    np.testing.assert_allclose(found.score, own, rtol=1e-5)
+    assert found.frame[0] == found.score[:2].max() == found.score[1]  # The fast one.
+    assert found.frame[2] == found.score[2:].max() == found.score[3]
+    assert found.frame[1] == model.floor == bank.train_scores.min()
+    assert model.floor < found.frame[0]
+    np.testing.assert_array_equal(found.has_objects, [True, False, True])
+
+
+def test_training_objects_are_calibrated_without_their_own_video():
+    """Each training object's distance comes from the other videos' objects only: a video of
+    copies of one value would score 0 against itself."""
+    rng = np.random.default_rng(1)
+    values = np.concatenate([np.full(4, 5.0), rng.uniform(0, 1, 8), rng.uniform(0, 1, 8)])
+    videos = [0] * 2 + [1] * 4 + [2] * 4
+    train = split_objects([[BOX, BOX]] * 10, videos, speeds(values))
+    bank = object_scores.fit_bank(train, "speed", 2)
+    x = values[:, None] / bank.scale
+    expected = np.empty(len(values))
+    for v in range(3):
+        own = train.video == v
+        nn = NearestNeighbors(n_neighbors=2).fit(x[~own])
+        expected[own] = nn.kneighbors(x[own])[0].mean(axis=1)
+    np.testing.assert_allclose(bank.mean, expected.mean(), rtol=1e-5)
+    np.testing.assert_allclose(bank.std, expected.std(), rtol=1e-5)
+    np.testing.assert_allclose(bank.train_scores, (expected - bank.mean) / bank.std, rtol=1e-4)
+    assert (bank.train_scores[:4] > 1).all()  # The 5.0 copies are far from the other videos.
+    frames = object_scores.ObjectModel({"speed": bank}).train_frame_scores()
+    np.testing.assert_allclose(frames, bank.train_scores.reshape(10, 2).max(axis=1))
+
+
+def test_components_join_groups_and_bad_ones_are_config_errors():
+    objs = split_objects([[[2, 4, 12, 24]]], [0], speeds([3.0]))
+    joined = object_scores.features(objs, "speed+size+position")
+    np.testing.assert_allclose(joined, [[3.0, np.log(10), np.log(20), 7, 14]])
+
+    def validate(**fields):
+        config_lib.validate(load_config("synthetic", **fields))
+
+    validate(**{"data.objects": "auto", "score.components": ("speed", "size+position")})
+    bad = {
+        ("speed",): "need objects stored with the dataset",
+        ("error", "speed"): "do not mix",
+        ("speed+colour",): "groups joined by",
+        ("speed", "speed"): "each component once",
+    }
+    for components, message in bad.items():
+        objects_setting = "none" if components == ("speed",) else "auto"
+        with pytest.raises(config_lib.ConfigError, match=message):
+            validate(**{"data.objects": objects_setting, "score.components": components})
+
+
+def test_velocity_is_measured_on_the_fastest_object_sized_part_of_a_box():
+    """One box holds a slow blob moving right and a fast one moving up: the histogram is the
+    fast blob's, its mass in the upward bin; a box without object pixels uses all of its own."""
+    fg = np.zeros((60, 100), np.uint8)
+    flow = np.zeros((60, 100, 2), np.float32)
+    fg[10:30, 10:30], flow[10:30, 10:30] = 1, (1.0, 0.0)  # right at 1 px/frame
+    fg[10:30, 60:80], flow[10:30, 60:80] = 1, (0.0, -4.0)  # up at 4 px/frame
+    flow[40:60, 0:20] = (0.0, 2.0)  # no object pixels there
+    boxes = np.array([[10, 10, 80, 30], [10, 10, 30, 30], [0, 40, 20, 60]], np.float32)
+    hist = objects.velocity_histograms(flow, fg, boxes, window=15)
+    up = int((np.arctan2(-1, 0) + np.pi) / (2 * np.pi) * 8)  # bin of atan2(dy, dx) = −π/2
+    down = int((np.arctan2(1, 0) + np.pi) / (2 * np.pi) * 8)
+    right = int((np.arctan2(0, 1) + np.pi) / (2 * np.pi) * 8)
+    np.testing.assert_allclose(hist[0], np.eye(8)[up] * 4.0, atol=1e-6)
+    np.testing.assert_allclose(hist[1], np.eye(8)[right] * 1.0, atol=1e-6)
+    np.testing.assert_allclose(hist[2], np.eye(8)[down] * 2.0, atol=1e-6)
+
+
+def test_box_maps_put_each_objects_score_over_its_box():
+    objs = split_objects([[[0, 0, 50, 100], [25, 50, 100, 200]], []], [0, 0])
+    maps = object_scores.box_maps(objs, np.array([1.0, 3.0]), -1.0, np.array([[200, 100]]), 8)
+    expected = np.full((2, 8, 8), -1.0, np.float32)
+    expected[0, 0:4, 0:4] = 1.0  # x 0–50 of 100, y 0–100 of 200 → 4×4 of 8×8
+    expected[0, 2:8, 2:8] = 3.0  # the larger score where the boxes overlap
+    np.testing.assert_array_equal(maps, expected)
+
+
+# --- the whole path ---------------------------------------------------------------------------
+
+
+def test_data_prep_stores_each_frames_boxes_tracks_and_velocities(object_run):
+    vad = config_lib.dataset_settings(object_run.config)
+    assert vad.name == "32_farneback_objauto"
+    assert "--objects=auto" in builder.prepare_command("ped2", vad, "data", "SRC")
+    directory = builder.prepared_dir(object_run.config.data.root, "ped2", vad)
+    metadata = builder.read_metadata(directory)
+    assert metadata["objects"]["source"] == "auto"
+    table = pipeline.open_prepared(directory, "test")
+    stored = object_scores.read_objects(table)
+    spec = readers.ped2_videos(object_run.source)["test"][0]
+    expected = objects.video_objects(spec.load().frames)  # At the original 240×360.
+    first = stored.video == 0
+    np.testing.assert_array_equal(stored.boxes[first], np.concatenate(expected.boxes))
+    np.testing.assert_array_equal(stored.tracks[first], np.concatenate(expected.tracks))
+    np.testing.assert_allclose(stored.velocity[first], np.concatenate(expected.velocity))
+    video = metadata["splits"]["test"]["videos"][0]
+    assert (video["height"], video["width"]) == (240, 360)
+    assert video["objects"] == first.sum() > 0
+    assert video["frames_without_objects"] == sum(len(b) == 0 for b in expected.boxes)
+
+
+def test_object_mode_evaluation_scores_frames_by_their_objects(object_run, tmp_path):
+    workdir = copy_run(object_run, tmp_path / "run")
+    result = evaluate.evaluate(object_run.config, workdir)
+    found = detector.load(workdir)
+    table = pipeline.open_prepared(config_lib.dataset_dir(object_run.config), "test")
+    scored = found.score_objects(object_scores.read_objects(table))
+    per_frame = {}
+    for position, value in zip(scored.objects.frame_position, scored.score, strict=True):
+        per_frame[position] = max(per_frame.get(position, -np.inf), value)
+    frame = np.array([per_frame.get(n, found.objects.floor) for n in range(table.num_frames)])
+    train = found.objects.train_frame_scores()[found.normal.scored]
+    expected = (frame - train.mean()) / train.std()  # "train" normalisation, no smoothing
+
+    with (workdir / "eval" / "frame_scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    scored_rows = [(n, r) for n, r in enumerate(rows) if r["scored"] == "1"]
+    assert scored_rows
+    for n, row in scored_rows:
+        assert float(row["score"]) == pytest.approx(expected[n], rel=1e-6, abs=1e-9)
+    counts = scored.objects.counts()
+    assert result["objects"]["components"] == ["speed"]
+    assert result["objects"]["scored_frames_without_objects"] == int(
+        sum(counts[n] == 0 for n, _ in scored_rows)
+    )
+    metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
+    assert metrics["objects"]["floor"] == pytest.approx(found.objects.floor)
+    assert {"auc", "rbdc", "tbdc"} <= metrics["pixel"].keys()
+    detection = metrics["objects"]["detection"]
+    assert detection["regions"] > 0 and 0 <= detection["recall"] <= 1
+    pointing = metrics["objects"]["pointing"]
+    flagged = [
+        r for r in rows if r["scored"] == "1" and r["label"] == "1"
+        and float(r["score"]) > metrics["protocol"]["threshold"]["value"]
+    ]
+    assert pointing["frames"] == len(flagged)
+
+
+def test_object_banks_live_in_the_checkpoint(object_run, tmp_path):
+    """The run's banks load without any dataset; a component scored for the first time is
+    fitted once from the training split, and stored; without the dataset the error says so."""
+    workdir = copy_run(object_run, tmp_path / "run")
+    step = workdir / "checkpoints" / "6"
+    assert sorted(p.name for p in step.glob("object_bank_*")) == ["object_bank_speed_k1.npz"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    found = detector.load(workdir, {"data.root": str(empty)})
+    assert list(found.objects.banks) == ["speed"]
+    assert found.threshold == pytest.approx(
+        np.quantile(
+            scoring.settle(
+                found.objects.train_frame_scores(),
+                found.normal,
+                found.settings,
+                found.objects.train_frame_scores()[found.normal.scored],
+            )[found.normal.scored],
+            found.settings.threshold_quantile,
+        )
+    )
+    size = {"score.components": ("speed", "size"), "data.root": str(empty)}
+    with pytest.raises(detector.MissingNormalStatisticsError, match="object banks"):
+        detector.load(workdir, size)
+    size["data.root"] = object_run.config.data.root
+    assert list(detector.load(workdir, size).objects.banks) == ["speed", "size"]
+    stored = sorted(p.name for p in step.glob("object_bank_*"))
+    assert stored == ["object_bank_size_k1.npz", "object_bank_speed_k1.npz"]
+    shutil.rmtree(empty)
+
+
+def test_object_mode_explanations_name_the_objects(object_run, tmp_path):
+    from jaxvad.explain import command
+
+    workdir = copy_run(object_run, tmp_path / "run")
+    out = command.explain(object_run.config, workdir, split="test", top=2)
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for record in records:
+        listed = record["objects"]
+        assert listed, "the flagged frames hold objects"
+        assert [o["score"] for o in listed] == sorted((o["score"] for o in listed), reverse=True)
+        top = listed[0]
+        assert set(top) == {"box", "track", "score", "components", "attributes"}
+        assert top["components"]["speed"] == pytest.approx(top["score"])
+        speed = top["attributes"]["speed"]
+        assert f"moves {speed:.1f} px/frame" in record["explanation"]
+        assert 0 <= top["attributes"]["slower_nearby"] <= 1
+        assert (out / record["images"]["objects"]).is_file()
+    with pytest.raises(command.UsageError, match="--objects"):
+        command.explain(object_run.config, workdir, video=object_run.source / "Test" / "Test001")
