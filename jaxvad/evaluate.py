@@ -294,15 +294,7 @@ def object_localisation(
     first[1:] = boxes.frame_position[order][1:] != boxes.frame_position[order][:-1]
     top = order[first]
     top = top[flagged[boxes.frame_position[top]]]
-    top_objects = dataclasses.replace(
-        boxes,
-        frame_position=boxes.frame_position[top],
-        video=boxes.video[top],
-        boxes=boxes.boxes[top],
-        tracks=boxes.tracks[top],
-        velocity=boxes.velocity[top],
-    )
-    top_box = object_maps(split, top_objects, np.ones(len(top)), 0.0) > 0
+    top_box = object_maps(split, boxes.take(top), np.ones(len(top)), 0.0) > 0
     return {
         "detection": metrics.region_recall(inside[frames], masks[frames]),
         "pointing": {

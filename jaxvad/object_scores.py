@@ -28,7 +28,7 @@ The banks are stored with the checkpoint (`jaxvad.detector`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -57,6 +57,38 @@ class SplitObjects:
         """`[N]` objects per frame."""
         return np.bincount(self.frame_position, minlength=self.num_frames)
 
+    def take(self, index: np.ndarray) -> SplitObjects:
+        """The objects at `index` `[M']`, on the same frames."""
+        return dataclasses.replace(
+            self,
+            frame_position=self.frame_position[index],
+            video=self.video[index],
+            boxes=self.boxes[index],
+            tracks=self.tracks[index],
+            velocity=self.velocity[index],
+        )
+
+    @classmethod
+    def from_frames(
+        cls,
+        boxes: Sequence[np.ndarray],
+        tracks: Sequence[np.ndarray],
+        velocity: Sequence[np.ndarray],
+        video_lengths: Sequence[int],
+    ) -> SplitObjects:
+        """The objects of per-frame arrays (`[K, 4]`, `[K]`, `[K, B]`, frames in video order)
+        of videos with `video_lengths` frames each."""
+        counts = np.array([len(b) for b in boxes], np.int64)
+        videos = np.repeat(np.arange(len(video_lengths)), video_lengths)
+        return cls(
+            frame_position=np.repeat(np.arange(len(boxes)), counts),
+            video=np.repeat(videos, counts).astype(np.int32),
+            boxes=np.concatenate(boxes).reshape(-1, 4).astype(np.float32),
+            tracks=np.concatenate(tracks).astype(np.int32),
+            velocity=np.concatenate(velocity).astype(np.float32),
+            num_frames=len(boxes),
+        )
+
 
 def read_objects(table: pipeline.FrameTable) -> SplitObjects:
     """Every frame's objects of a split prepared with `--objects` (ValueError otherwise)."""
@@ -67,21 +99,11 @@ def read_objects(table: pipeline.FrameTable) -> SplitObjects:
             "(or mot:DIR) and set config.data.objects to match"
         )
     per_frame: dict[str, list[np.ndarray]] = {key: [] for key in OBJECT_FIELDS}
-    counts = np.zeros(table.num_frames, np.int64)
-    for n, record_id in enumerate(table.frame_ids):
+    for record_id in table.frame_ids:
         record = table.source[int(record_id)]
         for key in OBJECT_FIELDS:
             per_frame[key].append(np.asarray(record[key]))
-        counts[n] = len(per_frame["boxes"][-1])
-    videos = np.repeat(np.arange(table.num_videos), table.video_lengths)
-    return SplitObjects(
-        frame_position=np.repeat(np.arange(table.num_frames), counts),
-        video=np.repeat(videos, counts).astype(np.int32),
-        boxes=np.concatenate(per_frame["boxes"]).reshape(-1, 4).astype(np.float32),
-        tracks=np.concatenate(per_frame["tracks"]).astype(np.int32),
-        velocity=np.concatenate(per_frame["velocity"]).astype(np.float32),
-        num_frames=table.num_frames,
-    )
+    return SplitObjects.from_frames(**per_frame, video_lengths=table.video_lengths)
 
 
 def group_features(objects: SplitObjects, group: str) -> np.ndarray:

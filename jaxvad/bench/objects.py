@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from jaxvad import object_scores
 from jaxvad.data import objects, readers
@@ -44,16 +43,11 @@ def _objects(videos: Sequence, split: str) -> tuple[object_scores.SplitObjects, 
         seconds += time.perf_counter() - start
         frames += len(loaded)
         print(f"  {split} {spec.name}: {len(loaded)} frames {loaded.shape[1:3]}", flush=True)
-    boxes = [b for f in found for b in f.boxes]
-    counts = np.array([len(b) for b in boxes])
-    lengths = [len(f.boxes) for f in found]
-    split_objects = object_scores.SplitObjects(
-        frame_position=np.repeat(np.arange(len(boxes)), counts),
-        video=np.repeat(np.repeat(np.arange(len(found)), lengths), counts).astype(np.int32),
-        boxes=np.concatenate(boxes),
-        tracks=np.concatenate([t for f in found for t in f.tracks]),
-        velocity=np.concatenate([v for f in found for v in f.velocity]),
-        num_frames=len(boxes),
+    split_objects = object_scores.SplitObjects.from_frames(
+        [b for f in found for b in f.boxes],
+        [t for f in found for t in f.tracks],
+        [v for f in found for v in f.velocity],
+        [len(f.boxes) for f in found],
     )
     return split_objects, seconds, frames
 
