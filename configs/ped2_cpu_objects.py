@@ -8,9 +8,10 @@
 Each frame's objects come from the weight-free motion detector (`jaxvad/data/objects.py`); an
 object's score is the kNN density of its speed among the training objects, calibrated
 leave-one-video-out (`jaxvad/object_scores.py`); a frame's score is the max over its objects.
-The frame model (`ped2_cpu`'s) does not enter the object score yet: a per-object model error
-needs object samples, not built yet. It is trained for 300 steps only, for the run's checkpoint
-and the `score_rgb` / `score_flow` columns; `configs/ped2_cpu.py` trains it fully. How each
+The frame model (`ped2_cpu`'s) does not enter the object score: it is trained for 300 steps
+only, for the run's checkpoint and the `score_rgb` / `score_flow` columns (with
+`--config.objects.samples=True` it trains on object samples instead, and "error", each object's
+model error, may join the components); `configs/ped2_cpu.py` trains it fully. How each
 setting was chosen, and what it measures: the README's "Objects" section.
 """
 

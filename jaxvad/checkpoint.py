@@ -12,7 +12,8 @@ split (the per-frame errors that scores are normalised and thresholded with; see
 of a step that lacks it. It is written atomically (a temporary folder renamed) into the step's
 folder. With it, a workdir alone is a detector: scoring video needs no prepared dataset. In
 object mode the memory banks of `jaxvad.object_scores` are added the same way, as files
-`object_bank_<component>_k<k>.npz` in the step's folder (Orbax passes over files).
+`object_bank_<component>_k<k>.npz` in the step's folder (Orbax passes over files), and, for a
+model of object samples, the training objects' errors as `object_errors.npz`.
 
 `changed` is the one "X in the checkpoint, Y now" diff of a checkpoint's config against a
 config, used wherever a run must match its checkpoint.
@@ -33,6 +34,7 @@ from jaxvad import atomic
 
 NORMAL_ERRORS = "normal_errors"
 OBJECT_BANK = "object_bank_"  # + a component and k: one .npz per object bank.
+OBJECT_ERRORS = "object_errors"  # The training objects' errors (object samples).
 
 
 class CheckpointMismatchError(ValueError):
@@ -137,22 +139,35 @@ class Checkpoints:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(self.directory / str(step) / NORMAL_ERRORS, dict(arrays))
 
-    def _bank_path(self, step: int, name: str) -> Path:
-        return self.directory / str(step) / f"{OBJECT_BANK}{name}.npz"
-
-    def object_bank(self, step: int, name: str) -> dict[str, np.ndarray] | None:
-        """The arrays of the object bank `name` stored with `step`, or None."""
-        path = self._bank_path(step, name)
+    def _arrays(self, step: int, name: str) -> dict[str, np.ndarray] | None:
+        """The arrays of the file `<name>.npz` of `step`'s folder, or None."""
+        path = self.directory / str(step) / f"{name}.npz"
         if not path.is_file():
             return None
         with np.load(path) as data:
             return {key: data[key] for key in data.files}
 
+    def _save_arrays(self, step: int, name: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """Writes `<name>.npz` into `step`'s folder (process 0 writes; atomic)."""
+        if jax.process_index() == 0:
+            with atomic.file(self.directory / str(step) / f"{name}.npz", suffix=".npz") as tmp:
+                np.savez(tmp, **arrays)
+
+    def object_bank(self, step: int, name: str) -> dict[str, np.ndarray] | None:
+        """The arrays of the object bank `name` stored with `step`, or None."""
+        return self._arrays(step, OBJECT_BANK + name)
+
     def save_object_bank(self, step: int, name: str, arrays: Mapping[str, np.ndarray]) -> None:
         """Stores an object bank with `step` (process 0 writes; atomic)."""
-        if jax.process_index() == 0:
-            with atomic.file(self._bank_path(step, name), suffix=".npz") as tmp:
-                np.savez(tmp, **arrays)
+        self._save_arrays(step, OBJECT_BANK + name, arrays)
+
+    def object_errors(self, step: int) -> dict[str, np.ndarray] | None:
+        """The training objects' errors stored with `step` (object samples), or None."""
+        return self._arrays(step, OBJECT_ERRORS)
+
+    def save_object_errors(self, step: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Stores the training objects' errors with `step` (process 0 writes; atomic)."""
+        self._save_arrays(step, OBJECT_ERRORS, arrays)
 
     def restore(self, step: int, abstract_state: Any, data_iter: grain.DatasetIterator) -> Any:
         """The train state of `step`, laid out as `abstract_state` (shapes, dtypes and

@@ -24,7 +24,8 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 SCORE_VARIANTS = ("error", "psnr")
 NORMALISATIONS = ("train", "minmax", "none")
-CAPTION_SOURCES = ("frame", "crop", "overlay")
+# "object" (object mode): the top object's box cut from the original-resolution frame.
+CAPTION_SOURCES = ("frame", "crop", "overlay", "object")
 
 
 # Each model's settings (`config.model`, its constructor's keyword arguments; see
@@ -98,6 +99,16 @@ LOSS_WEIGHTS = (
     "rec", "motion",  # motion_mae
     "teacher", "student", "distill", "fusion",  # mdsf
 )  # fmt: skip
+
+
+# The model's input side must be a multiple of this (`config.model` → int): the predictor's
+# patch, the autoencoders' poolings and masking cells (the models' own checks, for a field
+# they do not see: `objects.size`).
+SIDE_DIVISORS: dict[str, Callable[[ml_collections.ConfigDict], int]] = {
+    "predictor": lambda m: m.patch,
+    "motion_mae": lambda m: math.lcm(2 ** len(m.widths), m.mask_patch),
+    "mdsf": lambda m: math.lcm(2 ** len(m.widths), m.mask_patch),
+}
 
 
 class ConfigError(ValueError):
@@ -178,9 +189,21 @@ def base_config() -> ml_collections.ConfigDict:
     # joined by "+"), each calibrated and summed per object, a frame the max over its objects.
     config.score.components = ("error",)
 
-    # Object mode (config.score.components other than "error"; needs config.data.objects).
+    # Object mode (config.score.components other than "error", or object samples; needs
+    # config.data.objects).
     config.objects = ml_collections.ConfigDict()
     config.objects.k = 1  # Neighbours of the kNN density of each component.
+    # The training objects nearest an object's place (box centre) that the "faster" component
+    # and the explanation's "% of training objects near this place move slower" compare with.
+    config.objects.nearby = 100
+    # Object samples: the model trains and scores on each object's box cut from its T past
+    # frames, the target and their flows (jaxvad.data.pipeline, "Object samples"), not on whole
+    # frames; the "error" component is then each object's model error.
+    config.objects.samples = False
+    config.objects.size = 32  # Side the crops are resized to: the model's image size then.
+    # Each side of a box pushed out by this fraction of the box's width (x) or height (y)
+    # before cutting (0.25: a box 1.5× as wide and tall), so the crop shows some surroundings.
+    config.objects.margin = 0.25
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 32  # Global, like train.batch_size.
@@ -272,20 +295,26 @@ def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
 
 
 def check_components(
-    components: tuple[str, ...], objects: str, check: Callable[[bool, str, str], None]
+    components: tuple[str, ...],
+    objects: str,
+    samples: bool,
+    check: Callable[[bool, str, str], None],
 ) -> None:
-    """config.score.components: ("error",), or object components with objects prepared."""
+    """config.score.components: ("error",), or object components with objects prepared; with
+    object samples (`samples`) "error" is each object's model error and joins them."""
     field = "score.components"
     check(len(components) >= 1, field, "at least one component")
     if components == ("error",):
         return
     check(
-        "error" not in components,
+        samples or "error" not in components,
         field,
-        "the model's frame error and object components do not mix (a per-object model error "
-        "needs object samples, not built yet)",
+        "the model's frame error and object components do not mix: set "
+        "config.objects.samples=True to train on objects and score each object's model error",
     )
     for component in components:
+        if component == "error":
+            continue
         try:
             object_scores.component_groups(component)
         except ValueError as e:
@@ -334,8 +363,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(math.isfinite(s.alpha) and s.alpha >= 0, "score.alpha", "a number ≥ 0")
     check(s.smoothing_sigma >= 0, "score.smoothing_sigma", "≥ 0 (0: no smoothing)")
     check(0 < s.threshold_quantile <= 1, "score.threshold_quantile", "in (0, 1]")
-    check_components(tuple(s.components), config.data.objects, check)
-    check(config.objects.k >= 1, "objects.k", "at least 1")
+    o = config.objects
+    check_components(tuple(s.components), config.data.objects, o.samples, check)
+    check(o.k >= 1, "objects.k", "at least 1")
+    check(o.nearby >= 2, "objects.nearby", "at least 2 (a spread of speeds)")
+    check(
+        not o.samples or config.data.objects != "none",
+        "objects.samples",
+        "object samples need objects stored with the dataset: set config.data.objects to auto "
+        "or mot:DIR (and prepare it with --objects)",
+    )
+    check(math.isfinite(o.margin) and o.margin >= 0, "objects.margin", "a number ≥ 0")
+    if o.samples:
+        divisor = SIDE_DIVISORS[m.name](m)
+        check(
+            o.size >= divisor and o.size % divisor == 0,
+            "objects.size",
+            f"the {m.name!r} model takes sides divisible by {divisor} (its patches or poolings), "
+            f"got {o.size}",
+        )
     check(config.eval.batch_size >= 1, "eval.batch_size", "at least 1")
     check(config.eval.rbdc_thresholds >= 2, "eval.rbdc_thresholds", "at least 2")
     check(config.eval.map_sigma >= 0, "eval.map_sigma", "≥ 0 (0: no blur)")

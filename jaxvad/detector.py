@@ -12,6 +12,12 @@ that scores are normalised and thresholded with (`jaxvad.scoring`), stored by `j
 after its last step. `load` reads them, builds the model on a mesh of every device and jits its
 error step (`jaxvad.inference`).
 
+A model of object samples (`config.objects.samples`) scores objects, not frames: its
+checkpoint holds the training objects' errors (`object_errors`), the frames' normal statistics
+hold no model error (`inference.frames_only`: which training frames are scored), `errors`
+gives a split's frames without errors, and `score_objects` runs the model on the objects'
+samples when "error" is a component.
+
 `overrides` ("a.b" → value; the commands pass their whole config, flattened) set the fields of
 scoring, evaluation, explanation, the data root, the mesh. The fields that fix what the model
 was trained on (`TRAINED_FIELDS`: the dataset and its preparation, T) must keep the run's values
@@ -29,7 +35,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +60,13 @@ TRAINED_FIELDS = (
     "data.channels",
     "data.objects",
     "history",
+    "objects.samples",
 )
 TRAINED_FIELDS_OF = {
     "avenue": ("data.label_version",),
     "synthetic": ("data.synthetic", "data.synthetic_seed"),
 }
+SAMPLE_FIELDS = ("objects.size", "objects.margin")  # How object samples are cut: when used.
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -109,7 +118,14 @@ class Detector:
         self, table: pipeline.FrameTable, *, labels: bool, maps: bool, desc: str = "score"
     ) -> tuple[scoring.SplitErrors, float]:
         """The errors of every frame of `table` (see `ErrorScorer.split_errors`) and the
-        seconds they took."""
+        seconds they took; a model of object samples gives the frames without errors
+        (`inference.frames_only`: its errors are its objects', `score_objects`)."""
+        if self.config.objects.samples:
+            started = time.perf_counter()
+            errors = inference.frames_only(
+                table, history=self.config.history, labels=labels, masks=maps
+            )
+            return errors, time.perf_counter() - started
         return self.scorer.split_errors(self.params, table, labels=labels, maps=maps, desc=desc)
 
     def scores(
@@ -128,11 +144,27 @@ class Detector:
         value = scoring.settle(frame, errors, self.settings, train[self.normal.scored])
         return dataclasses.replace(scores, score=value)
 
-    def score_objects(self, objects: object_scores.SplitObjects) -> object_scores.ObjectScores:
-        """Every object's score and components, and the frames' maxima (object mode)."""
+    def score_objects(
+        self,
+        objects: object_scores.SplitObjects,
+        table: pipeline.FrameTable | None = None,
+        *,
+        maps: bool = False,
+    ) -> object_scores.ObjectScores:
+        """Every object's score and components, and the frames' maxima (object mode). With the
+        error component the model scores the objects' samples, cut from `table` (the split
+        `objects` were read from; with `maps`, the error maps give `detail`)."""
         if self.objects is None:
             raise ValueError("this detector scores frames, not objects (config.score.components)")
-        return object_scores.score(objects, self.objects)
+        errors = None
+        if self.objects.error is not None:
+            if table is None:
+                raise ValueError("the error component needs the objects' table (their frames)")
+            o = self.config.objects
+            errors = object_errors(
+                self.scorer, self.params, table, objects, size=o.size, margin=o.margin, maps=maps
+            )
+        return object_scores.score(objects, self.objects, errors)
 
 
 def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Detector:
@@ -150,20 +182,28 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
         normal = stored_normal_errors(checkpoints, step)
         if normal is None:
             data_dir = _training_data(config, where, workdir, NORMAL_STATISTICS)
-            normal = store_normal_errors(checkpoints, step, scorer, params, data_dir)
-        settings = scoring.ScoreSettings(**config.score)
+            normal = store_normal_errors(
+                checkpoints, step, scorer, params, data_dir, samples=config.objects.samples
+            )
+        settings = score_settings(config)
         objects = None
         if settings.object_mode:
+            what = OBJECT_BANKS.format(components=settings.components, k=config.objects.k)
             objects = object_model(
                 checkpoints,
                 step,
-                settings.components,
+                settings,
                 config.objects.k,
-                lambda: _training_data(
-                    config,
-                    where,
-                    workdir,
-                    OBJECT_BANKS.format(components=settings.components, k=config.objects.k),
+                config.objects.nearby,
+                lambda: _training_data(config, where, workdir, what),
+                lambda: training_object_errors(
+                    checkpoints,
+                    step,
+                    scorer,
+                    params,
+                    lambda: _training_data(config, where, workdir, OBJECT_ERRORS),
+                    size=config.objects.size,
+                    margin=config.objects.margin,
                 ),
             )
     finally:
@@ -206,10 +246,12 @@ def run_config(
             f"{overrides['model.name']!r} one. Use the run's model: --config=FILE:{name}"
         )
     config = config_lib.from_dict(stored)
+    trained = config.to_dict()  # On today's schema: fields added since keep their defaults.
     config_lib.override(config, overrides)
     config_lib.validate(config)
     fields = TRAINED_FIELDS + TRAINED_FIELDS_OF.get(config.data.dataset, ())
-    differ = changed(stored, config.to_dict(), fields)
+    fields += SAMPLE_FIELDS if trained["objects"]["samples"] else ()
+    differ = changed(trained, config.to_dict(), fields)
     if differ:
         raise DatasetMismatchError(
             f"{where} was trained on other data than the config names: {'; '.join(differ)}. "
@@ -247,6 +289,11 @@ def error_scorer(
     )
 
 
+def score_settings(config: ml_collections.ConfigDict) -> scoring.ScoreSettings:
+    """`config.score` (and whether the model scores object samples) as `ScoreSettings`."""
+    return scoring.ScoreSettings(**config.score, object_samples=config.objects.samples)
+
+
 def stored_normal_errors(checkpoints: Checkpoints, step: int) -> scoring.SplitErrors | None:
     """The training split's errors stored with `step`, or None (a run from before they were)."""
     arrays = checkpoints.normal_errors(step)
@@ -259,39 +306,99 @@ def store_normal_errors(
     scorer: inference.ErrorScorer,
     params: nnx.State,
     dataset_dir: Path,
+    *,
+    samples: bool = False,
 ) -> scoring.SplitErrors:
     """Scores the training split of `dataset_dir` with the parameters of `step` (every process)
-    and stores the errors with the checkpoint; returns them as `stored_normal_errors` would."""
+    and stores the errors with the checkpoint; returns them as `stored_normal_errors` would.
+    A model of object `samples` stores the frames without errors (`inference.frames_only`)."""
     log.info("scoring the training split with step %d (stored with the checkpoint)", step)
     table = pipeline.open_prepared(dataset_dir, "train")
-    errors, _ = scorer.split_errors(params, table, labels=False, maps=False, desc="train")
+    if samples:
+        errors = inference.frames_only(table, history=scorer.history, labels=False, masks=False)
+    else:
+        errors, _ = scorer.split_errors(params, table, labels=False, maps=False, desc="train")
     arrays = errors.to_arrays()
     checkpoints.save_normal_errors(step, arrays)
     return scoring.SplitErrors.from_arrays(arrays)
 
 
+def object_errors(
+    scorer: inference.ErrorScorer,
+    params: nnx.State,
+    table: pipeline.FrameTable,
+    objects: object_scores.SplitObjects,
+    *,
+    size: int,
+    margin: float,
+    maps: bool,
+) -> scoring.SplitErrors:
+    """The model errors of `objects` of `table` (rows = objects; their samples cut with
+    `margin`, resized to `size`: `pipeline.object_crops`), with their maps when `maps`."""
+    crops = pipeline.object_crops(
+        table, objects.frame_position, objects.boxes, size=size, margin=margin
+    )
+    errors, _ = scorer.split_errors(
+        params, table, labels=False, maps=maps, desc=f"objects {table.split}", objects=crops
+    )
+    return errors
+
+
+def training_object_errors(
+    checkpoints: Checkpoints,
+    step: int,
+    scorer: inference.ErrorScorer,
+    params: nnx.State,
+    training_data: Callable[[], Path],
+    *,
+    size: int,
+    margin: float,
+) -> dict[str, np.ndarray]:
+    """The training objects' errors stored with `step` (`object_scores.error_arrays`); when
+    not stored yet, the training split's objects (`training_data()`: its prepared dataset)
+    are scored with `params` (every process; samples as `object_errors` cuts them) and
+    stored."""
+    arrays = checkpoints.object_errors(step)
+    if arrays is None:
+        table = pipeline.open_prepared(training_data(), "train")
+        train = object_scores.read_objects(table)
+        log.info("scoring the %d training objects with step %d", len(train.boxes), step)
+        errors = object_errors(scorer, params, table, train, size=size, margin=margin, maps=False)
+        arrays = object_scores.error_arrays(train, errors)
+        checkpoints.save_object_errors(step, arrays)
+    return arrays
+
+
 def object_model(
     checkpoints: Checkpoints,
     step: int,
-    components: Sequence[str],
+    settings: scoring.ScoreSettings,
     k: int,
+    nearby: int,
     training_data: Callable[[], Path],
+    training_errors: Callable[[], Mapping[str, np.ndarray]],
 ) -> object_scores.ObjectModel:
-    """The banks of `components` stored with `step`; one not stored yet is fitted on the
-    training split's objects (`training_data()`: its prepared dataset) and stored (every
-    process)."""
-    banks, train = {}, None
-    for component in components:
-        name = object_scores.bank_name(component, k)
+    """The banks of `settings.components` stored with `step` (k neighbours; `nearby` for the
+    `faster` component); one not stored yet is fitted on the training split's objects
+    (`training_data()`: its prepared dataset) and stored (every process). With object
+    samples, "error" is the error component of the training objects' errors
+    (`training_errors()`, e.g. `training_object_errors`)."""
+    banks, train, error = {}, None, None
+    for component in settings.components:
+        if component == object_scores.ERROR:
+            error = object_scores.ErrorComponent.from_arrays(training_errors(), settings.alpha)
+            continue
+        n = object_scores.neighbours(component, k, nearby)
+        name = object_scores.bank_name(component, n)
         arrays = checkpoints.object_bank(step, name)
         if arrays is None:
             if train is None:
                 train = object_scores.read_objects(pipeline.open_prepared(training_data(), "train"))
-            log.info("fitting the %s bank (k=%d) on %d objects", component, k, len(train.boxes))
-            arrays = object_scores.fit_bank(train, component, k).to_arrays()
+            log.info("fitting the %s bank (k=%d) on %d objects", component, n, len(train.boxes))
+            arrays = object_scores.fit_bank(train, component, n).to_arrays()
             checkpoints.save_object_bank(step, name, arrays)
         banks[component] = object_scores.Bank.from_arrays(arrays)
-    return object_scores.ObjectModel(banks)
+    return object_scores.ObjectModel(banks, error)
 
 
 NORMAL_STATISTICS = (
@@ -302,6 +409,7 @@ OBJECT_BANKS = (
     "object banks for config.score.components={components} with k={k} (the training objects' "
     "attributes, fitted the first time a run is scored with a component)"
 )
+OBJECT_ERRORS = "training objects' errors (the error component's statistics)"
 
 
 def _training_data(

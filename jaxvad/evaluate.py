@@ -263,14 +263,20 @@ def protocol(
 
 
 def object_maps(
-    split: TestSplit, objects: object_scores.SplitObjects, scores: np.ndarray, floor: float
+    split: TestSplit,
+    objects: object_scores.SplitObjects,
+    scores: np.ndarray,
+    floor: float,
+    detail: np.ndarray | None = None,
+    margin: float = 0.0,
 ) -> np.ndarray:
     """Object mode's pixel maps `[N, S, S]` of the test split: each object's score (`scores`
-    `[M]`) over its box, `floor` elsewhere."""
+    `[M]`) over its box, `floor` elsewhere; with `detail` (`ObjectScores.detail`) the error
+    component's map of each crop over the box grown by the crops' `margin`."""
     videos = split.metadata["splits"]["test"]["videos"]
     frame_sizes = np.array([[v["height"], v["width"]] for v in videos])
     size = split.metadata["size"]
-    return object_scores.box_maps(objects, scores, floor, frame_sizes, size)
+    return object_scores.box_maps(objects, scores, floor, frame_sizes, size, detail, margin)
 
 
 def object_localisation(
@@ -313,13 +319,16 @@ def objects_summary(
     return {
         "components": list(found.settings.components),
         "k": found.config.objects.k,
-        "rule": "object score = sum of the components' calibrated kNN scores; frame score = "
-        "max over its objects; a frame with no object gets the training objects' minimum",
+        "rule": 'object score = sum of the components\' calibrated kNN scores ("error": the '
+        "model's error of the object's sample, z-scored with the training objects' errors, "
+        "calibrated); frame score = max over its objects; a frame with no object gets the "
+        "training objects' minimum",
+        "samples": found.config.objects.samples,
         "floor": found.objects.floor,
         "objects": len(objects.score),
         "boxes_per_frame": float(counts.mean()),
         "scored_frames_without_objects": int((counts[errors.scored] == 0).sum()),
-        "training_objects": len(next(iter(found.objects.banks.values())).bank),
+        "training_objects": found.objects.training_objects,
     }
 
 
@@ -351,7 +360,10 @@ def split_metrics(
             maps = scoring.anomaly_maps(errors, scores, found.settings.alpha, sigma)
         else:
             floor = found.objects.floor
-            maps = object_maps(split, objects.objects, objects.score, floor)[errors.scored]
+            margin = config.objects.margin if objects.detail is not None else 0.0
+            maps = object_maps(
+                split, objects.objects, objects.score, floor, objects.detail, margin
+            )[errors.scored]
         result["pixel"] = pixel_metrics(
             errors, maps, split.masked_videos, rbdc_thresholds=config.eval.rbdc_thresholds
         )
@@ -372,7 +384,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     errors, seconds = found.errors(split.table, labels=split.labeled, maps=maps, desc="test")
     objects, objects_started = None, time.perf_counter()
     if found.objects is not None:
-        objects = found.score_objects(object_scores.read_objects(split.table))
+        table = split.table
+        objects = found.score_objects(object_scores.read_objects(table), table, maps=maps)
     objects_seconds = time.perf_counter() - objects_started
     scores = found.scores(errors, objects)
     result: dict[str, Any] = {

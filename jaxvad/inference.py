@@ -4,8 +4,9 @@ a mesh of every device (one process or many).
 `error_step` is a pure function of (params, batch) for a graphdef; `ErrorScorer` jits it with
 the batch laid out over the mesh, reads a split through the evaluation pipeline (every process
 its contiguous shard) and gathers the errors of every frame, in (video, frame) order, into a
-`jaxvad.scoring.SplitErrors` on every process. The arithmetic that turns errors into scores is
-`jaxvad.scoring`'s.
+`jaxvad.scoring.SplitErrors` on every process; with object samples (`objects=`, a model trained
+on them) the same loop gives every object's errors, one row per object. The arithmetic that
+turns errors into scores is `jaxvad.scoring`'s (and `jaxvad.object_scores`' for objects).
 """
 
 from __future__ import annotations
@@ -101,9 +102,14 @@ class ErrorScorer:
         labels: bool,
         maps: bool,
         desc: str,
+        objects: pipeline.ObjectCrops | None = None,
     ) -> tuple[scoring.SplitErrors, float]:
         """Errors of every frame of `table` (this process scores its shard, every process gets
-        all of them); returns them and the seconds spent (reading + model + copy back)."""
+        all of them); returns them and the seconds spent (reading + model + copy back).
+
+        With `objects` (a model of object samples): the errors of every object sample instead,
+        one row per object in `objects`' order (`frame`, `label`, `scored`: its frame's; maps
+        `[M, s, s]`, the mask cut like the crop)."""
         batch_size = self.batch_size // jax.process_count()  # This process's part.
         dataset = pipeline.eval_dataset(
             table,
@@ -111,9 +117,10 @@ class ErrorScorer:
             batch_size=batch_size,
             channels=self.channels,
             read_threads=self.read_threads,
+            objects=objects,
         )
         keys = pipeline.EVAL_KEYS if maps else tuple(k for k in pipeline.EVAL_KEYS if k != "mask")
-        steps = pipeline.eval_steps(table, batch_size=batch_size)
+        steps = pipeline.eval_steps(table, batch_size=batch_size, objects=objects)
         parts: list[dict[str, np.ndarray]] = []
         start = time.perf_counter()
         for local in tqdm(
@@ -152,6 +159,31 @@ class ErrorScorer:
                 else None
             ),
         )
-        if len(errors.video) != table.num_frames:
-            raise AssertionError(f"scored {len(errors.video)} of {table.num_frames} frames")
+        items = table.num_frames if objects is None else len(objects)
+        if len(errors.video) != items:
+            raise AssertionError(f"scored {len(errors.video)} of {items} samples")
         return errors, seconds
+
+
+def frames_only(
+    table: pipeline.FrameTable, *, history: int, labels: bool, masks: bool
+) -> scoring.SplitErrors:
+    """The frames of `table` as `SplitErrors` without model errors (`rgb`, `flow` zero; `maps`
+    only the `mask` `[N, S, S]`, when `masks`): what a model of object samples has of frames,
+    which it does not score (its errors are its objects'; `split_errors(objects=...)`). A
+    frame t is `scored` when t > T = `history`, as with a frame model."""
+    ids = table.frame_ids
+    frame = table.frame_index[ids].astype(np.int32)
+    scored = frame > history
+    keys = [k for k, on in (("label", labels), ("mask", masks)) if on]
+    read = table.read(ids, keys) if keys else {}
+    return scoring.SplitErrors(
+        names=list(table.video_names or [str(v) for v in range(table.num_videos)]),
+        video=table.video_index[ids].astype(np.int32),
+        frame=frame,
+        scored=scored,
+        rgb=np.zeros(len(ids)),
+        flow=np.zeros(len(ids)),
+        label=read["label"].astype(np.int32) if labels else None,
+        maps={"mask": read["mask"].astype(np.uint8)} if masks else None,
+    )

@@ -20,9 +20,26 @@ component:
    objects' own distances, each computed leave-one-video-out (its own video's objects are not
    in its bank), so that a training object is scored as a test object is.
 
+One more component, `faster`, is not a density: it is how much faster an object moves than
+the training objects near its place, the statistic of the explanation's sentence ("99.8 % of
+training objects near this place move slower"). Its raw value is (s − μ) / σ of the object's
+speed s against the speeds of the `nearby` training objects whose box centres are nearest to
+its own (pixels; `config.objects.nearby`), one-sided by design: an object slower than its
+neighbours scores low. It is calibrated as the densities are, leave-one-video-out. Perspective
+is why it is conditioned on place: the same walker moves fewer pixels far from the camera.
+
+With object samples (`config.objects.samples`: the model trained on objects' crops) the
+component "error" is each object's model error (`ErrorComponent`): its E_rgb and E_flow
+z-scored with the training objects' mean and standard deviation, summed as a frame's are
+(n(E_rgb) + α·n(E_flow), `jaxvad.scoring`), then calibrated like a bank's distance: z = (e − μ)
+/ σ over the training objects (scored in-sample, as the frames' "train" normalisation is).
+An object of a frame t ≤ T has no full history, hence no model error: its "error" component
+and score are NaN, and its frame (unscored, as every frame t ≤ T is) takes the floor.
+
 An object's score is the sum of its components' z; a frame's score is the maximum of its
 objects' scores, and a frame with no object gets the training objects' minimum (`floor`).
-The banks are stored with the checkpoint (`jaxvad.detector`).
+The banks and the training objects' errors are stored with the checkpoint
+(`jaxvad.detector`).
 """
 
 from __future__ import annotations
@@ -30,12 +47,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+import cv2
 import numpy as np
 
-from jaxvad import knn
+from jaxvad import knn, scoring
 from jaxvad.data import pipeline
 
 GROUPS = ("velocity", "speed", "size", "position")
+ERROR = "error"  # The component of each object's model error (object samples).
+_LEAST_SPREAD = 1e-3  # px/frame: the least σ of a place's speeds (identical speeds).
+FASTER = "faster"  # The component that compares an object's speed with its place's objects'.
 OBJECT_FIELDS = ("boxes", "tracks", "velocity")
 
 
@@ -134,19 +155,30 @@ def attributes(objects: SplitObjects) -> np.ndarray:
 
 def component_groups(component: str) -> list[str]:
     """The groups of a component name ("speed+size" → ["speed", "size"]); ValueError when one
-    is not a group."""
+    is not a group. `FASTER` has none (see the module docstring)."""
+    if component == FASTER:
+        return []
     groups = component.split("+")
     unknown = [g for g in groups if g not in GROUPS]
     if unknown or len(set(groups)) != len(groups):
         raise ValueError(
-            f"component {component!r}: groups joined by '+', each once, from {GROUPS}"
+            f"component {component!r}: {FASTER!r}, or groups joined by '+', each once, from "
+            f"{GROUPS}"
         )
     return groups
 
 
 def features(objects: SplitObjects, component: str) -> np.ndarray:
-    """`[M, D]` the concatenated features of a component's groups."""
+    """`[M, D]` the concatenated features of a component's groups; for `FASTER` `[M, 3]` the
+    box centre (x, y) and the speed."""
+    if component == FASTER:
+        return np.column_stack([group_features(objects, "position"), speeds(objects)])
     return np.concatenate([group_features(objects, g) for g in component_groups(component)], 1)
+
+
+def speeds(objects: SplitObjects) -> np.ndarray:
+    """`[M]` float64 each object's mean speed, px/frame (its velocity histogram's sum)."""
+    return objects.velocity.sum(axis=1, dtype=np.float64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +187,9 @@ class Bank:
     float32, the per-feature `scale` `[D]`, k, the calibration `mean`, `std` of the training
     objects' leave-one-video-out distances, and those objects' calibrated scores
     `train_scores` `[M]` and frames `train_frame` `[M]` (positions among the training split's
-    `num_train_frames` frames), and their `train_attributes` `[M, 5]` (`attributes`)."""
+    `num_train_frames` frames), and their `train_attributes` `[M, 5]` (`attributes`).
+    `faster`: the bank of the `FASTER` component (rows: centre x, y and speed, unscaled; k
+    is its `nearby`)."""
 
     bank: np.ndarray
     scale: np.ndarray
@@ -166,15 +200,26 @@ class Bank:
     train_frame: np.ndarray
     num_train_frames: int
     train_attributes: np.ndarray
+    faster: bool = False
 
     def distances(
         self, x: np.ndarray, groups: np.ndarray | None = None, bank_groups: np.ndarray | None = None
     ) -> np.ndarray:
-        """`[Q]` mean distance of features `x` `[Q, D]` (unscaled) to their k nearest rows."""
-        d, _ = knn.knn_distances(
-            x / self.scale, self.bank, self.k, query_groups=groups, bank_groups=bank_groups
+        """`[Q]` raw values of features `x` `[Q, D]` (unscaled): the mean distance to the k
+        nearest rows, or for `faster` (s − μ) / σ of each speed against the speeds of the k
+        rows nearest its place (rows of the query's own group left out, as in
+        `knn.knn_distances`)."""
+        if not self.faster:
+            d, _ = knn.knn_distances(
+                x / self.scale, self.bank, self.k, query_groups=groups, bank_groups=bank_groups
+            )
+            return d.mean(axis=1)
+        d, index = knn.knn_distances(
+            x[:, :2], self.bank[:, :2], self.k, query_groups=groups, bank_groups=bank_groups
         )
-        return d.mean(axis=1)
+        near = self.bank[index, 2].astype(np.float64)  # [Q, k] the neighbours' speeds.
+        value = (x[:, 2] - near.mean(axis=1)) / np.maximum(near.std(axis=1), _LEAST_SPREAD)
+        return np.where(np.isfinite(d).all(axis=1), value, np.inf)  # Fewer than k neighbours.
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """`[Q]` calibrated scores (d − mean) / std of features `x` `[Q, D]`."""
@@ -185,6 +230,7 @@ class Bank:
             "bank": self.bank,
             "scale": self.scale,
             "calibration": np.array([self.k, self.mean, self.std, self.num_train_frames]),
+            "faster": np.array(self.faster),
             "train_scores": self.train_scores,
             "train_frame": self.train_frame,
             "train_attributes": self.train_attributes,
@@ -203,15 +249,18 @@ class Bank:
             np.asarray(arrays["train_frame"], np.int64),
             int(num_train_frames),
             np.asarray(arrays["train_attributes"], np.float64),
+            bool(arrays["faster"]) if "faster" in arrays else False,  # Banks of stop 22.
         )
 
 
 def fit_bank(train: SplitObjects, component: str, k: int) -> Bank:
-    """The bank of `component` over the training objects (from at least two videos)."""
+    """The bank of `component` over the training objects (from at least two videos); k: the
+    neighbours (for `FASTER`, its `nearby`)."""
     if len(np.unique(train.video)) < 2:
         raise ValueError("calibrating object scores needs training objects from ≥ 2 videos")
     x = features(train, component)
-    scale = x.std(axis=0)
+    faster = component == FASTER
+    scale = np.ones(x.shape[1]) if faster else x.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     bank = Bank(
         (x / scale).astype(np.float32),
@@ -223,6 +272,7 @@ def fit_bank(train: SplitObjects, component: str, k: int) -> Bank:
         train.frame_position,
         train.num_frames,
         attributes(train),
+        faster,
     )
     d = bank.distances(x, train.video, train.video)
     finite = np.isfinite(d)  # A video's objects may have fewer than k others (tiny sets).
@@ -231,21 +281,112 @@ def fit_bank(train: SplitObjects, component: str, k: int) -> Bank:
     return dataclasses.replace(bank, mean=mean, std=std, train_scores=(d - mean) / std)
 
 
+def neighbours(component: str, k: int, nearby: int) -> int:
+    """The neighbours a component's bank uses: `nearby` for `FASTER`, else k."""
+    return nearby if component == FASTER else k
+
+
 def bank_name(component: str, k: int) -> str:
     """The name a component's bank is stored under (`Checkpoints.save_object_bank`)."""
     return f"{component.replace('+', '_')}_k{k}"
 
 
 @dataclasses.dataclass(frozen=True)
+class ErrorComponent:
+    """The "error" component (see the module docstring) of a model of object samples.
+
+    `train`: the training objects' errors, one row per object (`scoring.SplitErrors`, as
+    `ErrorScorer.split_errors(objects=...)` gives them), `alpha` the flow term's weight,
+    `mean`, `std` the calibration; and, as a `Bank` has them, `train_scores` `[M]` (NaN for
+    objects of frames t ≤ T), `train_frame` `[M]`, `num_train_frames`, `train_attributes`
+    `[M, 5]`."""
+
+    train: scoring.SplitErrors
+    alpha: float
+    mean: float
+    std: float
+    train_scores: np.ndarray
+    train_frame: np.ndarray
+    num_train_frames: int
+    train_attributes: np.ndarray
+
+    def _summed(self, errors: scoring.SplitErrors) -> scoring.Scores:
+        """e = n(E_rgb) + α·n(E_flow) `[M]` of objects' `errors` (NaN where not scored)."""
+        settings = scoring.ScoreSettings("error", self.alpha, "train", 0.0, 1.0)
+        return scoring.frame_scores(errors, settings, self.train)
+
+    def scores(self, errors: scoring.SplitErrors) -> np.ndarray:
+        """`[M]` calibrated scores of objects' `errors` (rows = objects; NaN where not scored)."""
+        return (self._summed(errors).score - self.mean) / self.std
+
+    def maps(self, errors: scoring.SplitErrors) -> np.ndarray:
+        """`[M, s, s]` float32 calibrated pixel maps of objects' `errors` (with maps): the
+        error maps through the same arithmetic (`scoring.pixel_maps`), so a map's mean is
+        its object's score."""
+        affine = self._summed(errors).error_affine
+        maps = scoring.pixel_maps(
+            {c: errors.maps[c] for c in scoring.COMPONENTS},
+            {c: affine[c].shift for c in scoring.COMPONENTS},
+            {c: affine[c].scale for c in scoring.COMPONENTS},
+            self.alpha,
+        )
+        return (maps - np.float32(self.mean)) / np.float32(self.std)
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], alpha: float) -> ErrorComponent:
+        """The component of the training objects' errors stored as `error_arrays` gives
+        them, with weight `alpha`."""
+        train = scoring.SplitErrors.from_arrays(arrays)
+        component = cls(
+            train,
+            alpha,
+            0.0,
+            1.0,
+            np.zeros(0),
+            np.asarray(arrays["object_frame"], np.int64),
+            int(arrays["num_frames"]),
+            np.asarray(arrays["attributes"], np.float64),
+        )
+        e = component.scores(train)[train.scored]
+        mean, std = float(e.mean()), float(e.std())
+        std = std if std > 0 else 1.0
+        train_scores = (component.scores(train) - mean) / std
+        return dataclasses.replace(component, mean=mean, std=std, train_scores=train_scores)
+
+
+def error_arrays(train: SplitObjects, errors: scoring.SplitErrors) -> dict[str, np.ndarray]:
+    """What a checkpoint stores of the training objects' `errors` (rows = the objects of
+    `train`, in order): the errors, the objects' frames and attributes."""
+    if len(errors.video) != len(train.boxes):
+        raise ValueError(f"{len(errors.video)} rows of errors for {len(train.boxes)} objects")
+    return errors.to_arrays() | {
+        "object_frame": train.frame_position,
+        "num_frames": np.array(train.num_frames),
+        "attributes": attributes(train),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
 class ObjectModel:
-    """The banks of a score's components; `floor`: the least training object score (finite
-    ones: a training object with fewer than k neighbours outside its video has none)."""
+    """The banks of a score's components and, with object samples and "error" among them,
+    the `error` component; `floor`: the least training object score (finite ones: a training
+    object with fewer than k neighbours outside its video, or of a frame t ≤ T for the error
+    component, has none)."""
 
     banks: dict[str, Bank]
+    error: ErrorComponent | None = None
+
+    @property
+    def _parts(self) -> list[Bank | ErrorComponent]:
+        return [*self.banks.values(), *([] if self.error is None else [self.error])]
+
+    @property
+    def training_objects(self) -> int:
+        return len(self._parts[0].train_frame)
 
     @property
     def _train_total(self) -> np.ndarray:
-        return sum(bank.train_scores for bank in self.banks.values())
+        return sum(part.train_scores for part in self._parts)
 
     @property
     def floor(self) -> float:
@@ -253,10 +394,10 @@ class ObjectModel:
         finite = np.isfinite(total)
         return float(total[finite].min()) if finite.any() else 0.0
 
-    def slower_share(self, objects: SplitObjects, nearby: int = 100) -> np.ndarray:
+    def slower_share(self, objects: SplitObjects, nearby: int) -> np.ndarray:
         """`[M]` per object the share of the `nearby` training objects closest to its place
         (box centre) that move slower than it."""
-        train = next(iter(self.banks.values())).train_attributes
+        train = self._parts[0].train_attributes
         mine = attributes(objects)
         nearby = min(nearby, len(train))
         _, index = knn.knn_distances(mine[:, 3:], train[:, 3:], nearby)
@@ -264,40 +405,56 @@ class ObjectModel:
 
     def train_frame_scores(self) -> np.ndarray:
         """`[N]` the training frames' scores, each object scored leave-one-video-out."""
-        bank = next(iter(self.banks.values()))
+        part = self._parts[0]
         total = np.where(np.isfinite(self._train_total), self._train_total, self.floor)
-        return frame_maximum(total, bank.train_frame, bank.num_train_frames, self.floor)
+        return frame_maximum(total, part.train_frame, part.num_train_frames, self.floor)
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectScores:
     """The scored `objects`; per object `score` `[M]` and each component's calibrated score
     `components[name]` `[M]`; per frame `frame` `[N]` (the maximum over its objects, `floor`
-    without one) and `has_objects` `[N]` bool."""
+    without one) and `has_objects` `[N]` bool; `detail` `[M, s, s]` float32 or None: per
+    object the error component's pixel map (over its crop) less its mean, where the objects'
+    error maps were computed."""
 
     objects: SplitObjects
     score: np.ndarray
     components: dict[str, np.ndarray]
     frame: np.ndarray
     has_objects: np.ndarray
+    detail: np.ndarray | None = None
 
 
 def frame_maximum(
     scores: np.ndarray, frame_position: np.ndarray, num_frames: int, floor: float
 ) -> np.ndarray:
     """`[N]` per frame the maximum of its objects' `scores` `[M]` (objects' frames
-    `frame_position` `[M]`), `floor` for a frame without objects."""
+    `frame_position` `[M]`), `floor` for a frame without objects (objects without a score,
+    NaN, are left out)."""
     frame = np.full(num_frames, -np.inf)
-    np.maximum.at(frame, frame_position, scores)
+    np.fmax.at(frame, frame_position, scores)
     return np.where(np.isfinite(frame), frame, floor)
 
 
-def score(objects: SplitObjects, model: ObjectModel) -> ObjectScores:
-    """The object and frame scores of a split's objects."""
+def score(
+    objects: SplitObjects, model: ObjectModel, errors: scoring.SplitErrors | None = None
+) -> ObjectScores:
+    """The object and frame scores of a split's objects; `errors`: their model errors (rows
+    = `objects`, `ErrorScorer.split_errors(objects=...)`; needed for the error component; with
+    maps, `detail` is computed)."""
     components = {name: bank.scores(features(objects, name)) for name, bank in model.banks.items()}
+    detail = None
+    if model.error is not None:
+        if errors is None or len(errors.video) != len(objects.boxes):
+            raise ValueError("the error component scores objects from their model errors")
+        error = model.error.scores(errors)
+        components = {ERROR: error, **components}
+        if errors.maps is not None:
+            detail = model.error.maps(errors) - error[:, None, None].astype(np.float32)
     total = sum(components.values(), np.zeros(len(objects.boxes)))
     frame = frame_maximum(total, objects.frame_position, objects.num_frames, model.floor)
-    return ObjectScores(objects, total, components, frame, objects.counts() > 0)
+    return ObjectScores(objects, total, components, frame, objects.counts() > 0, detail)
 
 
 def box_maps(
@@ -306,6 +463,8 @@ def box_maps(
     floor: float,
     frame_sizes: np.ndarray,
     size: int,
+    detail: np.ndarray | None = None,
+    margin: float = 0.0,
 ) -> np.ndarray:
     """Pixel anomaly maps `[N, S, S]` float32: each object's score over its box (the larger
     where boxes overlap), `floor` elsewhere.
@@ -315,14 +474,19 @@ def box_maps(
       floor: the value of pixels outside every box.
       frame_sizes: `[V, 2]` each video's original (height, width), the boxes' pixels.
       size: S, the side of the stored frames the maps are for.
+      detail: `[M, s, s]` or None: per object a pattern added to its score, resized
+        (bilinear) onto its box (`ObjectScores.detail`: the model's error map of its crop).
+      margin: the boxes are grown by it first, as the crops were (`pipeline.stored_boxes`).
     """
     maps = np.full((objects.num_frames, size, size), floor, np.float32)
-    heights, widths = frame_sizes[objects.video, 0], frame_sizes[objects.video, 1]
-    scale = np.stack([size / widths, size / heights] * 2, axis=1)
-    boxes = objects.boxes * scale
-    low = np.floor(boxes[:, :2]).astype(int)
-    high = np.maximum(np.ceil(boxes[:, 2:]).astype(int), low + 1)
+    regions = pipeline.stored_boxes(objects.boxes, frame_sizes[objects.video], size, margin)
+    low, high = np.maximum(regions[:, :2], 0), np.minimum(regions[:, 2:], size)
     for m, frame in enumerate(objects.frame_position):
         region = maps[frame, low[m, 1] : high[m, 1], low[m, 0] : high[m, 0]]
-        np.maximum(region, np.float32(scores[m]), out=region)
+        value = np.float32(scores[m])
+        if detail is not None:
+            (x0, y0, x1, y1), (lx, ly), (hx, hy) = regions[m], low[m], high[m]
+            pattern = cv2.resize(detail[m].astype(np.float32), (int(x1 - x0), int(y1 - y0)))
+            value = value + pattern[ly - y0 : hy - y0, lx - x0 : hx - x0]
+        np.maximum(region, value, out=region)
     return maps

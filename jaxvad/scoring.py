@@ -104,7 +104,9 @@ class ScoreSettings:
     `smoothing_sigma` in frames (0: none), the `threshold_quantile` of the training split's
     scores, and the `components`: ("error",) for these frame errors, or the object components
     of `jaxvad.object_scores`, whose frame scores replace S (then normalised by their own
-    calibration, smoothed the same way)."""
+    calibration, smoothed the same way); `object_samples` (`config.objects.samples`): the
+    model scores objects, so frames are always scored from their objects ("error" is then each
+    object's model error)."""
 
     variant: str
     alpha: float
@@ -112,6 +114,7 @@ class ScoreSettings:
     smoothing_sigma: float
     threshold_quantile: float
     components: tuple[str, ...] = ("error",)
+    object_samples: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "components", tuple(self.components))
@@ -119,7 +122,7 @@ class ScoreSettings:
     @property
     def object_mode(self) -> bool:
         """Whether frames are scored from their objects (`jaxvad.object_scores`)."""
-        return self.components != ("error",)
+        return self.object_samples or self.components != ("error",)
 
 
 @dataclasses.dataclass(frozen=True)

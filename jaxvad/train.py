@@ -12,7 +12,10 @@ The workdir receives `config.json` (the resolved config), `checkpoints/<step>/` 
 steps/s). After the last step the final model scores the training split, and these per-frame
 errors (the normal statistics that scores are normalised and thresholded with) are stored with
 the last checkpoint: from then on the workdir alone is a detector (`jaxvad.detector`), which
-`jaxvad.evaluate` and `jaxvad.explain` load. The synthetic dataset is generated and prepared
+`jaxvad.evaluate` and `jaxvad.explain` load. With `config.objects.samples` the model trains
+on object samples (each object's box cut from its window, `jaxvad.data.pipeline`): steps and
+epochs count object windows, and the training objects' errors are stored instead of frame
+errors (`jaxvad.detector.training_object_errors`). The synthetic dataset is generated and prepared
 under `config.data.root` when missing (the embedded default); a real one must be prepared
 (`jaxvad.data_prep`), and the error says how. The loop reads top to bottom in
 `train`: mesh, input, model, shard, step, restore, loop.
@@ -38,7 +41,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from jaxvad import atomic, cli, detector, distributed, losses, model, scoring
+from jaxvad import atomic, cli, detector, distributed, losses, model, object_scores
 from jaxvad import config as config_lib
 from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints
 from jaxvad.data import builder, pipeline
@@ -156,12 +159,31 @@ def check_finite(
         )
 
 
+def training_crops(
+    config: ml_collections.ConfigDict, table: pipeline.FrameTable
+) -> pipeline.ObjectCrops | None:
+    """The object samples of the training split `table` (`config.objects.samples`), else
+    None (whole frames)."""
+    if not config.objects.samples:
+        return None
+    objects = object_scores.read_objects(table)
+    return pipeline.object_crops(
+        table,
+        objects.frame_position,
+        objects.boxes,
+        size=config.objects.size,
+        margin=config.objects.margin,
+    )
+
+
 def training_input(
     config: ml_collections.ConfigDict, data_path: Path
-) -> tuple[pipeline.FrameTable, Any]:
-    """The frame table of the training split of the prepared dataset at `data_path`, and this
-    process's shuffled windows: batches of `config.train.batch_size / processes`."""
+) -> tuple[pipeline.FrameTable, Any, pipeline.ObjectCrops | None]:
+    """The frame table of the training split of the prepared dataset at `data_path`, this
+    process's shuffled windows (object samples with `config.objects.samples`): batches of
+    `config.train.batch_size / processes`, and the object crops (or None)."""
     table = pipeline.open_prepared(data_path, "train")
+    crops = training_crops(config, table)
     dataset = pipeline.train_dataset(
         table,
         history=config.history,
@@ -169,17 +191,24 @@ def training_input(
         seed=config.seed,
         channels=config.data.channels,
         read_threads=config.data.read_threads,
+        objects=crops,
     )
-    return table, dataset
+    return table, dataset, crops
 
 
-def total_steps(config: ml_collections.ConfigDict, table: pipeline.FrameTable) -> int:
+def total_steps(
+    config: ml_collections.ConfigDict,
+    table: pipeline.FrameTable,
+    crops: pipeline.ObjectCrops | None = None,
+) -> int:
+    """`config.train.num_steps`, or its epochs' steps (of windows, or of object `crops`)."""
     if config.train.num_steps > 0:
         return config.train.num_steps
     per_epoch = pipeline.steps_per_epoch(
         table,
         history=config.history,
         batch_size=config.train.batch_size // jax.process_count(),
+        objects=crops,
     )
     return config.train.num_epochs * per_epoch
 
@@ -273,10 +302,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     # --- Mesh: every device in (data, fsdp); the batch is split over both axes.
     mesh = distributed.setup(config.mesh.fsdp)
 
-    # --- Input: this process's shard of shuffled windows, batches of B / processes.
+    # --- Input: this process's shard of shuffled windows (or object samples), batches of
+    # B / processes.
     data_path = training_dataset(config)
-    table, dataset = training_input(config, data_path)
-    steps = total_steps(config, table)
+    table, dataset, crops = training_input(config, data_path)
+    steps = total_steps(config, table, crops)
     data_iter = iter(dataset)
 
     # --- Model, optimizer, step: shapes first, then shardings, then materialise sharded.
@@ -327,15 +357,41 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         bar.update(steps - bar.n)
         bar.close()
         # The final model's errors on the training split: what scores are normalised and
-        # thresholded with (stored with the last checkpoint; kept when already there).
+        # thresholded with (stored with the last checkpoint; kept when already there). A
+        # model of object samples: its training objects' errors (and frames without errors).
         checkpoints.manager.wait_until_finished()
+        scorer = detector.error_scorer(config, run.graphdef, mesh)
         if not checkpoints.has_normal_errors(steps):
-            scorer = detector.error_scorer(config, run.graphdef, mesh)
-            detector.store_normal_errors(checkpoints, steps, scorer, state["params"], data_path)
-        settings = scoring.ScoreSettings(**config.score)
+            detector.store_normal_errors(
+                checkpoints,
+                steps,
+                scorer,
+                state["params"],
+                data_path,
+                samples=config.objects.samples,
+            )
+        training_errors = functools.partial(
+            detector.training_object_errors,
+            checkpoints,
+            steps,
+            scorer,
+            state["params"],
+            lambda: data_path,
+            size=config.objects.size,
+            margin=config.objects.margin,
+        )
+        if config.objects.samples:
+            training_errors()
+        settings = detector.score_settings(config)
         if settings.object_mode:  # The memory banks of the object components.
             detector.object_model(
-                checkpoints, steps, settings.components, config.objects.k, lambda: data_path
+                checkpoints,
+                steps,
+                settings,
+                config.objects.k,
+                config.objects.nearby,
+                lambda: data_path,
+                training_errors,
             )
     finally:
         bar.close()

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -308,6 +309,23 @@ def object_run(tmp_path_factory) -> types.SimpleNamespace:
     builder.prepare("ped2", vad, output=root / "data", source=source)
     train.train(config, root / "run")
     return types.SimpleNamespace(config=config, workdir=root / "run", source=source, root=root)
+
+
+def object_samples_config(run: types.SimpleNamespace, **fields):
+    """The tiny config on `object_run`'s prepared data (`run`) with the model on object
+    samples, score components ("error", "speed"), and `fields` ("a.b": value) changed."""
+    data = {f"data.{key}": run.config.data[key] for key in ("dataset", "root", "objects")}
+    samples = {"objects.samples": True, "score.components": ("error", "speed")}
+    return load_config("synthetic", **data, **(samples | fields))
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float) -> None:
+    """Polls `condition()` until true; fails when `process` ended or `timeout` s passed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 EXPLAIN_SIZE = 64

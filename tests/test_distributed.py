@@ -1,6 +1,7 @@
 """Multi-process training and evaluation through `launch/local_multiprocess.sh` (2 processes × 4
 fake CPU devices, gloo collectives): training compared with the same run in this test process
-(one CPU device), evaluation with one process of 8 fake devices.
+(one CPU device), evaluation (of frames scored from the model's errors, and in object mode)
+with one process of 8 fake devices.
 
 The tiny config with a constant learning rate (so a run of 4 steps resumed to 6 follows the same
 schedule as a run of 6) and a global batch of 8: every process reads its half of each batch, so
@@ -13,14 +14,18 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import types
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, load_config, run_module
+from conftest import ROOT, copy_run, load_config, run_module
 
+from jaxvad import config as config_lib
 from jaxvad import train as train_lib
 from jaxvad.data import builder
 from jaxvad.metric_writer import read_jsonl
@@ -58,10 +63,18 @@ def fields(data_root: Path, steps: int) -> dict[str, object]:
     }
 
 
+def command_flags(changed: Mapping[str, object], workdir: Path) -> list[str]:
+    """The command-line flags of the tiny synthetic config with `changed` fields."""
+    values = [
+        f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
+        for k, v in changed.items()
+    ]
+    return ["--config=configs/synthetic.py:tiny", *values, f"--workdir={workdir}"]
+
+
 def flags(data_root: Path, workdir: Path, steps: int) -> list[str]:
     """The command-line flags of `fields` on the tiny synthetic config."""
-    changed = [f"--config.{k}={v}" for k, v in fields(data_root, steps).items()]
-    return ["--config=configs/synthetic.py:tiny", *changed, f"--workdir={workdir}"]
+    return command_flags(fields(data_root, steps), workdir)
 
 
 def run_two(module: str, *args: str) -> str:
@@ -144,22 +157,55 @@ def same_numbers(a, b, path: str = "") -> None:
         assert a == b, path
 
 
-def test_two_process_evaluation_writes_what_one_process_writes(data_root, reference):
-    workdir, _ = reference
+@pytest.fixture(params=["frames", "objects"])
+def evaluated(request, tmp_path) -> types.SimpleNamespace:
+    """A trained run to evaluate: `workdir`, its command-line `flags` and the metrics.json
+    `sections` its evaluation must write. "frames": the 6-step run of `reference` (every test
+    frame of the tiny synthetic clips is anomalous: the metrics are skipped, scores compared);
+    "objects": a copy of `object_run` (frames scored from their objects, with both classes,
+    masks, detection and pointing)."""
+    if request.param == "frames":
+        data_root = request.getfixturevalue("data_root")
+        workdir, _ = request.getfixturevalue("reference")
+        return types.SimpleNamespace(
+            workdir=workdir, flags=flags(data_root, workdir, 6), sections=("metrics_skipped",)
+        )
+    run = request.getfixturevalue("object_run")
+    workdir = copy_run(run, tmp_path / "run")
+    tiny = config_lib.flatten(load_config("synthetic"))
+    changed = {k: v for k, v in config_lib.flatten(run.config).items() if tiny[k] != v}
+    return types.SimpleNamespace(
+        workdir=workdir,
+        flags=command_flags(changed, workdir),
+        sections=("frame", "pixel", "objects"),
+    )
+
+
+def evaluation_outputs(workdir: Path) -> dict[str, object]:
+    return {
+        "csv": read_scores(workdir / "eval" / "frame_scores.csv"),
+        "metrics": json.loads((workdir / "eval" / "metrics.json").read_text()),
+    }
+
+
+def test_two_process_evaluation_writes_what_one_process_writes(evaluated):
     # One process of 8 fake devices: the same per-device batches as 2 × 4 (one device's batch
     # of 8 takes other convolution paths, whose last digits the normalised scores magnify).
     env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    result = run_module("jaxvad.evaluate", *flags(data_root, workdir, 6), timeout=900, env=env)
+    result = run_module("jaxvad.evaluate", *evaluated.flags, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    one = {
-        "csv": read_scores(workdir / "eval" / "frame_scores.csv"),
-        "metrics": json.loads((workdir / "eval" / "metrics.json").read_text()),
-    }
-    run_two("jaxvad.evaluate", *flags(data_root, workdir, 6))
-    two = {
-        "csv": read_scores(workdir / "eval" / "frame_scores.csv"),
-        "metrics": json.loads((workdir / "eval" / "metrics.json").read_text()),
-    }
+    one = evaluation_outputs(evaluated.workdir)
+    shutil.rmtree(evaluated.workdir / "eval")  # What is compared next is the 2 processes' own.
+    run_two("jaxvad.evaluate", *evaluated.flags)
+    two = evaluation_outputs(evaluated.workdir)
+    assert set(evaluated.sections) <= one["metrics"].keys()
+    if "objects" in evaluated.sections:
+        # Not vacuous: objects were found and scored, and localisation was measured. Objects a
+        # process dropped or counted twice change `objects` and `boxes_per_frame` (and dropped
+        # ones the frame scores, detection and pointing), compared below.
+        found = one["metrics"]["objects"]
+        assert found["objects"] > 0 and found["detection"]["regions"] > 0
+        assert found["pointing"]["frames"] > 0
     assert len(one["csv"]) == len(two["csv"]) > 0
     for row_one, row_two in zip(one["csv"], two["csv"], strict=True):
         assert row_one.keys() == row_two.keys()

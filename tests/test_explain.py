@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 import subprocess
+import types
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import open_page, require_chromium, run_module
+from conftest import copy_run, open_page, require_chromium, run_module
 
 from jaxvad import config as config_lib
-from jaxvad.data import preprocess, synthetic
+from jaxvad import object_scores
+from jaxvad.data import objects, preprocess, synthetic
 from jaxvad.data.video_io import read_frames, resize_masks
 from jaxvad.explain import blip, command, images
+from jaxvad.explain import objects as object_explain
 from jaxvad.explain.video import VideoFrames, open_video
 
 pytestmark = pytest.mark.slow
@@ -227,3 +232,187 @@ def test_explain_settings_hold_exactly_the_configs_explain_fields():
     config = config_lib.base_config()
     settings = command.ExplainSettings(**config.explain)  # A field missing on either side fails.
     assert dataclasses.asdict(settings) == config.explain.to_dict()
+
+
+# --- Object mode: `object_run` (synthetic clips at 240×360 prepared at 32×32 with --objects=auto,
+# scored by the objects' speed).
+
+
+@pytest.fixture(scope="module")
+def object_config(object_run):
+    """`object_run`'s config with BLIP captioning the top object."""
+    config = object_run.config.copy_and_resolve_references()
+    config.explain.caption_source = "object"
+    return config
+
+
+def explained_output(out: Path) -> types.SimpleNamespace:
+    return types.SimpleNamespace(
+        out=out,
+        records=read_records(out),
+        summary=json.loads((out / "summary.json").read_text()),
+    )
+
+
+@pytest.fixture(scope="module")
+def object_explained(
+    object_run, object_config, blip_saved, tmp_path_factory
+):
+    """Every anomaly of `object_run`'s test split explained, BLIP (tiny, random) captioning the
+    top object: `out`, `records`, `summary`, `workdir` (a copy of the run's)."""
+    workdir = copy_run(object_run, tmp_path_factory.mktemp("object_explain") / "run")
+    folder = blip_saved["small"].folder
+    found = explained_output(command.explain(object_config, workdir, split="test", blip=folder))
+    found.workdir = workdir
+    return found
+
+
+def stored_pixels(box: list[float], size: int, height: int, width: int) -> tuple[slice, slice]:
+    """(rows, columns) of an original-resolution box in the stored frame, rounded outwards."""
+    x0, y0, x1, y1 = (v * size / s for v, s in zip(box, (width, height) * 2, strict=True))
+    return slice(math.floor(y0), math.ceil(y1)), slice(math.floor(x0), math.ceil(x1))
+
+
+def test_object_captions_are_blip_on_the_top_box_cut_from_the_original_frame(
+    object_run, object_config, object_explained, blip_saved
+):
+    records = object_explained.records
+    assert len(records) >= 2 and all(r["objects"] for r in records)
+    crops = []
+    for r in records:
+        x0, y0, x1, y1 = r["objects"][0]["box"]
+        frame = cv2.imread(
+            str(object_run.source / "Test" / r["video"] / f"{r['frame']:03d}.tif"),
+            cv2.IMREAD_UNCHANGED,
+        )
+        expected = frame[math.floor(y0) : math.ceil(y1), math.floor(x0) : math.ceil(x1)]
+        crop = cv2.imread(str(object_explained.out / r["images"]["object_crop"]))[..., ::-1]
+        np.testing.assert_array_equal(crop, np.repeat(expected[..., None], 3, axis=-1))
+        assert r["caption_source"] == "object"
+        assert r["caption_note"] == "the top object's box cut from the original 360×240 frame"
+        crops.append(crop)
+    captioner = blip.Captioner.load(blip_saved["small"].folder)
+    settings = object_config.explain
+    expected = captioner.caption(
+        crops, beams=settings.caption_beams, max_new_tokens=settings.caption_tokens
+    )
+    assert [r["caption"] for r in records] == expected
+    assert all(isinstance(text, str) for text in expected)
+    assert "BLIP on the object" in (object_explained.out / "report.html").read_text()
+
+
+def test_object_mode_heatmap_is_gradcam_inside_the_top_box(object_explained):
+    size = 32
+    records, game = object_explained.records, object_explained.summary["pointing_game"]
+    for r in records:
+        rows, cols = stored_pixels(r["objects"][0]["box"], size, 240, 360)
+        row, col = r["peaks"]["gradcam_in_box"]
+        assert rows.start <= row < rows.stop and cols.start <= col < cols.stop, r["peaks"]
+        assert r["heatmap"] == r["images"]["gradcam_in_box"]
+        heat = cv2.imread(str(object_explained.out / r["heatmap"]))
+        outside = np.ones((size, size), bool)
+        outside[rows, cols] = False
+        blue = images.colormap(np.zeros((1, 1)))[0, 0, ::-1]  # BGR of the map's 0.
+        assert (heat[outside] == blue).all(), "the map is zero outside the box"
+    games = [r["pointing"] for r in records if r["pointing"] is not None]
+    assert games and game["frames_with_mask"] == len(games)
+    for kind in ("gradcam", "anomaly_map", "gradcam_in_box"):
+        assert game[f"{kind}_inside"] == np.mean([g[kind]["inside"] for g in games])
+    assert game["object_box"] == np.mean([g["object_box"] for g in games])
+    print(
+        f"\n{len(games)} frames with masks: Grad-CAM {game['gradcam_inside']:.3f}, inside the "
+        f"top box {game['gradcam_in_box_inside']:.3f}, the top box {game['object_box']:.3f}"
+    )
+
+
+def test_gradcam_in_the_top_object_box_peaks_on_the_mask_when_the_global_peak_is_elsewhere():
+    """One frame, two objects; the top one's box (original 240×360, stored 32×32) holds the
+    ground truth; the Grad-CAM's global peak lies outside it."""
+    train_boxes = [[[0, 0, 10, 20]] * 3] * 4
+    train = object_scores.SplitObjects.from_frames(
+        [np.array(b, np.float32) for b in train_boxes],
+        [np.zeros(3, np.int32)] * 4,
+        [np.full((3, 8), 0.1, np.float32)] * 4,
+        video_lengths=[2, 2],
+    )
+    model = object_scores.ObjectModel({"speed": object_scores.fit_bank(train, "speed", 1)})
+    boxes = np.array([[180, 120, 270, 180], [0, 0, 45, 45]], np.float32)  # Top (fast) first.
+    velocity = np.zeros((2, 8), np.float32)
+    velocity[:, 0] = [5.0, 0.2]
+    test = object_scores.SplitObjects.from_frames(
+        [boxes], [np.arange(2, dtype=np.int32)], [velocity], video_lengths=[1]
+    )
+    scored = object_scores.score(test, model)
+    gradcam = np.zeros((1, 32, 32), np.float32)
+    gradcam[0, 2, 2] = 1.0  # The global peak, in the other object's box.
+    gradcam[0, 20, 20] = 0.4  # The top box holds pixels 16–23 (rows and columns).
+    mask = np.zeros((1, 32, 32), np.uint8)
+    mask[0, 19:22, 19:22] = 1
+    found = object_explain.explain_objects(
+        model, scored, np.array([0]), gradcam, np.array([[240, 360]])
+    )
+    expected = np.zeros((32, 32), bool)
+    expected[16:24, 16:24] = True
+    np.testing.assert_array_equal(found.region[0], expected)
+    assert found.gradcam_in_box[0].max() == 1.0 and not found.gradcam_in_box[0][~expected].any()
+    explained = {"gradcam": gradcam, "anomaly_map": gradcam, "mask": mask}
+    peaks, pointing = command.peaks_and_pointing(explained, 0, found, masked=True)
+    assert peaks["gradcam"] == [2, 2] and peaks["gradcam_in_box"] == [20, 20]
+    assert not pointing["gradcam"]["inside"] and pointing["gradcam_in_box"]["inside"]
+    assert pointing["object_box"]
+    game = command.pointing_game([{"pointing": pointing}], 2.0, objects=True)
+    assert (game["gradcam_inside"], game["gradcam_in_box_inside"], game["object_box"]) == (0, 1, 1)
+
+
+def test_object_captions_fall_back_to_the_stored_frame_without_the_source_videos(
+    object_run, object_config, blip_saved, tmp_path, caplog
+):
+    config = object_config.copy_and_resolve_references()
+    config.data.source = str(tmp_path / "moved")
+    workdir = copy_run(object_run, tmp_path / "run")
+    with caplog.at_level(logging.WARNING, "jaxvad.explain"):
+        out = command.explain(config, workdir, split="test", top=1, blip=blip_saved["small"].folder)
+    (record,) = read_records(out)
+    assert record["caption_note"].startswith(
+        "the top object's box cut from the stored 32×32 frame (box scaled): the original frames "
+        f"could not be read ({tmp_path / 'moved'}"
+    )
+    assert "cutting boxes from the stored frames" in caplog.text
+    frame = cv2.imread(str(out / record["images"]["frame"]))
+    rows, cols = stored_pixels(record["objects"][0]["box"], 32, 240, 360)
+    crop = cv2.imread(str(out / record["images"]["object_crop"]))
+    np.testing.assert_array_equal(crop, frame[rows, cols])
+
+
+def test_object_mode_explains_a_video_finding_its_objects_on_the_fly(
+    object_run, object_explained, tmp_path
+):
+    """A video file written from test clip 2 (the one with anomalies): its objects found as the
+    preparation finds them; the clip's own folder of frames explained as the prepared split
+    explains that video."""
+    folder = object_run.source / "Test" / "Test002"
+    frames = read_frames(folder)
+    path = tmp_path / "clip.mp4"
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (width, height), False)
+    for frame in frames:
+        writer.write(frame[..., 0])
+    writer.release()
+    workdir = copy_run(object_run, tmp_path / "run")
+    records = read_records(command.explain(object_run.config, workdir, video=path))
+    assert records
+    decoded = read_frames(path)
+    found = objects.video_objects(decoded)
+    for r in records:
+        boxes = sorted(list(map(float, b)) for b in found.boxes[r["frame"] - 1])
+        assert sorted(o["box"] for o in r["objects"]) == boxes
+        assert r["explanation"].startswith("the object in box") and r["label"] is None
+        assert r["heatmap"] == r["images"]["gradcam_in_box"]
+
+    again = read_records(command.explain(object_run.config, workdir, video=folder))
+    split = [r for r in object_explained.records if r["video"] == "Test002"]
+    assert split
+    assert [(r["frame"], r["objects"]) for r in again] == [
+        (r["frame"], r["objects"]) for r in split
+    ]
+    assert [r["score"] for r in again] == pytest.approx([r["score"] for r in split])

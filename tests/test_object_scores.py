@@ -85,6 +85,41 @@ def test_training_objects_are_calibrated_without_their_own_video():
     np.testing.assert_allclose(frames, bank.train_scores.reshape(10, 2).max(axis=1))
 
 
+def test_faster_compares_a_speed_with_the_training_objects_near_its_place():
+    """`faster` = (s − μ) / σ of an object's speed against its `nearby` training objects'
+    nearest by box centre (other videos only for a training object), calibrated like a
+    density; one-sided: slower than the place's objects scores low."""
+    rng = np.random.default_rng(2)
+    centres = rng.uniform(0, 200, (60, 2))
+    # Perspective: objects far up the frame (small y) move slower.
+    values = 0.5 + centres[:, 1] / 100 + rng.normal(0, 0.05, 60)
+    boxes = np.concatenate([centres - 5, centres + 5], axis=1)
+    train = split_objects([[b] for b in boxes], [f % 3 for f in range(60)], speeds(values))
+    nearby = 7
+    bank = object_scores.fit_bank(train, object_scores.FASTER, nearby)
+
+    def raw(centre, speed, candidates):
+        near = np.argsort(((centres[candidates] - centre) ** 2).sum(axis=1))[:nearby]
+        chosen = values[candidates][near]
+        return (speed - chosen.mean()) / chosen.std()
+
+    own = np.array([raw(centres[i], values[i], train.video != train.video[i]) for i in range(60)])
+    np.testing.assert_allclose(bank.mean, own.mean(), rtol=1e-4)
+    np.testing.assert_allclose(bank.train_scores, (own - own.mean()) / own.std(), rtol=1e-4)
+
+    # The same speed is fast far from the camera and slow near it.
+    test = split_objects([[[95, 5, 105, 15]], [[95, 185, 105, 195]]], [0, 0], speeds([1.5, 1.5]))
+    found = object_scores.score(test, object_scores.ObjectModel({"faster": bank}))
+    every = np.ones(60, bool)
+    expected = [raw(np.array([100.0, y]), 1.5, every) for y in (10.0, 190.0)]
+    np.testing.assert_allclose(found.score, (np.array(expected) - bank.mean) / bank.std, rtol=1e-4)
+    assert found.score[0] > 3 > -3 > found.score[1]
+    stored = object_scores.Bank.from_arrays(bank.to_arrays())
+    assert stored.faster and stored.k == nearby
+    again = stored.scores(object_scores.features(test, "faster"))
+    np.testing.assert_array_equal(again, found.score)
+
+
 def test_components_join_groups_and_bad_ones_are_config_errors():
     objs = split_objects([[[2, 4, 12, 24]]], [0], speeds([3.0]))
     joined = object_scores.features(objs, "speed+size+position")
@@ -243,5 +278,3 @@ def test_object_mode_explanations_name_the_objects(object_run, tmp_path):
         assert f"moves {speed:.1f} px/frame" in record["explanation"]
         assert 0 <= top["attributes"]["slower_nearby"] <= 1
         assert (out / record["images"]["objects"]).is_file()
-    with pytest.raises(command.UsageError, match="--objects"):
-        command.explain(object_run.config, workdir, video=object_run.source / "Test" / "Test001")

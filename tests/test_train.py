@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import ROOT, copy_run, load_config, run_module
+from conftest import ROOT, copy_run, load_config, run_module, wait_for
 
 from jaxvad import config as config_lib
 from jaxvad import distributed, model
@@ -67,7 +66,7 @@ def test_tiny_variant_of_every_config_traces_a_train_step(name, synthetic_root):
     config = load_config(name, **{"data.root": str(synthetic_root)})
     config_lib.validate(config)
     run = train_lib.build(config, distributed.make_mesh(config.mesh.fsdp), steps=2)
-    _, loader = train_lib.training_input(config, train_lib.training_dataset(config))
+    _, loader, _ = train_lib.training_input(config, train_lib.training_dataset(config))
     batch = next(iter(loader))
     t, s, c = config.history, config.data.size, config.data.channels
     assert batch["frames"].shape == (config.train.batch_size, t, s, s, c)
@@ -124,14 +123,6 @@ def test_training_lowers_the_loss_and_writes_logs(synthetic_root, tmp_path):
     assert '"num_steps": 40' in (tmp_path / "config.json").read_text()
 
 
-def _wait_for(condition, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 @pytest.mark.slow
 def test_exact_resume_after_sigkill(synthetic_root, tmp_path):
     """N steps uninterrupted == the same run SIGKILLed after its checkpoint at N/2, resumed."""
@@ -157,7 +148,7 @@ def test_exact_resume_after_sigkill(synthetic_root, tmp_path):
     )
     try:
         # Orbax renames the step's temporary folder to its final name when the save commits.
-        _wait_for((killed / "checkpoints" / str(n // 2)).is_dir, process, 240)
+        wait_for((killed / "checkpoints" / str(n // 2)).is_dir, process, 240)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait()

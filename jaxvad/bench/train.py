@@ -10,7 +10,8 @@ device's peak bytes in use; on CPU the process's peak resident memory. MFU = mod
 (XLA's cost analysis of the compiled step, forward + backward + optimizer) × steps/s ÷ the chips'
 peak FLOP/s (bf16 dense peaks of known chips). When the config's dataset is prepared, grain's
 training windows/s for the same batch shape are measured too, so the loader's margin over training
-is visible.
+is visible. With `config.objects.samples` the step runs at the crops' side (`objects.size`) and
+the loader reads object samples (`jaxvad.bench.objects` adds the object evaluation).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from jaxvad import cli, distributed
+from jaxvad import cli, distributed, model
 from jaxvad import config as config_lib
 from jaxvad import train as train_lib
 from jaxvad.data import builder, pipeline
@@ -36,7 +37,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, 
 
 def random_batch(config, batch_size: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    t, s, c = config.history, config.data.size, config.data.channels
+    t, s, c = config.history, model.image_size(config), config.data.channels
     return {
         "frames": rng.integers(0, 256, (batch_size, t, s, s, c), dtype=np.uint8),
         "flows": rng.normal(size=(batch_size, t, s, s, 2)).astype(np.float16),
@@ -81,9 +82,10 @@ def benchmark(config: ml_collections.ConfigDict, steps: int) -> None:
         state, metrics = compiled(state, batch, key, run.vgg)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
+    size = model.image_size(config)
     print(
         f"train step: {seconds * 1e3:.1f} ms, {batch_size / seconds:.1f} samples/s "
-        f"(batch {batch_size}, {config.data.size}×{config.data.size}, T={config.history}, "
+        f"(batch {batch_size}, {size}×{size}, T={config.history}, "
         f"{config.model.dtype})"
     )
 
@@ -115,6 +117,7 @@ def benchmark(config: ml_collections.ConfigDict, steps: int) -> None:
         print("loader: dataset not prepared; windows/s not measured")
         return
     table = pipeline.open_prepared(dataset, "train")
+    crops = train_lib.training_crops(config, table)
     windows = pipeline.measure_windows_per_second(
         table,
         history=config.history,
@@ -122,9 +125,11 @@ def benchmark(config: ml_collections.ConfigDict, steps: int) -> None:
         seconds=10.0,
         read_threads=config.data.read_threads,
         channels=config.data.channels,
+        objects=crops,
     )
+    what = "windows" if crops is None else f"object samples ({config.objects.size}²)"
     print(
-        f"loader: {windows:.0f} windows/s = {windows * seconds / batch_size:.1f}× what "
+        f"loader: {windows:.0f} {what}/s = {windows * seconds / batch_size:.1f}× what "
         "training consumes"
     )
 

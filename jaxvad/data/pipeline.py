@@ -17,6 +17,23 @@ fixed leading batch dimension B). Reading is done by `read_threads` grain thread
 thread; a batch reads each distinct record it needs once. The training iterator's state is
 `{"next_index": <batches consumed>}` (JSON), restorable with `set_state` or through
 `grain.checkpoint.CheckpointSave` / `CheckpointRestore` inside an Orbax `Composite`.
+
+Object samples (`objects=` of both, an `ObjectCrops`): instead of whole frames, each sample is
+one object's region cut from its frame's window (the T past frames, the target and their
+flows, all of the object's own video) and resized to s × s, with the keys, dtypes and layout
+of frame samples at S = s, so every model trains and scores on objects unchanged. The region
+is the object's box (stored per frame at the original resolution) mapped onto the stored
+S × S frame, each side pushed out by a margin (`stored_boxes`). Choices:
+- resizing: bilinear (OpenCV `INTER_LINEAR`; masks nearest), the box's aspect not kept (the
+  field's object crops; a square around a walker would be mostly background);
+- past the frame border: padded by repeating the border pixels (frames and flows alike, as if
+  the scene went on), so a box at the edge is not framed by an artificial black edge;
+- flows: kept in the stored frame's units (not rescaled to the crop's pixels), so a vector
+  means the same motion in every crop: a cyclist's speed stays larger than a walker's
+  whatever the boxes' sizes, which rescaling by the crop's zoom would divide away.
+Training takes the objects of frames t > T (a full history in the object's video); evaluation
+takes every object, those of frames t ≤ T padded as `eval_samples` pads frames (`scored`
+False).
 """
 
 from __future__ import annotations
@@ -30,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 import grain
 import jax
 import numpy as np
@@ -48,7 +66,8 @@ _SCAN_CHUNK = 256
 
 
 class FrameTable:
-    """One split of a dataset: a random-access record source plus a frame index.
+    """One split of a dataset: a random-access record source plus a frame index (and, for a
+    dataset prepared with objects, each video's original frame size).
 
     `frame_ids` `[N]` lists the record ids of all N frames ordered by (video, frame), and the
     frames of video v are `frame_ids[video_starts[v]:video_starts[v + 1]]` (frame 1 first).
@@ -63,6 +82,8 @@ class FrameTable:
         name: what error messages call the dataset (e.g. its directory).
         split: the split's name, for error messages.
         video_names: `[V]` names of the videos, optional.
+        frame_sizes: `[V, 2]` each video's original (height, width), the pixels its object
+            boxes are in; optional (None: unknown).
 
     Attributes:
         frame_ids: `[N]` int64 record ids ordered by (video, frame).
@@ -82,6 +103,7 @@ class FrameTable:
         name: str = "<in-memory>",
         split: str = "",
         video_names: Sequence[str] | None = None,
+        frame_sizes: np.ndarray | None = None,
     ):
         self.source = source
         self.name = name
@@ -103,6 +125,12 @@ class FrameTable:
                 f"{self._where()}: {len(video_names)} video names for {len(lengths)} videos"
             )
         self.video_names = None if video_names is None else [str(n) for n in video_names]
+        self.frame_sizes = None if frame_sizes is None else np.asarray(frame_sizes, np.int64)
+        if self.frame_sizes is not None and self.frame_sizes.shape != (len(lengths), 2):
+            raise ValueError(
+                f"{self._where()}: frame sizes of shape {self.frame_sizes.shape} for "
+                f"{len(lengths)} videos"
+            )
         if (lengths == 0).any():
             missing = int(np.flatnonzero(lengths == 0)[0])
             raise ValueError(f"{self._where()}: video {self._video(missing)} has no records")
@@ -184,7 +212,8 @@ def open_prepared(dataset_dir: str | os.PathLike, split: str) -> FrameTable:
     `index_<split>.npz` in that folder: built on first use by scanning the split's
     `video_index` / `frame_index` / `video` fields, reused afterwards, rebuilt when missing or
     when its record count does not match. When the folder is not writable the index is built in
-    memory every time.
+    memory every time. A dataset prepared with objects gives the table its videos' original
+    frame sizes (`frame_sizes`, from the metadata).
 
     Raises:
         ValueError: the frames of a video are not exactly 1..n, or the index disagrees with the
@@ -200,8 +229,18 @@ def open_prepared(dataset_dir: str | os.PathLike, split: str) -> FrameTable:
         index = _scan_index(source, f"{directory} split {split!r}")
         _save_index(cache, index)
     video_index, frame_index, names = index
+    videos = (builder.info.metadata or {}).get("splits", {}).get(split, {}).get("videos", [])
+    sizes = None
+    if videos and all("height" in v for v in videos) and len(videos) == len(names):
+        sizes = np.array([[v["height"], v["width"]] for v in videos])
     table = FrameTable(
-        source, video_index, frame_index, name=str(directory), split=split, video_names=names
+        source,
+        video_index,
+        frame_index,
+        name=str(directory),
+        split=split,
+        video_names=names,
+        frame_sizes=sizes,
     )
     _check_metadata(table, builder.info.metadata)
     return table
@@ -338,6 +377,113 @@ def window_index(table: FrameTable, history: int) -> np.ndarray:
     return np.concatenate(rows).astype(np.int64)
 
 
+def stored_boxes(
+    boxes: np.ndarray, frame_sizes: np.ndarray, size: int, margin: float = 0.0
+) -> np.ndarray:
+    """`[M, 4]` int64 regions `[x0, y0, x1, y1)` of the stored S × S frames (S = `size`) that
+    cover `boxes` `[M, 4]` (`[x0, y0, x1, y1]`, original pixels, x1 and y1 exclusive) of
+    frames of original (height, width) `frame_sizes` `[M, 2]`, each side first pushed out by
+    `margin` × the box's width (x) or height (y): the low corner floored, the high one
+    ceiled, at least one pixel. With a margin a region may reach past the frame."""
+    boxes = np.asarray(boxes, np.float64)
+    side = boxes[:, 2:] - boxes[:, :2]
+    grown = np.concatenate([boxes[:, :2] - margin * side, boxes[:, 2:] + margin * side], 1)
+    scale = np.tile(size / np.asarray(frame_sizes, np.float64)[:, ::-1], 2)  # (x, y) twice
+    grown = grown * scale
+    low = np.floor(grown[:, :2]).astype(np.int64)
+    high = np.maximum(np.ceil(grown[:, 2:]).astype(np.int64), low + 1)
+    return np.concatenate([low, high], 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectCrops:
+    """Where the M object samples of a split are cut (see the module docstring).
+
+    `position` `[M]` int64: each object's frame, an index into the table's `frame_ids` (the
+    split's (video, frame) order); `boxes` `[M, 4]` int64: the regions `[x0, y0, x1, y1)` cut,
+    in the stored frame's pixels (`stored_boxes`); `size`: the side s they are resized to.
+    """
+
+    position: np.ndarray
+    boxes: np.ndarray
+    size: int
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+
+def object_crops(
+    table: FrameTable, position: np.ndarray, boxes: np.ndarray, *, size: int, margin: float
+) -> ObjectCrops:
+    """The crops of objects in the frames at `position` `[M]` (indices into
+    `table.frame_ids`) with `boxes` `[M, 4]` at the original resolution, grown by `margin`
+    and resized to `size` (ValueError when the table has no original frame sizes)."""
+    if table.frame_sizes is None:
+        raise ValueError(
+            f"{table._where()}: no original frame sizes (a dataset prepared without "
+            "--objects): object samples need them to place the boxes"
+        )
+    position = np.asarray(position, np.int64)
+    video = table.video_index[table.frame_ids[position]]
+    stored = np.shape(table.source[int(table.frame_ids[0])]["frame"])[0]  # S × S frames.
+    regions = stored_boxes(boxes, table.frame_sizes[video], stored, margin)
+    return ObjectCrops(position, regions, size)
+
+
+def crop(
+    images: np.ndarray, box: np.ndarray, size: int, interpolation: int = cv2.INTER_LINEAR
+) -> np.ndarray:
+    """`[..., s, s, C]` (s = `size`): the region `box` `[x0, y0, x1, y1)` of `images`
+    `[..., H, W, C]`, resized by `interpolation` (bilinear by default), the part past the
+    frame border padded by repeating the border pixels. Keeps the dtype (float16 is resized
+    in float32)."""
+    *lead, height, width, channels = images.shape
+    x0, y0, x1, y1 = (int(v) for v in box)
+    left, top = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
+    right, bottom = max(min(x1, width), left + 1), max(min(y1, height), top + 1)
+    region = images[..., top:bottom, left:right, :]
+    pad = [(0, 0)] * len(lead) + [(top - y0, y1 - bottom), (left - x0, x1 - right), (0, 0)]
+    region = np.pad(region, [(max(a, 0), max(b, 0)) for a, b in pad], mode="edge")
+    # One resize of every image and channel at once: [..., h, w, C] → [h, w, (...)·C].
+    h, w = region.shape[-3:-1]
+    stacked = np.moveaxis(region.reshape(-1, h, w, channels), 0, 2).reshape(h, w, -1)
+    work = stacked.astype(np.float32) if stacked.dtype == np.float16 else stacked
+    resized = cv2.resize(work, (size, size), interpolation=interpolation).astype(images.dtype)
+    resized = resized.reshape(size, size, -1, channels)
+    return np.moveaxis(resized, 2, 0).reshape(*lead, size, size, channels)
+
+
+def crop_samples(
+    batch: Mapping[str, np.ndarray], boxes: np.ndarray, size: int
+) -> dict[str, np.ndarray]:
+    """Frame samples `batch` (`[B, ...]`, the keys of `eval_samples` or a training batch) →
+    object samples: sample b's images cut at `boxes[b]` `[4]` and resized to `size` (frames
+    and flows bilinear, `mask` nearest); other keys unchanged."""
+    out = dict(batch)
+    for key in ("frames", "flows", "target_frame", "target_flow", "mask"):
+        if key in batch:
+            values = batch[key] if key != "mask" else batch[key][..., None]
+            method = cv2.INTER_NEAREST if key == "mask" else cv2.INTER_LINEAR
+            cut = np.stack([crop(v, b, size, method) for v, b in zip(values, boxes, strict=True)])
+            out[key] = cut[..., 0] if key == "mask" else cut
+    return out
+
+
+def _train_items(
+    table: FrameTable, history: int, objects: ObjectCrops | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The training items: `[W, T + 1]` record ids of each window and, for object samples,
+    `[W, 4]` each window's region (the objects of frames t > T, in `objects`' order)."""
+    if objects is None:
+        return window_index(table, history), None
+    if history < 1:
+        raise ValueError(f"history must be at least 1, got {history}")
+    t = table.frame_index[table.frame_ids[objects.position]]
+    keep = t > history
+    position = objects.position[keep][:, None] - history + np.arange(history + 1)
+    return table.frame_ids[position], objects.boxes[keep]
+
+
 def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
     index = jax.process_index() if shard_index is None else shard_index
     count = jax.process_count() if shard_count is None else shard_count
@@ -359,18 +505,21 @@ def _read_options(read_threads: int) -> grain.ReadOptions:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _TrainBatch:
-    """Window ids `[B]` → a training batch (see `train_dataset`)."""
+    """Window ids `[B]` → a training batch (see `train_dataset`); with `boxes` `[W, 4]`,
+    object samples of side `size`."""
 
     table: FrameTable
     windows: np.ndarray
     channels: int | None
+    boxes: np.ndarray | None = None
+    size: int = 0
 
     def __call__(self, window_ids: np.ndarray) -> dict[str, np.ndarray]:
         table, ids = self.table, self.windows[window_ids]  # [B, T + 1]
         past, target = ids[:, :-1], ids[:, -1]
         records = table.fetch(ids.ravel())
         # Past and target are gathered separately so that every output array is contiguous.
-        return {
+        batch = {
             "frames": convert_channels(table.gather(records, past, "frame"), self.channels),
             "flows": table.gather(records, past, "flow"),
             "target_frame": convert_channels(table.gather(records, target, "frame"), self.channels),
@@ -378,14 +527,23 @@ class _TrainBatch:
             "video_index": table.video_index[target].astype(np.int32),
             "frame_index": table.frame_index[target].astype(np.int32),
         }
+        if self.boxes is None:
+            return batch
+        return crop_samples(batch, self.boxes[window_ids], self.size)
 
 
 def steps_per_epoch(
-    table: FrameTable, *, history: int, batch_size: int, shard_count: int | None = None
+    table: FrameTable,
+    *,
+    history: int,
+    batch_size: int,
+    shard_count: int | None = None,
+    objects: ObjectCrops | None = None,
 ) -> int:
-    """Batches per epoch of each shard of `train_dataset` (`shard_count` default: processes)."""
+    """Batches per epoch of each shard of `train_dataset` (`shard_count` default: processes;
+    `objects`: of object samples)."""
     count = jax.process_count() if shard_count is None else shard_count
-    return len(window_index(table, history)) // count // batch_size
+    return len(_train_items(table, history, objects)[0]) // count // batch_size
 
 
 def train_dataset(
@@ -399,15 +557,20 @@ def train_dataset(
     num_epochs: int | None = None,
     channels: int | None = None,
     read_threads: int = 4,
+    objects: ObjectCrops | None = None,
 ) -> grain.IterDataset:
-    """Shuffled training batches of windows for this process.
+    """Shuffled training batches of windows (or, with `objects`, of object samples) for this
+    process.
 
     Each element is a dict of numpy arrays, B = `batch_size` (per process), T = `history`:
     `frames` `[B, T, S, S, C]` uint8 (past frames, oldest first), `flows` `[B, T, S, S, 2]`
     float16 (the flow into each past frame; zeros for frame 1), `target_frame` `[B, S, S, C]`
     uint8, `target_flow` `[B, S, S, 2]` float16, `video_index` `[B]` int32 and `frame_index`
     `[B]` int32 (the target's, 1-based). C is as stored unless `channels` is given (3: repeat
-    a gray channel; 1: luminance of RGB).
+    a gray channel; 1: luminance of RGB). With `objects` a sample is one object of a frame
+    t > T and its window, cut and resized to S = `objects.size` (see the module docstring);
+    the windows below are then the object windows, one per such object, and everything else
+    is the same.
 
     Order: every epoch shuffles all W windows of `window_index` with a permutation derived from
     (`seed`, epoch), the same on every process, so each epoch's order differs and all are
@@ -427,17 +590,19 @@ def train_dataset(
         ValueError: a shard gets fewer windows than one batch.
     """
     shard_index, shard_count = _process_shard(shard_index, shard_count)
-    windows = window_index(table, history)
+    windows, boxes = _train_items(table, history, objects)
     per_epoch = len(windows) - len(windows) % shard_count
     if per_epoch // shard_count < batch_size:
+        what = "windows" if objects is None else "object windows"
         raise ValueError(
-            f"{table.name} split {table.split!r}: {len(windows)} windows of {history} + 1 "
+            f"{table.name} split {table.split!r}: {len(windows)} {what} of {history} + 1 "
             f"frames give fewer than one batch of {batch_size} per shard ({shard_count} shards)"
         )
     ds = grain.MapDataset.range(len(windows)).shuffle(seed=_shuffle_seed(seed))
     ds = ds[:per_epoch][shard_index::shard_count]
     ds = ds.batch(batch_size, drop_remainder=True, batch_fn=np.asarray)
-    ds = ds.repeat(num_epochs).map(_TrainBatch(table, windows, channels))
+    size = 0 if objects is None else objects.size
+    ds = ds.repeat(num_epochs).map(_TrainBatch(table, windows, channels, boxes, size))
     return ds.to_iter_dataset(_read_options(read_threads))
 
 
@@ -448,10 +613,17 @@ def _eval_blocks(num_frames: int, batch_size: int, shard_count: int) -> tuple[np
     return starts, max(1, -(-longest // batch_size))
 
 
-def eval_steps(table: FrameTable, *, batch_size: int, shard_count: int | None = None) -> int:
-    """Number of batches of every shard of `eval_dataset`."""
+def eval_steps(
+    table: FrameTable,
+    *,
+    batch_size: int,
+    shard_count: int | None = None,
+    objects: ObjectCrops | None = None,
+) -> int:
+    """Number of batches of every shard of `eval_dataset` (of `objects`' samples if given)."""
     count = jax.process_count() if shard_count is None else shard_count
-    return _eval_blocks(table.num_frames, batch_size, count)[1]
+    items = table.num_frames if objects is None else len(objects)
+    return _eval_blocks(items, batch_size, count)[1]
 
 
 def eval_samples(
@@ -496,13 +668,17 @@ class _EvalBatch:
     start: int  # First sample position of this shard's block.
     stop: int
     channels: int | None
+    objects: ObjectCrops | None = None
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         positions = self.start + step * self.batch_size + np.arange(self.batch_size)
         valid = positions < self.stop
         # Padding repeats the block's last sample (or the split's first for an empty block).
         positions = np.where(valid, positions, self.stop - 1 if self.stop > self.start else 0)
-        batch = eval_samples(self.table, positions, history=self.history, channels=self.channels)
+        frames = positions if self.objects is None else self.objects.position[positions]
+        batch = eval_samples(self.table, frames, history=self.history, channels=self.channels)
+        if self.objects is not None:
+            batch = crop_samples(batch, self.objects.boxes[positions], self.objects.size)
         batch["label"][~valid] = 0
         batch["mask"][~valid] = 0
         batch["scored"] &= valid
@@ -519,8 +695,12 @@ def eval_dataset(
     shard_count: int | None = None,
     channels: int | None = None,
     read_threads: int = 4,
+    objects: ObjectCrops | None = None,
 ) -> grain.IterDataset:
-    """Every frame of the split, in order (video by video, frame 1..n), one sample per frame.
+    """Every frame of the split, in order (video by video, frame 1..n), one sample per frame;
+    with `objects`, every object sample, in `objects`' order (below, "frame" then reads
+    "object": its frame's window, label and `scored`, cut at its region; see the module
+    docstring).
 
     Elements are dicts with the keys and shapes of `train_dataset` (for frame t the past frames
     are t−T..t−1) plus `label` `[B]` int32, `mask` `[B, S, S]` uint8, `scored` `[B]` bool and
@@ -536,8 +716,11 @@ def eval_dataset(
     """
     if history < 1:
         raise ValueError(f"history must be at least 1, got {history}")
+    if objects is not None and not len(objects):
+        raise ValueError(f"{table._where()}: no objects to sample")
     shard_index, shard_count = _process_shard(shard_index, shard_count)
-    starts, steps = _eval_blocks(table.num_frames, batch_size, shard_count)
+    items = table.num_frames if objects is None else len(objects)
+    starts, steps = _eval_blocks(items, batch_size, shard_count)
     load = _EvalBatch(
         table,
         history,
@@ -545,6 +728,7 @@ def eval_dataset(
         int(starts[shard_index]),
         int(starts[shard_index + 1]),
         channels,
+        objects,
     )
     return grain.MapDataset.range(steps).map(load).to_iter_dataset(_read_options(read_threads))
 
@@ -559,8 +743,10 @@ def measure_windows_per_second(
     warmup_steps: int = 5,
     read_threads: int = 4,
     channels: int | None = None,
+    objects: ObjectCrops | None = None,
 ) -> float:
-    """Training windows per second of `train_dataset` (one shard), after `warmup_steps`.
+    """Training windows (object samples with `objects`) per second of `train_dataset` (one
+    shard), after `warmup_steps`.
 
     Times `steps` batches, or as many as fit in `seconds` when that is given, and returns
     windows/s = batches × `batch_size` / elapsed seconds.
@@ -574,6 +760,7 @@ def measure_windows_per_second(
         shard_count=1,
         channels=channels,
         read_threads=read_threads,
+        objects=objects,
     )
     iterator = iter(ds)
     for _ in range(warmup_steps):

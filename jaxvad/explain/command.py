@@ -14,9 +14,16 @@ the anomalies (`--top=K`: the K highest-scoring of them). For each anomaly:
 - attribution: appearance or motion, from the training-normalised errors (`attribution`);
 - where: the Grad-CAM heatmap of the score on the motion features, its overlay on the frame,
   both decoders' pixel error maps and their combined anomaly map (`gradcam`, `images`);
-- what: a BLIP caption of the frame, of the crop around the Grad-CAM peak, or of the overlay
+- what: a BLIP caption of the frame, of the crop around the Grad-CAM peak, of the overlay or
+  (object mode) of the top object's box cut from the original-resolution frame
   (`config.explain.caption_source`), with `--blip=DIR` (a Hugging Face
   `BlipForConditionalGeneration` folder); without it captions are null, with the reason.
+
+In object mode (`config.score.components` other than "error") frames are scored from their
+objects: a prepared split's stored ones, or a video's found on the fly with the preparation's
+detector (`objects`); each anomaly also lists its frame's objects in numbers against training,
+its explanation is the top object's, and "where" is the Grad-CAM restricted to the top object's
+box (`objects`), measured beside the box itself in the pointing game.
 
 Writes `WORKDIR/explain/<video name>/` (`WORKDIR/explain/<split>/` with `--split`), replacing
 an earlier one only once complete: `records.jsonl` (one line per anomaly, fields in
@@ -51,8 +58,9 @@ from jaxvad.data import builder, pipeline
 from jaxvad.data.video_io import DataError
 from jaxvad.explain import attribution, images, report
 from jaxvad.explain import blip as blip_lib
+from jaxvad.explain import objects as object_explain
 from jaxvad.explain.gradcam import explain_step
-from jaxvad.explain.video import open_video, video_name
+from jaxvad.explain.video import decode, open_video, video_name
 
 log = logging.getLogger("jaxvad.explain")
 
@@ -81,6 +89,8 @@ RECORD_FIELDS = (
     "objects",
 )
 NO_BLIP = "no captioner: run with --blip=DIR (a Hugging Face BlipForConditionalGeneration folder)"
+# The picture BLIP captions for each `config.explain.caption_source`.
+CAPTIONED = {"frame": "frame", "crop": "crop", "overlay": "overlay", "object": "object_crop"}
 
 
 class UsageError(ValueError):
@@ -94,7 +104,7 @@ class ExplainSettings:
 
     batch_size: int  # Anomalies per Grad-CAM and caption batch (global).
     overlay_beta: float
-    caption_source: str  # "frame", "crop" or "overlay".
+    caption_source: str  # "frame", "crop", "overlay" or "object" (object mode).
     crop_fraction: float
     caption_beams: int
     caption_tokens: int
@@ -104,36 +114,73 @@ class ExplainSettings:
 @dataclasses.dataclass(frozen=True)
 class Input:
     """The frames to explain: `table`; `name`, the output folder's; `shown`, what the report
-    calls the input; whether it has frame labels; the videos with pixel masks (0-based)."""
+    calls the input; whether it has frame labels; the videos with pixel masks (0-based). With
+    objects: `frame_sizes` `[V, 2]` each video's original (height, width), `originals` its
+    frames at that resolution, and `objects` when they were found on the fly (a video)."""
 
     table: pipeline.FrameTable
     name: str
     shown: str
     labeled: bool
     masked: frozenset[int]
-    frame_sizes: np.ndarray | None = None  # `[V, 2]` original (height, width), with objects.
+    frame_sizes: np.ndarray | None = None
+    originals: object_explain.OriginalFrames | None = None
+    objects: object_scores.SplitObjects | None = None
 
 
-def video_input(path: str | Path, *, size: int, history: int, flow: str) -> Input:
-    """A user's video (file or folder of frames), unlabeled."""
-    table = open_video(path, size=size, history=history, flow=flow)
-    return Input(table, video_name(Path(path)), str(path), False, frozenset())
+def video_input(
+    path: str | Path, *, size: int, history: int, flow: str, objects: str = "none"
+) -> Input:
+    """A user's video (file or folder of frames), unlabeled; `objects` ("auto" or "mot:DIR",
+    object mode's `config.data.objects`): its objects found on the fly, as the preparation
+    finds a dataset's."""
+    path = Path(path)
+    if objects == "none":
+        table = open_video(path, size=size, history=history, flow=flow)
+        return Input(table, video_name(path), str(path), False, frozenset())
+    originals = decode(path, history=history)
+    table = open_video(path, size=size, history=history, flow=flow, originals=originals)
+    found, frame_sizes = object_explain.video_objects(originals, path, objects)
+    return Input(
+        table,
+        video_name(path),
+        str(path),
+        False,
+        frozenset(),
+        frame_sizes,
+        lambda video: originals,
+        found,
+    )
 
 
-def split_input(dataset_dir: Path, split: str) -> Input:
-    """The prepared `split` of `dataset_dir`, with its labels and masks where it has them."""
+def split_input(config: ml_collections.ConfigDict, split: str) -> Input:
+    """The prepared `split` of `config`'s dataset, with its labels and masks where it has them
+    and, with objects, its source videos (`object_explain.SourceVideos`: from
+    `config.data.source`, else the folder the dataset was prepared from)."""
+    dataset_dir = config_lib.dataset_dir(config, needed_for=f"--split={split}")
     metadata = builder.read_metadata(dataset_dir)
     if split not in metadata["splits"]:
         raise UsageError(f"{dataset_dir}: no split {split!r}; it has {sorted(metadata['splits'])}")
     videos = metadata["splits"][split]["videos"]
-    sizes = [[v["height"], v["width"]] for v in videos] if "objects" in metadata else None
+    sizes, originals = None, None
+    if "objects" in metadata:
+        sizes = np.array([[v["height"], v["width"]] for v in videos])
+        originals = object_explain.SourceVideos(
+            metadata["dataset"],
+            config_lib.dataset_settings(config),
+            Path(config.data.source or metadata["source"]),
+            split,
+            videos,
+            Path(config.data.root),
+        )
     return Input(
         pipeline.open_prepared(dataset_dir, split),
         split,
         f"{split} split of {dataset_dir}",
         builder.split_has_labels(metadata, split),
         frozenset(i for i, v in enumerate(videos) if v["has_pixel_mask"]),
-        None if sizes is None else np.array(sizes),
+        sizes,
+        originals,
     )
 
 
@@ -216,20 +263,22 @@ def render(
     count: int,
     crop: bool,
     extra: Mapping[str, str],
+    where: str = "gradcam",
 ) -> list[dict[str, np.ndarray]]:
     """The RGB images of each of the `count` explained frames: kind (those of
     `report.IMAGE_TITLES`; "crop" only with `crop`; the model's `extra` maps, in [0, 1]) →
-    `[S, S, 3]` uint8. Error maps are each scaled to their own min–max."""
+    `[S, S, 3]` uint8. Error maps are each scaled to their own min–max; the overlay and the
+    crop follow the heatmap `explained[where]` (object mode: "gradcam_in_box")."""
     pictures = []
     for a in range(count):
-        frame, heat = explained["frame"][a], explained["gradcam"][a]
+        frame, heat = explained["frame"][a], explained[where][a]
         picture = {
             "frame": images.as_rgb(frame),
             "predicted": images.as_rgb(explained["predicted"][a]),
             "error_rgb": images.colormap(images.unit_range(explained["rgb_map"][a])),
             "error_flow": images.colormap(images.unit_range(explained["flow_map"][a])),
             "anomaly_map": images.colormap(images.unit_range(explained["anomaly_map"][a])),
-            "gradcam": images.colormap(heat),
+            "gradcam": images.colormap(explained["gradcam"][a]),
             "overlay": images.overlay(frame, heat, settings.overlay_beta),
         }
         picture |= {name: images.colormap(explained[name][a]) for name in extra}
@@ -244,9 +293,9 @@ def caption(
     pictures: Sequence[Mapping[str, np.ndarray]],
     settings: ExplainSettings,
 ) -> list[str]:
-    """BLIP captions of each anomaly's `settings.caption_source` picture, in batches of
-    `settings.batch_size` (padded: one compilation)."""
-    shown = [p[settings.caption_source] for p in pictures]
+    """BLIP captions of each anomaly's `settings.caption_source` picture (`CAPTIONED`), in
+    batches of `settings.batch_size` (padded: one compilation)."""
+    shown = [p[CAPTIONED[settings.caption_source]] for p in pictures]
     batch, captions = settings.batch_size, []
     for i in tqdm(range(0, len(shown), batch), desc="caption", unit="batch"):
         captions += captioner.caption(
@@ -273,19 +322,22 @@ def make_records(
     captions: Sequence[str | None],
     *,
     caption_source: str | None,
-    objects: Sequence[list[dict[str, Any]]] | None = None,
+    caption_notes: Sequence[str | None],
+    objects: object_explain.AnomalyObjects | None = None,
 ) -> list[dict[str, Any]]:
     """One record per explained anomaly (`RECORD_FIELDS`; `caption_source` None: no
-    captioner; `objects`: in object mode each anomaly's `frame_objects`, else None);
-    `images` holds the paths `write` puts each picture at. In object mode the explanation
-    is the top object's (`object_sentence`)."""
+    captioner; `caption_notes`: per anomaly how its caption was made, or None; `objects`: in
+    object mode the anomalies' objects, else None); `images` holds the paths `write` puts
+    each picture at. In object mode the explanation is the top object's (`object_sentence`)
+    and the heatmap is the Grad-CAM inside its box."""
     z = attribution.training_z(errors, found.normal)
+    where = "gradcam" if objects is None else "gradcam_in_box"
     records = []
     for a, i in enumerate(chosen):
         video = int(errors.video[i])
-        heat, anomaly, mask = (explained[k][a] for k in ("gradcam", "anomaly_map", "mask"))
         stem = f"{errors.names[video]}_{int(errors.frame[i]):06d}"
         paths = {kind: f"images/{stem}_{kind}.png" for kind in pictures[a]}
+        peaks, pointing = peaks_and_pointing(explained, a, objects, video in source.masked)
         records.append(
             {
                 "video": errors.names[video],
@@ -300,63 +352,48 @@ def make_records(
                 "modality": attribution.modality(z["rgb"][i], z["flow"][i]),
                 "explanation": attribution.sentence(z["rgb"][i], z["flow"][i])
                 if objects is None
-                else object_sentence(objects[a]),
-                "heatmap": paths["gradcam"],
+                else object_explain.object_sentence(objects.listed[a]),
+                "heatmap": paths[where],
                 "overlay": paths["overlay"],
                 "images": paths,
-                "peaks": {
-                    "gradcam": list(images.peak(heat)),
-                    "anomaly_map": list(images.peak(anomaly)),
-                },
-                "pointing": {
-                    "gradcam": images.pointing(heat, mask),
-                    "anomaly_map": images.pointing(anomaly, mask),
-                }
-                if video in source.masked and bool(mask.any())
-                else None,
+                "peaks": peaks,
+                "pointing": pointing,
                 "caption": captions[a],
                 "caption_source": caption_source,
-                "caption_note": None if caption_source else NO_BLIP,
+                "caption_note": caption_notes[a] if caption_source else NO_BLIP,
                 "checkpoint_step": found.step,
-                "objects": None if objects is None else objects[a],
+                "objects": None if objects is None else objects.listed[a],
             }
         )
     return records
 
 
-def frame_objects(scored: object_scores.ObjectScores, shares: np.ndarray, position: int):
-    """The objects of the frame at `position`, highest score first: box (original-resolution
-    pixels), track, score, calibrated components, attributes (`object_scores.ATTRIBUTES`
-    and `slower_nearby`: the share of the 100 training objects nearest its place that move
-    slower; `shares` `[M]`)."""
-    mine = np.flatnonzero(scored.objects.frame_position == position)
-    mine = mine[np.argsort(-scored.score[mine], kind="stable")]
-    values = object_scores.attributes(scored.objects)
-    return [
-        {
-            "box": [float(v) for v in scored.objects.boxes[m]],
-            "track": int(scored.objects.tracks[m]),
-            "score": float(scored.score[m]),
-            "components": {k: float(v[m]) for k, v in scored.components.items()},
-            "attributes": dict(zip(object_scores.ATTRIBUTES, map(float, values[m]), strict=True))
-            | {"slower_nearby": float(shares[m])},
+def peaks_and_pointing(
+    explained: Mapping[str, np.ndarray],
+    a: int,
+    objects: object_explain.AnomalyObjects | None,
+    masked: bool,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Anomaly `a`'s map peaks, and its pointing games when its video has masks (`masked`) and
+    its mask is not empty (else None). In object mode also `gradcam_in_box` (the peak inside
+    the top box; None in a frame without objects) and `object_box` (the top box holds mask
+    pixels)."""
+    heat, anomaly, mask = (explained[k][a] for k in ("gradcam", "anomaly_map", "mask"))
+    peaks = {"gradcam": list(images.peak(heat)), "anomaly_map": list(images.peak(anomaly))}
+    pointing = None
+    if masked and bool(mask.any()):
+        pointing = {
+            "gradcam": images.pointing(heat, mask),
+            "anomaly_map": images.pointing(anomaly, mask),
         }
-        for m in mine
-    ]
-
-
-def object_sentence(found_objects: Sequence[Mapping[str, Any]]) -> str:
-    """What makes a frame's top object unusual, in numbers against training."""
-    if not found_objects:
-        return "no object found in this frame: it has the training objects' minimum score"
-    top = found_objects[0]
-    a = top["attributes"]
-    x0, y0, x1, y1 = (round(v) for v in top["box"])
-    return (
-        f"the object in box [{x0}, {y0}, {x1}, {y1}] ({a['width']:.0f}×{a['height']:.0f} px) "
-        f"moves {a['speed']:.1f} px/frame; {100 * a['slower_nearby']:.1f} % of training "
-        "objects near this place move slower"
-    )
+    if objects is None:
+        return peaks, pointing
+    region, in_box, boxed = objects.region[a], objects.gradcam_in_box[a], objects.has_box(a)
+    peaks["gradcam_in_box"] = list(images.peak(in_box, region)) if boxed else None
+    if pointing is not None:
+        pointing["gradcam_in_box"] = images.pointing(in_box, mask, region) if boxed else None
+        pointing["object_box"] = bool((region & (mask > 0)).any())
+    return peaks, pointing
 
 
 def make_summary(
@@ -371,12 +408,7 @@ def make_summary(
     seconds: dict[str, float],
 ) -> dict[str, Any]:
     """summary.json: what was explained, how, the pointing game where masks are known, times."""
-    games = [r["pointing"] for r in records if r["pointing"] is not None]
     tolerance = settings.pointing_tolerance * found.config.data.size
-
-    def fraction(kind: str, hit: Callable[[dict], bool]) -> float | None:
-        return sum(hit(g[kind]) for g in games) / len(games) if games else None
-
     frames = len(errors.video)
     return {
         "input": source.shown,
@@ -394,20 +426,7 @@ def make_summary(
         "modalities": {
             m: sum(r["modality"] == m for r in records) for m in ("appearance", "motion")
         },
-        "pointing_game": {
-            "frames_with_mask": len(games),
-            "rule": "the map's maximum lies inside the ground-truth mask (inside), or within "
-            f"{tolerance:.1f} px of it (near: the usual 15 px at 224 px, scaled), over the "
-            "explained frames whose mask is not empty",
-            **{
-                f"{kind}_{rule}": fraction(kind, hit)
-                for kind in ("gradcam", "anomaly_map")
-                for rule, hit in (
-                    ("inside", lambda g: g["inside"]),
-                    ("near", lambda g: g["distance"] <= tolerance),
-                )
-            },
-        },
+        "pointing_game": pointing_game(records, tolerance, objects=found.objects is not None),
         "captions": (
             {
                 "source": settings.caption_source,
@@ -421,6 +440,39 @@ def make_summary(
         "seconds": seconds,
         "frames_per_second": frames / seconds["total"],
     }
+
+
+def pointing_game(
+    records: Sequence[Mapping[str, Any]], tolerance: float, *, objects: bool
+) -> dict[str, Any]:
+    """summary.json's `pointing_game` over the records with a pointing game (`tolerance`: the
+    "near" distance in pixels); `objects`: object mode's games too."""
+    games = [r["pointing"] for r in records if r["pointing"] is not None]
+    kinds = ("gradcam", "anomaly_map", *(("gradcam_in_box",) if objects else ()))
+
+    def fraction(hit: Callable[[dict], bool]) -> float | None:
+        return sum(map(hit, games)) / len(games) if games else None
+
+    rule = (
+        "the map's maximum lies inside the ground-truth mask (inside), or within "
+        f"{tolerance:.1f} px of it (near: the usual 15 px at 224 px, scaled), over the "
+        "explained (flagged) frames whose mask is not empty"
+    )
+    if objects:
+        rule += (
+            "; gradcam_in_box: the maximum of the Grad-CAM inside the frame's top object's box; "
+            "object_box: the top object's box holds mask pixels (as jaxvad.evaluate's object "
+            "pointing game); a frame without objects is a miss for both"
+        )
+    game: dict[str, Any] = {"frames_with_mask": len(games), "rule": rule}
+    for kind in kinds:
+        game[f"{kind}_inside"] = fraction(lambda g, k=kind: g[k] is not None and g[k]["inside"])
+        game[f"{kind}_near"] = fraction(
+            lambda g, k=kind: g[k] is not None and g[k]["distance"] <= tolerance
+        )
+    if objects:
+        game["object_box"] = fraction(lambda g: g["object_box"])
+    return game
 
 
 def write(
@@ -483,48 +535,72 @@ def explain(
     # --- Load: the detector (from the workdir alone), then the input.
     found = detector_lib.load(workdir, config_lib.flatten(config))
     config, settings = found.config, ExplainSettings(**found.config.explain)
+    object_mode = found.objects is not None
+    if settings.caption_source == "object" and not object_mode:
+        raise UsageError(
+            "config.explain.caption_source='object' captions the top object: it needs object "
+            "mode (config.score.components other than 'error')"
+        )
     if video is not None:
         data = config.data
-        source = video_input(video, size=data.size, history=config.history, flow=data.flow)
+        source = video_input(
+            video,
+            size=data.size,
+            history=config.history,
+            flow=data.flow,
+            objects=data.objects if object_mode else "none",
+        )
     else:
-        source = split_input(config_lib.dataset_dir(config, needed_for=f"--split={split}"), split)
+        source = split_input(config, split)
 
-    # --- Score every frame; pick the anomalies.
+    # --- Score every frame (object mode: from its objects); pick the anomalies.
     errors, seconds["score"] = found.errors(
         source.table, labels=source.labeled, maps=False, desc=f"score {source.name}"
     )
     scored = None
-    if found.objects is not None:
-        if source.frame_sizes is None:
-            raise UsageError(
-                "object mode (config.score.components) explains a split prepared with "
-                "--objects (--split=test); a video's objects are not found on the fly yet"
-            )
-        scored = found.score_objects(object_scores.read_objects(source.table))
+    if object_mode:
+        if source.objects is None:
+            scored = found.score_objects(object_scores.read_objects(source.table), source.table)
+        else:
+            scored = found.score_objects(source.objects, source.table)
     scores = found.scores(errors, scored)
     chosen, above = pick(errors, scores, found.threshold, top)
 
-    # --- Explain: Grad-CAM, predictions and maps of the anomalies.
+    # --- Explain: Grad-CAM, predictions and maps of the anomalies (and their objects).
     with _timed(seconds, "gradcam_and_maps"):
         sigma = config.eval.map_sigma * config.data.size
         explained = explain_frames(
             found, source.table, chosen, scores, batch_size=settings.batch_size, map_sigma=sigma
         )
+        found_objects = None
+        if scored is not None and len(chosen):
+            found_objects = object_explain.explain_objects(
+                found.objects,
+                scored,
+                chosen,
+                explained["gradcam"],
+                source.frame_sizes,
+                nearby=config.objects.nearby,
+            )
+            explained["gradcam_in_box"] = found_objects.gradcam_in_box
 
     # --- Render: pictures, captions, records.
     extra = model.MODELS[config.model.name].EXTRA_MAPS
     crop = captioner is not None and settings.caption_source == "crop"
-    pictures = render(explained, settings, count=len(chosen), crop=crop, extra=extra)
-    found_objects = None
-    if scored is not None:
-        shares = found.objects.slower_share(scored.objects)
-        found_objects = [frame_objects(scored, shares, int(i)) for i in chosen]
-        size = config.data.size
-        for picture, i, listed in zip(pictures, chosen, found_objects, strict=True):
-            height, width = source.frame_sizes[errors.video[i]]
-            boxes = [np.array(o["box"]) * size / [width, height, width, height] for o in listed]
-            picture["objects"] = images.draw_boxes(picture["frame"], boxes)
-        extra = {**extra, "objects": report.OBJECTS_TITLE}
+    where = "gradcam" if found_objects is None else "gradcam_in_box"
+    pictures = render(explained, settings, count=len(chosen), crop=crop, extra=extra, where=where)
+    notes: list[str | None] = [None] * len(chosen)
+    if found_objects is not None:
+        notes = add_object_pictures(
+            pictures,
+            found_objects,
+            explained["frame"],
+            source,
+            errors.video[chosen],
+            errors.frame[chosen],
+            crops=captioner is not None and settings.caption_source == "object",
+        )
+        extra = {**extra, **report.OBJECT_TITLES}
     with _timed(seconds, "captions"):
         captions = caption(captioner, pictures, settings) if captioner else [None] * len(chosen)
     records = make_records(
@@ -537,6 +613,7 @@ def explain(
         pictures,
         captions,
         caption_source=settings.caption_source if captioner else None,
+        caption_notes=notes,
         objects=found_objects,
     )
 
@@ -557,6 +634,35 @@ def explain(
         write(out, records, pictures, summary, errors, scores, chosen, extra_titles=extra)
         log.info("%s", _log_lines(summary, out))
     return out
+
+
+def add_object_pictures(
+    pictures: Sequence[dict[str, np.ndarray]],
+    found: object_explain.AnomalyObjects,
+    frames: np.ndarray,
+    source: Input,
+    videos: np.ndarray,
+    frame_ids: np.ndarray,
+    *,
+    crops: bool,
+) -> list[str | None]:
+    """Adds object mode's pictures to each anomaly's (`frames` `[A, S, S, C]` its stored
+    frames, `videos`, `frame_ids` `[A]` its video and 1-based frame): `objects`,
+    `gradcam_in_box` and with `crops` `object_crop`, what BLIP captions. Returns per anomaly
+    how its crop was cut (`object_explain.object_crops`; None without `crops`)."""
+    sizes = source.frame_sizes[videos]
+    for picture, more in zip(
+        pictures, object_explain.object_pictures(found, frames, sizes), strict=True
+    ):
+        picture |= more
+    if not crops:
+        return [None] * len(pictures)
+    cut, notes = object_explain.object_crops(
+        found, videos, frame_ids, frames, source.frame_sizes, source.originals
+    )
+    for picture, image in zip(pictures, cut, strict=True):
+        picture["object_crop"] = image
+    return notes
 
 
 def _check_flags(video: str | Path | None, split: str | None, top: int) -> None:
@@ -586,6 +692,12 @@ def _log_lines(summary: Mapping[str, Any], out: Path) -> str:
             f"near the mask): Grad-CAM {game['gradcam_inside']:.3f} / {game['gradcam_near']:.3f}, "
             f"anomaly map {game['anomaly_map_inside']:.3f} / {game['anomaly_map_near']:.3f}"
         )
+        if "object_box" in game:
+            lines.append(
+                f"object mode: Grad-CAM inside the top box {game['gradcam_in_box_inside']:.3f} "
+                f"/ {game['gradcam_in_box_near']:.3f}; the top box holds mask pixels "
+                f"{game['object_box']:.3f}"
+            )
     lines.append(f"written: {out / 'report.html'}, {out / 'records.jsonl'}")
     return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 """Pictures of an explanation: heatmaps in a colour map, the overlay I_overlay = β·I +
-(1 − β)·colormap(H), the crop around the heatmap's peak, and PNG files.
+(1 − β)·colormap(H), the crop around the heatmap's peak, a heatmap restricted to a box, boxes
+drawn and cut out, and PNG files.
 
 Images are numpy arrays, RGB `[S, S, 3]` uint8 (frames with one channel are shown as gray RGB);
 heatmaps `[S, S]` float.
@@ -39,17 +40,32 @@ def overlay(frame: np.ndarray, heat: np.ndarray, beta: float) -> np.ndarray:
     return np.round(blend).astype(np.uint8)
 
 
-def peak(heat: np.ndarray) -> tuple[int, int]:
-    """(row, column) of the heatmap's maximum (the first one)."""
+def peak(heat: np.ndarray, within: np.ndarray | None = None) -> tuple[int, int]:
+    """(row, column) of the heatmap's maximum (the first one); `within` `[S, S]` bool
+    (non-empty): the maximum over those pixels only."""
+    if within is not None:
+        heat = np.where(within, heat, -np.inf)
     row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
     return int(row), int(col)
 
 
-def pointing(heat: np.ndarray, mask: np.ndarray) -> dict[str, bool | float]:
-    """The pointing game of one map: is its peak inside the ground-truth `mask` `[S, S]`
-    (non-empty), and how far (pixels) from the nearest mask pixel is it (0 inside)."""
-    distance = scipy.ndimage.distance_transform_edt(mask == 0)[peak(heat)]
+def pointing(
+    heat: np.ndarray, mask: np.ndarray, within: np.ndarray | None = None
+) -> dict[str, bool | float]:
+    """The pointing game of one map: is its peak (`peak(heat, within)`) inside the ground-truth
+    `mask` `[S, S]` (non-empty), and how far (pixels) from the nearest mask pixel is it (0
+    inside)."""
+    distance = scipy.ndimage.distance_transform_edt(mask == 0)[peak(heat, within)]
     return {"inside": bool(distance == 0), "distance": float(distance)}
+
+
+def restrict(heat: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The heatmap inside `region` `[S, S]` bool: min–max renormalised over the region's
+    pixels (zeros there if it is constant), zero outside. `[S, S]` float32."""
+    out = np.zeros(heat.shape, np.float32)
+    if region.any():
+        out[region] = unit_range(heat[region])
+    return out
 
 
 def crop_around(frame: np.ndarray, heat: np.ndarray, fraction: float) -> np.ndarray:
@@ -61,6 +77,16 @@ def crop_around(frame: np.ndarray, heat: np.ndarray, fraction: float) -> np.ndar
     top = min(max(row - side // 2, 0), size - side)
     left = min(max(col - side // 2, 0), size - side)
     return as_rgb(frame)[top : top + side, left : left + side]
+
+
+def box_crop(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The pixels of `box` `[x0, y0, x1, y1]` (the image's pixels, x1 and y1 exclusive, rounded
+    outwards to at least one pixel, as `object_scores.box_maps` does) of `image` `[H, W, C]`:
+    `[h, w, 3]` uint8."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    left, top = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+    right, bottom = max(int(np.ceil(x1)), left + 1), max(int(np.ceil(y1)), top + 1)
+    return as_rgb(image[top:bottom, left:right])
 
 
 def draw_boxes(image: np.ndarray, boxes: list[np.ndarray]) -> np.ndarray:

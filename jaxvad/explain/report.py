@@ -23,8 +23,13 @@ IMAGE_TITLES = {
     "gradcam": "Grad-CAM (motion features)",
     "overlay": "Grad-CAM overlay",
     "crop": "captioned crop",
+    "object_crop": "captioned object (its box in the original frame)",
 }
-OBJECTS_TITLE = "objects (the top one in red)"
+CAPTIONED = ("crop", "object_crop")  # Shown last.
+OBJECT_TITLES = {  # Object mode's pictures, after the model's extra maps.
+    "objects": "objects (the top one in red)",
+    "gradcam_in_box": "Grad-CAM inside the top object's box",
+}
 
 
 def _environment() -> jinja2.Environment:
@@ -58,9 +63,9 @@ def render(
             summary=summary,
             curves=curves,
             by_video=by_video,
-            titles={k: v for k, v in IMAGE_TITLES.items() if k != "crop"}
+            titles={k: v for k, v in IMAGE_TITLES.items() if k not in CAPTIONED}
             | dict(extra_titles)
-            | {"crop": IMAGE_TITLES["crop"]},
+            | {k: IMAGE_TITLES[k] for k in CAPTIONED},
         )
     )
 

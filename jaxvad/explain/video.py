@@ -4,8 +4,10 @@ The frames are decoded and resized exactly as the dataset preparation does (`jax
 same decode, same area resize to the config's size, same optical flow on the resized grayscale
 frames, same normalisation), so a prepared test video and the same video handed to
 `jaxvad.explain` get the same scores. Only the resized frames are held in memory
-(N·S²·C bytes); the flow into a frame is computed when a batch reads it (in the input
-pipeline's reader threads) and not kept.
+(N·S²·C bytes), unless objects are found in the video (object mode: the detector, like the
+dataset preparation, reads the whole video at its original resolution, N·H·W·C bytes); the flow
+into a frame is computed when a batch reads it (in the input pipeline's reader threads) and not
+kept.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from jaxvad.data import flow as flow_lib
 from jaxvad.data.pipeline import FrameTable
-from jaxvad.data.video_io import DataError, read_frames, to_gray
+from jaxvad.data.video_io import DataError, read_frames, resize_frames, to_gray
 
 
 class VideoFrames(Sequence[dict[str, Any]]):
@@ -55,9 +57,9 @@ def video_name(path: Path) -> str:
     return path.name if path.is_dir() else path.stem
 
 
-def open_video(path: str | Path, *, size: int, history: int, flow: str) -> FrameTable:
-    """Decodes `path` at `size`×`size` into a one-video `FrameTable` (split "video") whose flow
-    is computed with the method `flow`.
+def decode(path: str | Path, *, history: int, size: int | None = None) -> np.ndarray:
+    """The frames of `path`, `[N, size, size, C]` uint8 (`size` None: `[N, H, W, C]`, the
+    original resolution).
 
     Raises DataError for a missing or unreadable video and for one shorter than T + 1 frames
     (T = `history`: no frame would have a prediction).
@@ -74,6 +76,26 @@ def open_video(path: str | Path, *, size: int, history: int, flow: str) -> Frame
             f"T = {history} frames before it, so a video needs at least T + 1 = "
             f"{needed} frames",
         )
+    return frames
+
+
+def open_video(
+    path: str | Path,
+    *,
+    size: int,
+    history: int,
+    flow: str,
+    originals: np.ndarray | None = None,
+) -> FrameTable:
+    """`path` at `size`×`size` as a one-video `FrameTable` (split "video") whose flow is
+    computed with the method `flow`; `originals`: its frames already decoded at the original
+    resolution (`decode`), resized here rather than decoded again (the same frames: decoding
+    resizes each frame with the same area interpolation). DataError as `decode`."""
+    path = Path(path)
+    if originals is None:
+        frames = decode(path, history=history, size=size)
+    else:
+        frames = resize_frames(originals, size)
     n = len(frames)
     return FrameTable(
         VideoFrames(frames, flow),

@@ -23,7 +23,8 @@ from jaxvad.model.motion_mae import MotionMae
 from jaxvad.model.predictor import Predictor
 
 MODELS: dict[str, type[VadModel]] = {"predictor": Predictor, "motion_mae": MotionMae, "mdsf": Mdsf}
-DATA_ARGUMENTS = ("image_size", "channels", "history")  # From config.data and config.history.
+# From `image_size(config)`, config.data.channels and config.history.
+DATA_ARGUMENTS = ("image_size", "channels", "history")
 
 
 def model_settings(name: str) -> tuple[str, ...]:
@@ -33,9 +34,15 @@ def model_settings(name: str) -> tuple[str, ...]:
     return tuple(p for p in parameters if p not in ("self", "rngs", *DATA_ARGUMENTS))
 
 
+def image_size(config: ml_collections.ConfigDict) -> int:
+    """The side of the model's square inputs: the stored frames' (`config.data.size`), or
+    the object crops' (`config.objects.size`) when the model trains on object samples."""
+    return config.objects.size if config.objects.samples else config.data.size
+
+
 def make_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> VadModel:
-    """The model of `config.model` for frames of `config.data` (and `config.history` past
-    frames, for the models that read them)."""
+    """The model of `config.model` for inputs of `image_size(config)` with the channels of
+    `config.data` (and `config.history` past frames, for the models that read them)."""
     name = config.model.name
     settings = {k: v for k, v in config.model.items() if k != "name"}
     takes = model_settings(name)
@@ -46,7 +53,7 @@ def make_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> VadModel
             f"{list(takes)}); switch models with jaxvad.config.set_model or "
             "--config=FILE:<model name>"
         )
-    data = {"image_size": config.data.size, "channels": config.data.channels}
+    data = {"image_size": image_size(config), "channels": config.data.channels}
     if "history" in inspect.signature(MODELS[name].__init__).parameters:
         data["history"] = config.history  # Only models that read past frames take T.
     return MODELS[name](**data, **settings, rngs=rngs)
@@ -70,6 +77,7 @@ __all__ = [
     "MotionMae",
     "Predictor",
     "VadModel",
+    "image_size",
     "make_model",
     "model_inputs",
     "model_settings",

@@ -1,0 +1,250 @@
+"""Object samples: the model trains and scores on each object's box cut from its window
+(`config.objects.samples`): the crops and their windows, exact resume, and the error component
+through training and evaluation (on `object_run`'s prepared data)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+
+import cv2
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import ROOT, load_config, object_samples_config, run_module, wait_for
+
+from jaxvad import config as config_lib
+from jaxvad import detector, evaluate, object_scores, train
+from jaxvad.checkpoint import Checkpoints
+from jaxvad.data import builder, pipeline
+from jaxvad.metric_writer import read_jsonl
+
+SIZE, MARGIN = 16, 0.25
+
+
+def object_table(run, split: str):
+    """`object_run`'s prepared `split`, its objects and their crops (SIZE, MARGIN)."""
+    table = pipeline.open_prepared(config_lib.dataset_dir(run.config), split)
+    found = object_scores.read_objects(table)
+    crops = pipeline.object_crops(
+        table, found.frame_position, found.boxes, size=SIZE, margin=MARGIN
+    )
+    return table, found, crops
+
+
+def expected_regions(table, found) -> np.ndarray:
+    """`[M, 4]` each box grown by MARGIN of its side, in stored pixels, floor/ceil (the
+    metadata's original frame sizes)."""
+    directory = table.name
+    videos = builder.read_metadata(directory)["splits"][table.split]["videos"]
+    stored = builder.read_metadata(directory)["size"]
+    out = []
+    for box, video in zip(found.boxes.astype(np.float64), found.video, strict=True):
+        w, h = box[2] - box[0], box[3] - box[1]
+        sx, sy = stored / videos[video]["width"], stored / videos[video]["height"]
+        x0, y0 = np.floor((box[0] - MARGIN * w) * sx), np.floor((box[1] - MARGIN * h) * sy)
+        x1, y1 = np.ceil((box[2] + MARGIN * w) * sx), np.ceil((box[3] + MARGIN * h) * sy)
+        out.append([x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)])
+    return np.array(out, np.int64)
+
+
+def test_object_samples_are_their_box_cut_from_their_own_videos_window(object_run):
+    """Every training sample is one object of a frame t > T: its T + 1 frames are t−T..t of
+    the object's video, each the box region (grown by the margin) resized; an epoch holds each
+    such object once. Evaluation: every object in order, its frame's `scored`."""
+    T = object_run.config.history
+    table, found, crops = object_table(object_run, "train")
+    regions = expected_regions(table, found)
+    np.testing.assert_array_equal(crops.boxes, regions)
+    frame_number = table.frame_index[table.frame_ids[found.frame_position]]
+    frames = table.read(table.frame_ids, ["frame", "flow"])  # [N, S, S, C], [N, S, S, 2]
+    S = frames["frame"].shape[1]
+    inside = (regions[:, :2] >= 0).all(1) & (regions[:, 2:] <= S).all(1)
+    assert inside.sum() > 10 and (~inside).sum() > 0  # Both kinds are in the data.
+
+    def direct(m: int, position: int, key: str) -> np.ndarray:
+        """The region of object m cut straight from a stored frame and resized."""
+        x0, y0, x1, y1 = regions[m]
+        region = frames[key][position, y0:y1, x0:x1]
+        region = region.astype(np.float32) if key == "flow" else region
+        out = cv2.resize(region, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+        return out.reshape(SIZE, SIZE, -1)
+
+    ds = pipeline.train_dataset(
+        table, history=T, batch_size=1, seed=3, num_epochs=1, read_threads=0, objects=crops
+    )
+    samples, matched = 0, []
+    for batch in ds:
+        samples += 1
+        video, t = int(batch["video_index"][0]), int(batch["frame_index"][0])
+        assert t > T
+        position = table.video_starts[video] + t - 1
+        window = position - T + np.arange(T + 1)  # Frames t−T..t of the object's video.
+        stacked = np.concatenate([batch["frames"][0], batch["target_frame"]])
+        flows = np.concatenate([batch["flows"][0], batch["target_flow"]])
+        assert stacked.shape == (T + 1, SIZE, SIZE, 1) and flows.dtype == np.float16
+        for m in np.flatnonzero((found.frame_position == position) & inside):
+            if all(np.array_equal(stacked[k], direct(m, p, "frame")) for k, p in enumerate(window)):
+                matched.append(m)
+                for k, p in enumerate(window):
+                    np.testing.assert_allclose(flows[k], direct(m, p, "flow"), atol=2e-3)
+    assert samples == (frame_number > T).sum()  # One sample per object of a frame t > T.
+    assert sorted(matched) == np.flatnonzero(inside & (frame_number > T)).tolist()
+
+    evaluation = list(
+        pipeline.eval_dataset(table, history=T, batch_size=8, read_threads=0, objects=crops)
+    )
+    valid = np.concatenate([b["valid"] for b in evaluation])
+    videos = np.concatenate([b["video_index"] for b in evaluation])[valid]
+    numbers = np.concatenate([b["frame_index"] for b in evaluation])[valid]
+    np.testing.assert_array_equal(videos, found.video)
+    np.testing.assert_array_equal(numbers, frame_number)
+    np.testing.assert_array_equal(
+        np.concatenate([b["scored"] for b in evaluation])[valid], frame_number > T
+    )
+    assert evaluation[0]["mask"].shape == (8, SIZE, SIZE)
+
+
+def test_a_region_past_the_border_repeats_the_border_pixels():
+    images = np.arange(2 * 6 * 8 * 3, dtype=np.float32).reshape(2, 6, 8, 3)
+    box = np.array([-2, 3, 5, 9])  # Left of and below the frame.
+    padded = np.pad(images[:, 3:, 0:5], ((0, 0), (0, 3), (2, 0), (0, 0)), mode="edge")
+    expected = np.stack([cv2.resize(p, (4, 4), interpolation=cv2.INTER_LINEAR) for p in padded])
+    np.testing.assert_allclose(pipeline.crop(images, box, 4), expected, rtol=1e-6)
+    assert pipeline.crop(images.astype(np.float16), box, 4).dtype == np.float16
+
+
+def test_object_sample_settings_are_config_errors():
+    def validate(**fields):
+        config_lib.validate(load_config("synthetic", **fields))
+
+    validate(**{"data.objects": "auto", "objects.samples": True, "score.components": ("error",)})
+    bad = [
+        ({"objects.samples": True}, "objects.samples: object samples need objects"),
+        (
+            {"data.objects": "auto", "score.components": ("error", "speed")},
+            "objects.samples=True",
+        ),
+        (
+            {"data.objects": "auto", "objects.samples": True, "objects.size": 20},
+            r"objects.size: the 'predictor' model takes sides divisible by 8",
+        ),
+        ({"objects.margin": -0.1}, "objects.margin"),
+    ]
+    for fields, message in bad:
+        with pytest.raises(config_lib.ConfigError, match=message):
+            validate(**fields)
+
+
+@pytest.mark.slow
+def test_object_sample_training_resumes_exactly_after_sigkill(object_run, tmp_path):
+    """N steps on object samples uninterrupted == the same run SIGKILLed after its checkpoint
+    at N/2, resumed: the same losses bit for bit and the same parameters."""
+    n = 40
+    config = object_samples_config(object_run)
+    args = [
+        "--config=configs/synthetic.py:tiny",
+        *(f"--config.data.{k}={config.data[k]}" for k in ("dataset", "root", "objects")),
+        "--config.objects.samples=True",
+        "--config.score.components=('speed',)",  # The run's end: banks, no error component.
+        f"--config.train.num_steps={n}",
+        f"--config.train.checkpoint_every={n // 2}",
+        "--config.train.log_every=1",
+        "--config.model.width=64",  # Slow enough steps that the kill lands mid-run.
+        "--config.train.batch_size=8",
+    ]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    result = run_module("jaxvad.train", *args, f"--workdir={whole}")
+    assert result.returncode == 0, result.stderr
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jaxvad.train", *args, f"--workdir={killed}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for((killed / "checkpoints" / str(n // 2)).is_dir, process, 240)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert Checkpoints(killed).latest_step() == n // 2, "the kill came after the last step"
+    result = run_module("jaxvad.train", *args, f"--workdir={killed}")
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stderr
+
+    expected = {r["step"]: r["loss"] for r in read_jsonl(whole / "metrics.jsonl")}
+    seen: dict[int, list[float]] = {}
+    for record in read_jsonl(killed / "metrics.jsonl"):
+        seen.setdefault(record["step"], []).append(record["loss"])
+    assert sorted(seen) == list(range(1, n + 1))
+    for step, losses in seen.items():
+        assert losses == [expected[step]] * len(losses), step
+
+    def final_params(workdir):
+        manager = ocp.CheckpointManager(workdir / "checkpoints")
+        args = ocp.args.Composite(state=ocp.args.StandardRestore())
+        return manager.restore(n, args=args)["state"]["params"]
+
+    jax.tree.map(np.testing.assert_array_equal, final_params(whole), final_params(killed))
+    assert (whole / "checkpoints" / str(n) / "object_errors.npz").is_file()
+
+
+def test_object_samples_train_and_evaluate_with_the_error_component(object_run, tmp_path):
+    """A model trained on object samples scores each object's error beside its speed: the
+    frame score is the maximum over its objects of the summed components, and the workdir
+    alone is the detector."""
+    config = object_samples_config(object_run)
+    workdir = tmp_path / "run"
+    train.train(config, workdir)
+    step = workdir / "checkpoints" / str(config.train.num_steps)
+    assert (step / "object_errors.npz").is_file()
+    result = evaluate.evaluate(config, workdir)
+    assert result["objects"]["components"] == ["error", "speed"]
+    assert result["objects"]["samples"] is True
+    assert {"auc", "rbdc"} <= result["pixel"].keys()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    found = detector.load(workdir, {"data.root": str(empty)})  # No dataset needed.
+    assert found.objects.error is not None and list(found.objects.banks) == ["speed"]
+    train_error = found.objects.error.train_scores
+    scored_train = np.isfinite(train_error)
+    assert train_error[scored_train].mean() == pytest.approx(0, abs=1e-9)
+    assert train_error[scored_train].std() == pytest.approx(1, rel=1e-6)
+
+    table = pipeline.open_prepared(config_lib.dataset_dir(config), "test")
+    objects = object_scores.read_objects(table)
+    scored = found.score_objects(objects, table)
+    assert set(scored.components) == {"error", "speed"}
+    total = scored.components["error"] + scored.components["speed"]
+    np.testing.assert_allclose(scored.score, total)
+    number = table.frame_index[table.frame_ids[objects.frame_position]]
+    assert np.isnan(scored.components["error"][number <= config.history]).all()
+    assert np.isfinite(scored.components["error"][number > config.history]).all()
+    frame = np.full(table.num_frames, found.objects.floor)
+    for position in range(table.num_frames):
+        mine = total[objects.frame_position == position]
+        if len(mine) and np.isfinite(mine).all():
+            frame[position] = mine.max()
+    np.testing.assert_allclose(scored.frame, frame)
+
+    train_frames = found.objects.train_frame_scores()[found.normal.scored]
+    expected = (frame - train_frames.mean()) / train_frames.std()  # "train", no smoothing.
+    with (workdir / "eval" / "frame_scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == table.num_frames
+    for n, row in enumerate(rows):
+        if row["scored"] == "1":
+            # rel 1e-5: evaluate's error step also returns maps (another XLA program).
+            assert float(row["score"]) == pytest.approx(expected[n], rel=1e-5, abs=1e-9)
+    metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
+    assert metrics["objects"]["training_objects"] == len(train_error)
+
+    with pytest.raises(detector.DatasetMismatchError, match=r"objects\.samples"):
+        detector.load(workdir, {"objects.samples": False, "score.components": ("speed",)})
+    with pytest.raises(detector.DatasetMismatchError, match=r"objects\.margin"):
+        detector.load(workdir, {"objects.margin": 0.5})
