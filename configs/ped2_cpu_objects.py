@@ -1,18 +1,18 @@
-"""UCSD Ped2 in object mode on the 2-core CPU: frames scored from their objects' speeds.
+"""UCSD Ped2 in object mode on the 2-core CPU: frames scored from their objects.
 
     python -m jaxvad.data_prep --dataset=ped2 --source=../shared/data/ped2 --output=data \
-        --size=96 --objects=auto
+        --size=224 --objects=auto
     python -m jaxvad.train --config=configs/ped2_cpu_objects.py --workdir=runs/ped2_cpu_objects
     python -m jaxvad.evaluate --config=configs/ped2_cpu_objects.py --workdir=runs/ped2_cpu_objects
 
-Each frame's objects come from the weight-free motion detector (`jaxvad/data/objects.py`); an
-object's score is the kNN density of its speed among the training objects, calibrated
-leave-one-video-out (`jaxvad/object_scores.py`); a frame's score is the max over its objects.
-The frame model (`ped2_cpu`'s) does not enter the object score: it is trained for 300 steps
-only, for the run's checkpoint and the `score_rgb` / `score_flow` columns (with
-`--config.objects.samples=True` it trains on object samples instead, and "error", each object's
-model error, may join the components); `configs/ped2_cpu.py` trains it fully. How each
-setting was chosen, and what it measures: the README's "Objects" section.
+Each frame's objects come from the weight-free motion detector (`jaxvad/data/objects.py`). An
+object's score is `faster`: how much faster it moves than the training objects near its place,
+calibrated leave-one-video-out (`jaxvad/object_scores.py`); a frame's score is the max over its
+objects. The predictor is trained on object samples (each box cut from its window of 224×224
+frames, resized to 32×32): its per-object error is the component "error", off by default
+(`--config.score.components="('error','faster')"` adds it), and its Grad-CAM runs inside the
+crop in `jaxvad.explain`. How each setting was chosen, and what it measures: the README's
+"Objects" section.
 """
 
 from jaxvad.config import CPU_MODEL, base_config, finalize, set_object_mode
@@ -22,10 +22,10 @@ def get_config(arg=None):
     config = base_config()
     config.data.dataset = "ped2"
     config.data.source = "../shared/data/ped2"
-    config.data.size = 96
+    config.data.size = 224
     config.model.update(CPU_MODEL)
     config.optimizer.learning_rate = 1e-3
     config.optimizer.warmup_steps = 100
-    config.train.update(batch_size=16, num_steps=300, log_every=20, checkpoint_every=300)
-    set_object_mode(config, components=("speed",), k=1)
+    config.train.update(batch_size=32, num_steps=1500, log_every=20, checkpoint_every=500)
+    set_object_mode(config)
     return finalize(config, arg)

@@ -24,4 +24,5 @@ def get_config(arg=None):
     config.model.dtype = "bfloat16"
     config.train.update(batch_size=64, num_epochs=5, log_every=50, checkpoint_every=1000)
     set_object_mode(config)
+    config.objects.size = 64  # 4×4 patches of 16 per crop.
     return finalize(config, arg)

@@ -25,11 +25,14 @@ def define_config_flag() -> flags.FlagHolder:
     return config_flags.DEFINE_config_file("config", None, "a config file, e.g. configs/ped2.py")
 
 
-def _parse_flags(config: flags.FlagHolder, usage: str) -> Callable[[list[str]], list[str]]:
+def _parse_flags(
+    config: flags.FlagHolder, usage: str, config_optional: bool
+) -> Callable[[list[str]], list[str]]:
     def parse(argv: list[str]) -> list[str]:
         try:
             args = flags.FLAGS(argv)
-            config.value.is_locked  # noqa: B018  (config_flags defers the file's errors to here)
+            if not (config_optional and config.value is None):
+                config.value.is_locked  # noqa: B018  (config_flags defers its errors to here)
             return args
         except flags.Error as e:
             lines = str(e).strip().splitlines()  # A config file's error comes with a traceback.
@@ -50,8 +53,10 @@ def run(
     config: flags.FlagHolder,
     usage: str,
     user_errors: tuple[type[Exception], ...] = (),
+    config_optional: bool = False,
 ) -> NoReturn:
-    """Parses the flags, then runs `command()`; `user_errors` are reported as one line."""
+    """Parses the flags, then runs `command()`; `user_errors` are reported as one line.
+    `--config` is required unless `config_optional`."""
 
     def main(argv: list[str]) -> int:
         if len(argv) > 1:
@@ -69,5 +74,6 @@ def run(
             return 1
         return 0
 
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags(config, usage))
+    parse = _parse_flags(config, usage, config_optional)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse)
     raise AssertionError("unreachable: app.run exits")

@@ -185,8 +185,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.score.smoothing_sigma = 0.0  # Gaussian σ in frames; 0: no smoothing.
     config.score.threshold_quantile = 0.99  # Alarm threshold: this quantile of training scores.
     # What a frame's score is made of: ("error",), the model's frame error above; or object
-    # components (jaxvad/object_scores.py: "velocity", "speed", "size", "position", or groups
-    # joined by "+"), each calibrated and summed per object, a frame the max over its objects.
+    # components (jaxvad/object_scores.py: "velocity", "speed", "size", "position", "deep"
+    # (object samples), or groups joined by "+"; "faster"), each calibrated and summed per
+    # object, a frame the max over its objects.
     config.score.components = ("error",)
 
     # Object mode (config.score.components other than "error", or object samples; needs
@@ -265,13 +266,19 @@ def make_tiny(config: ml_collections.ConfigDict) -> None:
 
 
 def set_object_mode(
-    config: ml_collections.ConfigDict, components: tuple[str, ...] = ("speed",), k: int = 1
+    config: ml_collections.ConfigDict,
+    components: tuple[str, ...] = ("faster",),
+    k: int = 1,
+    samples: bool = True,
 ) -> None:
     """Object mode in place: objects from the motion detector stored with the dataset, frames
-    scored from their objects' `components` (`jaxvad.object_scores`) with k neighbours."""
+    scored from their objects' `components` (`jaxvad.object_scores`) with k neighbours, the
+    model trained on object samples (crops) when `samples`. The default component, `faster`,
+    is the one measured best on Ped2 (the README's "Objects" says how it was chosen)."""
     config.data.objects = "auto"
     config.score.components = components
     config.objects.k = k
+    config.objects.samples = samples
 
 
 def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
@@ -301,7 +308,8 @@ def check_components(
     check: Callable[[bool, str, str], None],
 ) -> None:
     """config.score.components: ("error",), or object components with objects prepared; with
-    object samples (`samples`) "error" is each object's model error and joins them."""
+    object samples (`samples`) "error" is each object's model error and joins them, and the
+    "deep" group (the model's pooled latent of each object) may be used."""
     field = "score.components"
     check(len(components) >= 1, field, "at least one component")
     if components == ("error",):
@@ -319,6 +327,12 @@ def check_components(
             object_scores.component_groups(component)
         except ValueError as e:
             check(False, field, str(e))
+        check(
+            samples or not object_scores.uses_deep(component),
+            field,
+            f"{component!r}: the deep group is the model's pooled latent of each object's "
+            "sample: set config.objects.samples=True to train the model on objects",
+        )
     check(
         objects != "none",
         field,

@@ -16,7 +16,8 @@ A model of object samples (`config.objects.samples`) scores objects, not frames:
 checkpoint holds the training objects' errors (`object_errors`), the frames' normal statistics
 hold no model error (`inference.frames_only`: which training frames are scored), `errors`
 gives a split's frames without errors, and `score_objects` runs the model on the objects'
-samples when "error" is a component.
+samples when "error" or "deep" (the model's pooled latent of each sample) is a component: one
+pass gives both. The training objects' deep features are stored with their errors.
 
 `overrides` ("a.b" → value; the commands pass their whole config, flattened) set the fields of
 scoring, evaluation, explanation, the data root, the mesh. The fields that fix what the model
@@ -152,19 +153,32 @@ class Detector:
         maps: bool = False,
     ) -> object_scores.ObjectScores:
         """Every object's score and components, and the frames' maxima (object mode). With the
-        error component the model scores the objects' samples, cut from `table` (the split
-        `objects` were read from; with `maps`, the error maps give `detail`)."""
-        if self.objects is None:
+        error or a deep component the model scores the objects' samples, cut from `table` (the
+        split `objects` were read from; with `maps`, the error maps give `detail`), in one pass
+        that gives the errors and the deep features (`SplitObjects.deep` of the result's
+        objects)."""
+        found = self.objects
+        if found is None:
             raise ValueError("this detector scores frames, not objects (config.score.components)")
         errors = None
-        if self.objects.error is not None:
+        if found.error is not None or found.deep:
             if table is None:
-                raise ValueError("the error component needs the objects' table (their frames)")
+                raise ValueError(
+                    "the error and deep components need the objects' table (their frames)"
+                )
             o = self.config.objects
             errors = object_errors(
-                self.scorer, self.params, table, objects, size=o.size, margin=o.margin, maps=maps
+                self.scorer,
+                self.params,
+                table,
+                objects,
+                size=o.size,
+                margin=o.margin,
+                maps=maps,
+                features=found.deep,
             )
-        return object_scores.score(objects, self.objects, errors)
+            objects = dataclasses.replace(objects, deep=errors.features)
+        return object_scores.score(objects, found, errors)
 
 
 def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Detector:
@@ -196,7 +210,7 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
                 config.objects.k,
                 config.objects.nearby,
                 lambda: _training_data(config, where, workdir, what),
-                lambda: training_object_errors(
+                lambda features: training_object_errors(
                     checkpoints,
                     step,
                     scorer,
@@ -204,6 +218,7 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
                     lambda: _training_data(config, where, workdir, OBJECT_ERRORS),
                     size=config.objects.size,
                     margin=config.objects.margin,
+                    features=features,
                 ),
             )
     finally:
@@ -332,14 +347,22 @@ def object_errors(
     size: int,
     margin: float,
     maps: bool,
+    features: bool = False,
 ) -> scoring.SplitErrors:
     """The model errors of `objects` of `table` (rows = objects; their samples cut with
-    `margin`, resized to `size`: `pipeline.object_crops`), with their maps when `maps`."""
+    `margin`, resized to `size`: `pipeline.object_crops`), with their maps when `maps` and
+    their deep features when `features`."""
     crops = pipeline.object_crops(
         table, objects.frame_position, objects.boxes, size=size, margin=margin
     )
     errors, _ = scorer.split_errors(
-        params, table, labels=False, maps=maps, desc=f"objects {table.split}", objects=crops
+        params,
+        table,
+        labels=False,
+        maps=maps,
+        desc=f"objects {table.split}",
+        objects=crops,
+        features=features,
     )
     return errors
 
@@ -353,18 +376,23 @@ def training_object_errors(
     *,
     size: int,
     margin: float,
+    features: bool = False,
 ) -> dict[str, np.ndarray]:
     """The training objects' errors stored with `step` (`object_scores.error_arrays`); when
-    not stored yet, the training split's objects (`training_data()`: its prepared dataset)
-    are scored with `params` (every process; samples as `object_errors` cuts them) and
-    stored."""
+    not stored yet, or stored without the deep `features` asked for (a run scored before
+    they were), the training split's objects (`training_data()`: its prepared dataset) are
+    scored with `params` (every process; samples as `object_errors` cuts them; errors and
+    deep features in one pass) and stored, errors already stored kept as they are."""
     arrays = checkpoints.object_errors(step)
-    if arrays is None:
+    if arrays is None or (features and "features" not in arrays):
         table = pipeline.open_prepared(training_data(), "train")
         train = object_scores.read_objects(table)
         log.info("scoring the %d training objects with step %d", len(train.boxes), step)
-        errors = object_errors(scorer, params, table, train, size=size, margin=margin, maps=False)
-        arrays = object_scores.error_arrays(train, errors)
+        errors = object_errors(
+            scorer, params, table, train, size=size, margin=margin, maps=False, features=True
+        )
+        scored = object_scores.error_arrays(train, errors)
+        arrays = scored if arrays is None else arrays | {"features": scored["features"]}
         checkpoints.save_object_errors(step, arrays)
     return arrays
 
@@ -376,17 +404,20 @@ def object_model(
     k: int,
     nearby: int,
     training_data: Callable[[], Path],
-    training_errors: Callable[[], Mapping[str, np.ndarray]],
+    training_errors: Callable[..., Mapping[str, np.ndarray]],
 ) -> object_scores.ObjectModel:
     """The banks of `settings.components` stored with `step` (k neighbours; `nearby` for the
     `faster` component); one not stored yet is fitted on the training split's objects
     (`training_data()`: its prepared dataset) and stored (every process). With object
-    samples, "error" is the error component of the training objects' errors
-    (`training_errors()`, e.g. `training_object_errors`)."""
-    banks, train, error = {}, None, None
+    samples, the training objects' errors (`training_errors(features=...)`, e.g.
+    `training_object_errors`) are the model's `attribution` and, when "error" is a
+    component, its error component; a "deep" bank is fitted on their deep features."""
+    banks, train, attribution = {}, None, None
+    if settings.object_samples:
+        arrays = training_errors(features=False)
+        attribution = object_scores.ErrorComponent.from_arrays(arrays, settings.alpha)
     for component in settings.components:
         if component == object_scores.ERROR:
-            error = object_scores.ErrorComponent.from_arrays(training_errors(), settings.alpha)
             continue
         n = object_scores.neighbours(component, k, nearby)
         name = object_scores.bank_name(component, n)
@@ -394,11 +425,15 @@ def object_model(
         if arrays is None:
             if train is None:
                 train = object_scores.read_objects(pipeline.open_prepared(training_data(), "train"))
+            if object_scores.uses_deep(component) and train.deep is None:
+                deep = np.asarray(training_errors(features=True)["features"], np.float32)
+                train = dataclasses.replace(train, deep=deep)
             log.info("fitting the %s bank (k=%d) on %d objects", component, n, len(train.boxes))
             arrays = object_scores.fit_bank(train, component, n).to_arrays()
             checkpoints.save_object_bank(step, name, arrays)
         banks[component] = object_scores.Bank.from_arrays(arrays)
-    return object_scores.ObjectModel(banks, error)
+    error = attribution if object_scores.ERROR in settings.components else None
+    return object_scores.ObjectModel(banks, error, attribution)
 
 
 NORMAL_STATISTICS = (

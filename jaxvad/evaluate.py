@@ -321,8 +321,9 @@ def objects_summary(
         "k": found.config.objects.k,
         "rule": 'object score = sum of the components\' calibrated kNN scores ("error": the '
         "model's error of the object's sample, z-scored with the training objects' errors, "
-        "calibrated); frame score = max over its objects; a frame with no object gets the "
-        "training objects' minimum",
+        'calibrated; "deep": the kNN density of the model\'s pooled latent of the sample); '
+        "frame score = max over its objects; a frame with no object gets the training "
+        "objects' minimum",
         "samples": found.config.objects.samples,
         "floor": found.objects.floor,
         "objects": len(objects.score),

@@ -5,7 +5,8 @@ a mesh of every device (one process or many).
 the batch laid out over the mesh, reads a split through the evaluation pipeline (every process
 its contiguous shard) and gathers the errors of every frame, in (video, frame) order, into a
 `jaxvad.scoring.SplitErrors` on every process; with object samples (`objects=`, a model trained
-on them) the same loop gives every object's errors, one row per object. The arithmetic that
+on them) the same loop gives every object's errors, one row per object, and with `features=`
+the model's deep feature of each row (`VadModel.features`) from the same step. The arithmetic that
 turns errors into scores is `jaxvad.scoring`'s (and `jaxvad.object_scores`' for objects).
 """
 
@@ -27,16 +28,24 @@ from jaxvad.data import pipeline
 
 
 def error_step(
-    params: nnx.State, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef, maps: bool
+    params: nnx.State,
+    batch: Mapping[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+    maps: bool,
+    features: bool = False,
 ) -> dict[str, jax.Array]:
     """Per-sample errors of one evaluation batch (B samples, S×S frames); a pure function.
 
     Returns `rgb`, `flow` `[B]` float32 (E_rgb, E_flow), the batch's `video_index`,
-    `frame_index`, `label` `[B]` int32, `scored`, `valid` `[B]` bool and, when `maps`,
+    `frame_index`, `label` `[B]` int32, `scored`, `valid` `[B]` bool; when `maps`,
     `rgb_map`, `flow_map` `[B, S, S]` float16 (the model's component maps) and `mask`
-    `[B, S, S]` uint8.
+    `[B, S, S]` uint8; when `features`, `features` `[B, D]` float32 (`VadModel.features`,
+    its encoder shared with the maps' in this one program).
     """
-    out = nnx.merge(graphdef, params).maps(model.model_inputs(batch))
+    net = nnx.merge(graphdef, params)
+    inputs = model.model_inputs(batch)
+    out = net.maps(inputs)
     rgb_map, flow_map = out["rgb"], out["flow"]
     result = {
         "rgb": rgb_map.mean(axis=(1, 2)),
@@ -49,6 +58,8 @@ def error_step(
             "flow_map": flow_map.astype(jnp.float16),
             "mask": batch["mask"],
         }
+    if features:
+        result["features"] = net.features(inputs)
     return result
 
 
@@ -84,15 +95,23 @@ class ErrorScorer:
         self.read_threads = read_threads
         self.data_sharding = distributed.batch_sharding(mesh, rules)
         self._steps = {
-            maps: jax.jit(functools.partial(error_step, graphdef=graphdef, maps=maps))
+            (maps, features): jax.jit(
+                functools.partial(error_step, graphdef=graphdef, maps=maps, features=features)
+            )
             for maps in (False, True)
+            for features in (False, True)
         }
 
     def step(
-        self, params: nnx.State, batch: Mapping[str, jax.Array], *, maps: bool
+        self,
+        params: nnx.State,
+        batch: Mapping[str, jax.Array],
+        *,
+        maps: bool,
+        features: bool = False,
     ) -> dict[str, jax.Array]:
         """The jitted `error_step` on a global batch (laid out with `data_sharding`)."""
-        return self._steps[maps](params, batch)
+        return self._steps[maps, features](params, batch)
 
     def split_errors(
         self,
@@ -103,13 +122,15 @@ class ErrorScorer:
         maps: bool,
         desc: str,
         objects: pipeline.ObjectCrops | None = None,
+        features: bool = False,
     ) -> tuple[scoring.SplitErrors, float]:
         """Errors of every frame of `table` (this process scores its shard, every process gets
         all of them); returns them and the seconds spent (reading + model + copy back).
 
         With `objects` (a model of object samples): the errors of every object sample instead,
         one row per object in `objects`' order (`frame`, `label`, `scored`: its frame's; maps
-        `[M, s, s]`, the mask cut like the crop)."""
+        `[M, s, s]`, the mask cut like the crop). With `features`: each row's deep feature
+        (`SplitErrors.features`; NaN where not scored, as its sample lacks a full history)."""
         batch_size = self.batch_size // jax.process_count()  # This process's part.
         dataset = pipeline.eval_dataset(
             table,
@@ -127,7 +148,7 @@ class ErrorScorer:
             dataset, total=steps, desc=desc, unit="batch", disable=jax.process_index() != 0
         ):
             batch = distributed.global_batch({k: local[k] for k in keys}, self.data_sharding)
-            parts.append(self.step(params, batch, maps=maps))
+            parts.append(self.step(params, batch, maps=maps, features=features))
             if len(parts) > 1:  # Copy the previous batch back while this one computes.
                 parts[-2] = distributed.to_host(parts[-2])
         parts[-1] = distributed.to_host(parts[-1])
@@ -156,6 +177,11 @@ class ErrorScorer:
             maps=(
                 {"rgb": out["rgb_map"], "flow": out["flow_map"], "mask": out["mask"]}
                 if maps
+                else None
+            ),
+            features=(
+                np.where(scored[:, None], out["features"], np.nan).astype(np.float32)
+                if features
                 else None
             ),
         )

@@ -7,7 +7,11 @@ An object (a box of `jaxvad.data.objects`, stored per frame in a dataset prepare
 - `velocity`: its magnitude-weighted histogram of flow orientation `[8]`, px/frame;
 - `speed`: the histogram's sum, the object's mean speed (px/frame) `[1]`;
 - `size`: log width and log height of its box `[2]`;
-- `position`: its box's centre (x, y) in pixels `[2]`, for perspective.
+- `position`: its box's centre (x, y) in pixels `[2]`, for perspective;
+- `deep` (object samples only): the model's pooled latent of the object's sample `[D]`
+  (`VadModel.features`: for the predictor the fused tokens' mean, for motion_mae and mdsf the
+  deepest encoder stage's mean over space), computed in the pass that gives its model error
+  (`SplitObjects.deep`; the training objects' are stored with their errors).
 
 A component (an entry of `config.score.components`) is one group, or groups joined by "+"
 ("speed+size") whose features are concatenated, so their joint density is scored. Per
@@ -33,13 +37,14 @@ component "error" is each object's model error (`ErrorComponent`): its E_rgb and
 z-scored with the training objects' mean and standard deviation, summed as a frame's are
 (n(E_rgb) + α·n(E_flow), `jaxvad.scoring`), then calibrated like a bank's distance: z = (e − μ)
 / σ over the training objects (scored in-sample, as the frames' "train" normalisation is).
-An object of a frame t ≤ T has no full history, hence no model error: its "error" component
-and score are NaN, and its frame (unscored, as every frame t ≤ T is) takes the floor.
+An object of a frame t ≤ T has no full history, hence no model error and no deep feature: its
+"error" and "deep" components and score are NaN (it is left out of the deep bank), and its
+frame (unscored, as every frame t ≤ T is) takes the floor.
 
 An object's score is the sum of its components' z; a frame's score is the maximum of its
 objects' scores, and a frame with no object gets the training objects' minimum (`floor`).
-The banks and the training objects' errors are stored with the checkpoint
-(`jaxvad.detector`).
+The banks and the training objects' errors (with their deep features) are stored with the
+checkpoint (`jaxvad.detector`).
 """
 
 from __future__ import annotations
@@ -47,13 +52,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-import cv2
 import numpy as np
 
 from jaxvad import knn, scoring
 from jaxvad.data import pipeline
 
-GROUPS = ("velocity", "speed", "size", "position")
+DEEP = "deep"  # The group of the model's deep feature of each object's sample.
+GROUPS = ("velocity", "speed", "size", "position", DEEP)
 ERROR = "error"  # The component of each object's model error (object samples).
 _LEAST_SPREAD = 1e-3  # px/frame: the least σ of a place's speeds (identical speeds).
 FASTER = "faster"  # The component that compares an object's speed with its place's objects'.
@@ -65,7 +70,9 @@ class SplitObjects:
     """The objects of a split, M of them, in (video, frame, box) order, for the N frames of
     the split's `FrameTable` order: `frame_position` `[M]` int64 (the object's frame, 0-based
     into those N), `video` `[M]` int32, `boxes` `[M, 4]` float32, `tracks` `[M]` int32,
-    `velocity` `[M, B]` float32; `num_frames` N."""
+    `velocity` `[M, B]` float32; `num_frames` N; `deep` `[M, D]` float32 or None: the model's
+    deep feature of each object's sample (`inference.ErrorScorer.split_errors(features=True)`),
+    which the `DEEP` group needs."""
 
     frame_position: np.ndarray
     video: np.ndarray
@@ -73,6 +80,7 @@ class SplitObjects:
     tracks: np.ndarray
     velocity: np.ndarray
     num_frames: int
+    deep: np.ndarray | None = None
 
     def counts(self) -> np.ndarray:
         """`[N]` objects per frame."""
@@ -87,6 +95,7 @@ class SplitObjects:
             boxes=self.boxes[index],
             tracks=self.tracks[index],
             velocity=self.velocity[index],
+            deep=None if self.deep is None else self.deep[index],
         )
 
     @classmethod
@@ -138,6 +147,10 @@ def group_features(objects: SplitObjects, group: str) -> np.ndarray:
         return np.log(np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0))
     if group == "position":
         return (boxes[:, :2] + boxes[:, 2:]) / 2
+    if group == DEEP:
+        if objects.deep is None:
+            raise ValueError("the deep group needs the model's features of the objects' samples")
+        return objects.deep.astype(np.float64)
     raise ValueError(f"unknown attribute group {group!r}: one of {GROUPS}")
 
 
@@ -166,6 +179,11 @@ def component_groups(component: str) -> list[str]:
             f"{GROUPS}"
         )
     return groups
+
+
+def uses_deep(component: str) -> bool:
+    """Whether a component (an object one, or `ERROR`) reads the model's deep features."""
+    return component not in (ERROR, FASTER) and DEEP in component_groups(component)
 
 
 def features(objects: SplitObjects, component: str) -> np.ndarray:
@@ -222,8 +240,12 @@ class Bank:
         return np.where(np.isfinite(d).all(axis=1), value, np.inf)  # Fewer than k neighbours.
 
     def scores(self, x: np.ndarray) -> np.ndarray:
-        """`[Q]` calibrated scores (d − mean) / std of features `x` `[Q, D]`."""
-        return (self.distances(x) - self.mean) / self.std
+        """`[Q]` calibrated scores (d − mean) / std of features `x` `[Q, D]`; NaN for a row
+        without features (NaN: `fit_bank`)."""
+        d = np.full(len(x), np.nan)
+        usable = np.isfinite(x).all(axis=1)
+        d[usable] = self.distances(x[usable])
+        return (d - self.mean) / self.std
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -259,6 +281,10 @@ def fit_bank(train: SplitObjects, component: str, k: int) -> Bank:
     if len(np.unique(train.video)) < 2:
         raise ValueError("calibrating object scores needs training objects from ≥ 2 videos")
     x = features(train, component)
+    # An object without features (NaN: the deep feature of an object of a frame t ≤ T, which
+    # has no full history) is left out of the bank and scores NaN, as its error does.
+    usable = np.isfinite(x).all(axis=1)
+    x, video = x[usable], train.video[usable]
     faster = component == FASTER
     scale = np.ones(x.shape[1]) if faster else x.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
@@ -274,7 +300,8 @@ def fit_bank(train: SplitObjects, component: str, k: int) -> Bank:
         attributes(train),
         faster,
     )
-    d = bank.distances(x, train.video, train.video)
+    d = np.full(len(usable), np.nan)
+    d[usable] = bank.distances(x, video, video)
     finite = np.isfinite(d)  # A video's objects may have fewer than k others (tiny sets).
     mean, std = float(d[finite].mean()), float(d[finite].std())
     std = std if std > 0 else 1.0
@@ -314,6 +341,15 @@ class ErrorComponent:
         """e = n(E_rgb) + α·n(E_flow) `[M]` of objects' `errors` (NaN where not scored)."""
         settings = scoring.ScoreSettings("error", self.alpha, "train", 0.0, 1.0)
         return scoring.frame_scores(errors, settings, self.train)
+
+    def normalisation(self, count: int) -> dict[str, scoring.Affine]:
+        """n(E) = (E − shift) / scale of `count` objects' E_rgb and E_flow (`[count]` each):
+        the training objects' mean and standard deviation, as `scores` and `maps` apply it."""
+        train = self.train
+        return {
+            c: scoring.normaliser(np.zeros(count), train, "train", getattr(train, c)[train.scored])
+            for c in scoring.COMPONENTS
+        }
 
     def scores(self, errors: scoring.SplitErrors) -> np.ndarray:
         """`[M]` calibrated scores of objects' `errors` (rows = objects; NaN where not scored)."""
@@ -356,14 +392,16 @@ class ErrorComponent:
 
 def error_arrays(train: SplitObjects, errors: scoring.SplitErrors) -> dict[str, np.ndarray]:
     """What a checkpoint stores of the training objects' `errors` (rows = the objects of
-    `train`, in order): the errors, the objects' frames and attributes."""
+    `train`, in order): the errors, the objects' frames and attributes, and their deep
+    `features` `[M, D]` when `errors` has them (what `DEEP` banks are fitted from)."""
     if len(errors.video) != len(train.boxes):
         raise ValueError(f"{len(errors.video)} rows of errors for {len(train.boxes)} objects")
-    return errors.to_arrays() | {
+    arrays = errors.to_arrays() | {
         "object_frame": train.frame_position,
         "num_frames": np.array(train.num_frames),
         "attributes": attributes(train),
     }
+    return arrays if errors.features is None else arrays | {"features": errors.features}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,10 +409,18 @@ class ObjectModel:
     """The banks of a score's components and, with object samples and "error" among them,
     the `error` component; `floor`: the least training object score (finite ones: a training
     object with fewer than k neighbours outside its video, or of a frame t ≤ T for the error
-    component, has none)."""
+    component, has none). `attribution`: with object samples, the training objects' errors
+    whether or not "error" is a component, which explanations compare a crop's E_rgb and
+    E_flow with (appearance or motion)."""
 
     banks: dict[str, Bank]
     error: ErrorComponent | None = None
+    attribution: ErrorComponent | None = None
+
+    @property
+    def deep(self) -> bool:
+        """Whether a component reads the objects' deep features (`SplitObjects.deep`)."""
+        return any(uses_deep(name) for name in self.banks)
 
     @property
     def _parts(self) -> list[Bank | ErrorComponent]:
@@ -440,9 +486,10 @@ def frame_maximum(
 def score(
     objects: SplitObjects, model: ObjectModel, errors: scoring.SplitErrors | None = None
 ) -> ObjectScores:
-    """The object and frame scores of a split's objects; `errors`: their model errors (rows
-    = `objects`, `ErrorScorer.split_errors(objects=...)`; needed for the error component; with
-    maps, `detail` is computed)."""
+    """The object and frame scores of a split's objects (with `deep` for components of the
+    `DEEP` group); `errors`: their model errors (rows = `objects`,
+    `ErrorScorer.split_errors(objects=...)`; needed for the error component; with maps,
+    `detail` is computed)."""
     components = {name: bank.scores(features(objects, name)) for name, bank in model.banks.items()}
     detail = None
     if model.error is not None:
@@ -485,8 +532,6 @@ def box_maps(
         region = maps[frame, low[m, 1] : high[m, 1], low[m, 0] : high[m, 0]]
         value = np.float32(scores[m])
         if detail is not None:
-            (x0, y0, x1, y1), (lx, ly), (hx, hy) = regions[m], low[m], high[m]
-            pattern = cv2.resize(detail[m].astype(np.float32), (int(x1 - x0), int(y1 - y0)))
-            value = value + pattern[ly - y0 : hy - y0, lx - x0 : hx - x0]
+            value = value + pipeline.uncrop(detail[m], regions[m], size)[1]
         np.maximum(region, value, out=region)
     return maps

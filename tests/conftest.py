@@ -8,9 +8,10 @@ conftest import load_config`), never from each other.
   codec; colour sources add a red block on the left half. Masks mark a block whose width grows
   with the frame number, so mask order is checkable too.
 - Trained runs: `tiny_run` (the tiny synthetic config, 6 steps), `labeled_run` (the tiny
-  synthetic clips prepared as Ped2 at 32×32 with labels of both classes, 6 steps) and
-  `explain_run` (Ped2-like synthetic clips at 64×64, 600 steps: Grad-CAM has something to
-  find), each trained once per session.
+  synthetic clips prepared as Ped2 at 32×32 with labels of both classes, 6 steps),
+  `object_run` (object mode on clips prepared with objects), `object_samples_run` (a model of
+  object samples on `object_run`'s data) and `explain_run` (Ped2-like synthetic clips at
+  64×64, 600 steps: Grad-CAM has something to find), each trained once per session.
 - BLIP: tiny random `BlipForConditionalGeneration` folders with their tokenizer (`blip_saved`).
 - A headless browser for the HTML report (`open_page`, `require_chromium`).
 """
@@ -317,6 +318,22 @@ def object_samples_config(run: types.SimpleNamespace, **fields):
     data = {f"data.{key}": run.config.data[key] for key in ("dataset", "root", "objects")}
     samples = {"objects.samples": True, "score.components": ("error", "speed")}
     return load_config("synthetic", **data, **(samples | fields))
+
+
+SAMPLE_SIZE = 16  # `object_samples_run`'s crops: smaller than the stored 32×32 frames.
+
+
+@pytest.fixture(scope="session")
+def object_samples_run(object_run, tmp_path_factory) -> types.SimpleNamespace:
+    """A model of object samples (`object_samples_config`, crops of `SAMPLE_SIZE`) trained 6
+    steps on `object_run`'s prepared data: `config`, `workdir`. Copy the workdir before
+    changing it."""
+    from jaxvad import train
+
+    config = object_samples_config(object_run, **{"objects.size": SAMPLE_SIZE})
+    workdir = tmp_path_factory.mktemp("object_samples_run") / "run"
+    train.train(config, workdir)
+    return types.SimpleNamespace(config=config, workdir=workdir)
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float) -> None:

@@ -8,6 +8,7 @@ each model's checkpoint of the synthetic default config through their command li
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -17,7 +18,7 @@ import pytest
 from conftest import load_config, run_module
 from flax import nnx
 
-from jaxvad import losses, model
+from jaxvad import inference, losses, model
 from jaxvad import train as train_lib
 from jaxvad.explain.command import RECORD_FIELDS
 from jaxvad.metric_writer import read_jsonl
@@ -83,6 +84,51 @@ def test_every_model_keeps_the_interface(name):
         np.testing.assert_allclose(again[key], maps[key], rtol=1e-6, atol=1e-7)
     # Samples are independent: what the batched Grad-CAM gradient relies on.
     np.testing.assert_allclose(one["rgb"], maps["rgb"][:1], rtol=1e-4, atol=1e-6)
+
+
+# The tensor each model's deep feature (`VadModel.features`) pools, `[B, ...]` → mean → `[B, D]`.
+POOLED = {
+    "predictor": lambda net, x: net.fuse(
+        net.temporal(net.encode_frames(x["frames"]))[:, -1], net.encode_motion(x["flows"])
+    ),
+    "motion_mae": lambda net, x: net.autoencoder.encode(x["target_frame"])[-1],
+    "mdsf": lambda net, x: net.student.encode(x["target_frame"])[-1],
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_model_pools_a_deep_feature_in_the_error_steps_pass(name):
+    """The error step's `features` are the mean of the documented tensor over its token or
+    spatial axes; beside the maps in that one jitted step the encoder is not run twice."""
+    config, net = tiny_model(name)
+    inputs = random_inputs(config)
+    graphdef, params = nnx.split(net, nnx.Param)
+    batch = {
+        "frames": ((inputs["frames"] + 1) * 127.5).astype(jnp.uint8),
+        "flows": inputs["flows"].astype(jnp.float16),
+        "target_frame": ((inputs["target_frame"] + 1) * 127.5).astype(jnp.uint8),
+        "target_flow": inputs["target_flow"].astype(jnp.float16),
+        **{k: jnp.zeros(3, jnp.int32) for k in ("video_index", "frame_index", "label")},
+        **{k: jnp.ones(3, bool) for k in ("scored", "valid")},
+    }
+    steps = {
+        features: jax.jit(
+            functools.partial(
+                inference.error_step, graphdef=graphdef, maps=False, features=features
+            )
+        )
+        .lower(params, batch)
+        .compile()
+        for features in (False, True)
+    }
+    features = steps[True](params, batch)["features"]
+    pooled = jax.jit(lambda p, x: POOLED[name](nnx.merge(graphdef, p), model.model_inputs(x)))
+    pooled = pooled(params, batch)
+    assert features.dtype == jnp.float32 and features.shape == (3, pooled.shape[-1])
+    axes = tuple(range(1, pooled.ndim - 1))
+    np.testing.assert_allclose(features, pooled.mean(axis=axes), rtol=1e-5, atol=1e-6)
+    flops = {k: step.cost_analysis()["flops"] for k, step in steps.items()}
+    assert flops[True] < 1.02 * flops[False]  # The features alone cost ~45 % of the step.
 
 
 def test_a_model_refuses_another_models_fields():

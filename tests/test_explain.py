@@ -9,6 +9,7 @@ crosses the lawns in frames 35–120; its masks are known.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -17,16 +18,18 @@ import types
 from pathlib import Path
 
 import cv2
+import jax
 import numpy as np
 import pytest
 from conftest import copy_run, open_page, require_chromium, run_module
 
 from jaxvad import config as config_lib
-from jaxvad import object_scores
-from jaxvad.data import objects, preprocess, synthetic
+from jaxvad import detector, object_scores
+from jaxvad.data import objects, pipeline, preprocess, synthetic
 from jaxvad.data.video_io import read_frames, resize_masks
 from jaxvad.explain import blip, command, images
 from jaxvad.explain import objects as object_explain
+from jaxvad.explain.gradcam import explain_step
 from jaxvad.explain.video import VideoFrames, open_video
 
 pytestmark = pytest.mark.slow
@@ -255,9 +258,7 @@ def explained_output(out: Path) -> types.SimpleNamespace:
 
 
 @pytest.fixture(scope="module")
-def object_explained(
-    object_run, object_config, blip_saved, tmp_path_factory
-):
+def object_explained(object_run, object_config, blip_saved, tmp_path_factory):
     """Every anomaly of `object_run`'s test split explained, BLIP (tiny, random) captioning the
     top object: `out`, `records`, `summary`, `workdir` (a copy of the run's)."""
     workdir = copy_run(object_run, tmp_path_factory.mktemp("object_explain") / "run")
@@ -349,7 +350,7 @@ def test_gradcam_in_the_top_object_box_peaks_on_the_mask_when_the_global_peak_is
     mask = np.zeros((1, 32, 32), np.uint8)
     mask[0, 19:22, 19:22] = 1
     found = object_explain.explain_objects(
-        model, scored, np.array([0]), gradcam, np.array([[240, 360]])
+        model, scored, np.array([0]), gradcam, np.array([[240, 360]]), nearby=2
     )
     expected = np.zeros((32, 32), bool)
     expected[16:24, 16:24] = True
@@ -416,3 +417,163 @@ def test_object_mode_explains_a_video_finding_its_objects_on_the_fly(
         (r["frame"], r["objects"]) for r in split
     ]
     assert [r["score"] for r in again] == pytest.approx([r["score"] for r in split])
+
+
+# --- Object samples: `object_samples_run` (a model of `SAMPLE_SIZE` crops on `object_run`'s data,
+# score components ("error", "speed")).
+
+
+@pytest.fixture(scope="module")
+def samples_explained(object_samples_run, tmp_path_factory) -> types.SimpleNamespace:
+    """Every anomaly of the test split explained by the model of object samples: `out`,
+    `records`, `summary`, `workdir` (a copy of the run's)."""
+    workdir = copy_run(object_samples_run, tmp_path_factory.mktemp("samples_explain") / "run")
+    found = explained_output(command.explain(object_samples_run.config, workdir, split="test"))
+    found.workdir = workdir
+    return found
+
+
+def crop_gradcam(found: detector.Detector, table, position: int, region: np.ndarray) -> np.ndarray:
+    """`[s, s]` the Grad-CAM of the frame at `position`'s sample cut at `region` (stored
+    pixels), normalised with the training objects' errors: computed here, step by step."""
+    o = found.config.objects
+    sample = pipeline.eval_samples(
+        table, np.array([position]), history=found.config.history, channels=found.scorer.channels
+    )
+    sample = pipeline.crop_samples(sample, region[None], o.size)
+    train = found.objects.attribution.train
+    shift = [[train.rgb[train.scored].mean(), train.flow[train.scored].mean()]]
+    scale = [[train.rgb[train.scored].std(), train.flow[train.scored].std()]]
+    step = jax.jit(
+        functools.partial(explain_step, graphdef=found.graphdef, alpha=found.settings.alpha)
+    )
+    batch = {k: sample[k] for k in pipeline.TRAIN_KEYS}
+    out = step(found.params, batch, np.float32(shift), np.float32(scale))
+    return np.asarray(out["gradcam"][0])
+
+
+def test_object_samples_heatmap_is_the_top_crops_gradcam_pasted_into_its_grown_box(
+    object_samples_run, samples_explained
+):
+    """The model takes crops, so "where" is Grad-CAM inside the top object's crop: zero
+    outside its box grown by the margin, the crop's own Grad-CAM resized into it."""
+    config = object_samples_run.config
+    found = detector.load(samples_explained.workdir, config_lib.flatten(config))
+    table = pipeline.open_prepared(config_lib.dataset_dir(config), "test")
+    found_objects = object_scores.read_objects(table)
+    scored = found.score_objects(found_objects, table)
+    records = [r for r in samples_explained.records if r["objects"]]
+    assert records and samples_explained.summary["explained"] == len(records)
+    size, margin = config.data.size, config.objects.margin
+    picked = records[:: max(1, len(records) // 3)][:3]  # A few, spread over the split.
+    positions = np.array(
+        [table.video_starts[table.video_names.index(r["video"])] + r["frame"] - 1 for r in picked]
+    )
+    explained, z = command.explain_crops(
+        found,
+        table,
+        found.errors(table, labels=False, maps=False)[0],
+        positions,
+        scored,
+        batch_size=config.explain.batch_size,
+    )
+    for a, (r, position) in enumerate(zip(picked, positions, strict=True)):
+        mine = np.flatnonzero(found_objects.frame_position == position)
+        top = mine[np.argmax(scored.score[mine])]
+        assert found_objects.boxes[top].tolist() == r["objects"][0]["box"]
+        video = table.video_names.index(r["video"])
+        region = pipeline.stored_boxes(
+            found_objects.boxes[top : top + 1], table.frame_sizes[[video]], size, margin
+        )[0]
+        x0, y0, x1, y1 = region
+        grown = cv2.resize(crop_gradcam(found, table, position, region), (x1 - x0, y1 - y0))
+        expected = np.zeros((size, size), np.float32)
+        top_, left = max(y0, 0), max(x0, 0)
+        expected[top_:y1, left:x1] = grown[top_ - y0 :, left - x0 :][: size - top_, : size - left]
+        assert expected.max() > 0.5, "the crop's Grad-CAM (max 1) is not empty"
+        np.testing.assert_allclose(explained["gradcam"][a], expected, atol=1e-5)
+        assert explained["gradcam"][a].shape == (size, size) != (config.objects.size,) * 2
+        inside = np.zeros((size, size), bool)
+        inside[top_:y1, left:x1] = True
+        # The error maps are pasted the same way; the anomaly map is the floor outside.
+        assert not explained["rgb_map"][a][~inside].any() and explained["rgb_map"][a][inside].any()
+        floor = found.objects.floor
+        np.testing.assert_array_equal(explained["anomaly_map"][a][~inside], np.float32(floor))
+        # The record's heatmap, its peak and the pointing game use that map.
+        assert r["heatmap"] == r["images"]["gradcam_in_box"]
+        heat = cv2.imread(str(samples_explained.out / r["heatmap"]))[..., ::-1]
+        np.testing.assert_allclose(heat, images.colormap(expected), atol=8)
+        assert (heat[~inside] == images.colormap(np.zeros((1, 1)))[0, 0]).all()
+        row, col = r["peaks"]["gradcam_in_box"]
+        assert inside[row, col] and expected[row, col] == pytest.approx(expected.max(), abs=1e-5)
+        # The attribution compares the crop's errors with the training objects'.
+        train = found.objects.attribution.train
+        mean, std = train.rgb[train.scored].mean(), train.rgb[train.scored].std()
+        assert z["rgb"][a] == pytest.approx((explained["rgb"][a] - mean) / std)
+        assert r["z_rgb"] == pytest.approx(z["rgb"][a], rel=1e-4) and z["rgb"][a] != 0
+    assert "object samples" in samples_explained.summary["pointing_game"]["rule"]
+    # Without the error component the crops are compared with the same training errors.
+    speed_only = detector.load(
+        samples_explained.workdir, config_lib.flatten(config) | {"score.components": ("speed",)}
+    )
+    assert speed_only.objects.error is None and speed_only.objects.attribution is not None
+    _, z_speed = command.explain_crops(
+        speed_only,
+        table,
+        speed_only.errors(table, labels=False, maps=False)[0],
+        positions,
+        speed_only.score_objects(found_objects, table),
+        batch_size=config.explain.batch_size,
+    )
+    for c in z:
+        np.testing.assert_allclose(z_speed[c], z[c], rtol=1e-5)
+
+
+def test_object_samples_explain_a_video_as_the_prepared_split(
+    object_run, object_samples_run, samples_explained, tmp_path
+):
+    """`--video` of a test clip's frames: the video's own frame size places its objects'
+    crops, and the same frames are flagged with the same scores as in the prepared split."""
+    folder = object_run.source / "Test" / "Test002"
+    workdir = copy_run(object_samples_run, tmp_path / "run")
+    again = read_records(command.explain(object_samples_run.config, workdir, video=folder))
+    split = [r for r in samples_explained.records if r["video"] == "Test002"]
+    assert split and [r["frame"] for r in again] == [r["frame"] for r in split]
+    assert [r["score"] for r in again] == pytest.approx([r["score"] for r in split], rel=1e-5)
+    for r, s in zip(again, split, strict=True):
+        assert [o["box"] for o in r["objects"]] == [o["box"] for o in s["objects"]]
+        assert r["peaks"]["gradcam_in_box"] == s["peaks"]["gradcam_in_box"]
+        assert r["z_rgb"] == pytest.approx(s["z_rgb"], rel=1e-4)
+
+
+def test_object_samples_paste_crops_back_and_a_frame_without_objects_has_no_maps():
+    """`paste` resizes each crop onto its region (cut at the frame's border), zeros elsewhere
+    and for a frame without a crop; such a frame's peaks are None and every game a miss."""
+    crops = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    regions = np.array([[-2, 4, 6, 12], [0, 0, 1, 1]])  # Past the left and bottom borders.
+    pasted = object_explain.paste(crops, regions, np.array([True, False]), 10)
+    expected = np.zeros((10, 10), np.float32)
+    expected[4:10, 0:6] = cv2.resize(crops[0], (8, 8))[:6, 2:]
+    np.testing.assert_allclose(pasted[0], expected, rtol=1e-6)
+    assert not pasted[1].any()
+    frames = np.stack([np.full((4, 4, 1), 200, np.uint8), np.zeros((4, 4, 1), np.uint8)])
+    picture = object_explain.paste(frames, np.array([[1, 1, 3, 3]] * 2), np.array([True] * 2), 6)
+    assert picture.dtype == np.uint8 and picture.shape == (2, 6, 6, 1)
+    assert (picture[0, 1:3, 1:3] == 200).all() and picture[0].sum() == 4 * 200
+
+    size = 8
+    mask = np.zeros((1, size, size), np.uint8)
+    mask[0, 0, 0] = 1  # The peak of an all-zero map, (0, 0), would hit it.
+    none = np.zeros((1, size, size), bool)
+    zero = np.zeros((1, size, size), np.float32)
+    found = object_explain.AnomalyObjects([[]], np.array([-1]), none, none, zero, samples=True)
+    explained = {"gradcam": zero, "anomaly_map": zero, "mask": mask}
+    peaks, pointing = command.peaks_and_pointing(explained, 0, found, masked=True)
+    assert peaks == {"gradcam": None, "anomaly_map": None, "gradcam_in_box": None}
+    assert pointing == dict.fromkeys(("gradcam", "anomaly_map", "gradcam_in_box"), None) | {
+        "object_box": False
+    }
+    game = command.pointing_game([{"pointing": pointing}], 2.0, objects=True, samples=True)
+    assert (
+        game["gradcam_inside"] == game["anomaly_map_inside"] == game["gradcam_in_box_inside"] == 0
+    )

@@ -15,10 +15,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import ROOT, load_config, object_samples_config, run_module, wait_for
+from conftest import ROOT, copy_run, load_config, object_samples_config, run_module, wait_for
+from flax import nnx
+from sklearn.neighbors import NearestNeighbors
 
 from jaxvad import config as config_lib
-from jaxvad import detector, evaluate, object_scores, train
+from jaxvad import detector, evaluate, model, object_scores
 from jaxvad.checkpoint import Checkpoints
 from jaxvad.data import builder, pipeline
 from jaxvad.metric_writer import read_jsonl
@@ -134,6 +136,8 @@ def test_object_sample_settings_are_config_errors():
             r"objects.size: the 'predictor' model takes sides divisible by 8",
         ),
         ({"objects.margin": -0.1}, "objects.margin"),
+        ({"data.objects": "auto", "score.components": ("faster", "deep")}, "'deep': the deep"),
+        ({"data.objects": "auto", "score.components": ("deep+size",)}, "objects.samples=True"),
     ]
     for fields, message in bad:
         with pytest.raises(config_lib.ConfigError, match=message):
@@ -193,13 +197,12 @@ def test_object_sample_training_resumes_exactly_after_sigkill(object_run, tmp_pa
     assert (whole / "checkpoints" / str(n) / "object_errors.npz").is_file()
 
 
-def test_object_samples_train_and_evaluate_with_the_error_component(object_run, tmp_path):
+def test_object_samples_train_and_evaluate_with_the_error_component(object_samples_run, tmp_path):
     """A model trained on object samples scores each object's error beside its speed: the
     frame score is the maximum over its objects of the summed components, and the workdir
     alone is the detector."""
-    config = object_samples_config(object_run)
-    workdir = tmp_path / "run"
-    train.train(config, workdir)
+    config = object_samples_run.config
+    workdir = copy_run(object_samples_run, tmp_path / "run")
     step = workdir / "checkpoints" / str(config.train.num_steps)
     assert (step / "object_errors.npz").is_file()
     result = evaluate.evaluate(config, workdir)
@@ -248,3 +251,112 @@ def test_object_samples_train_and_evaluate_with_the_error_component(object_run, 
         detector.load(workdir, {"objects.samples": False, "score.components": ("speed",)})
     with pytest.raises(detector.DatasetMismatchError, match=r"objects\.margin"):
         detector.load(workdir, {"objects.margin": 0.5})
+
+
+def direct_features(found: detector.Detector, table, objects) -> np.ndarray:
+    """`[M, D]` the deep features (`VadModel.features`) of `objects`' samples of `table`,
+    computed with the model on the crops (not through the error step); NaN for the objects of
+    frames t ≤ T (no full history)."""
+    o = found.config.objects
+    crops = pipeline.object_crops(
+        table, objects.frame_position, objects.boxes, size=o.size, margin=o.margin
+    )
+    run = jax.jit(lambda p, b: nnx.merge(found.graphdef, p).features(model.model_inputs(b)))
+    keys = ("frames", "flows", "target_frame", "target_flow")
+    parts = [
+        np.where(b["scored"][:, None], run(found.params, {k: b[k] for k in keys}), np.nan)[
+            b["valid"]
+        ]
+        for b in pipeline.eval_dataset(
+            table, history=found.config.history, batch_size=8, read_threads=0, objects=crops
+        )
+    ]
+    return np.concatenate(parts)
+
+
+def test_the_deep_bank_scores_training_objects_leave_one_video_out(object_samples_run, tmp_path):
+    """The "deep" component's bank holds the model's pooled latent of each training object's
+    sample over its standard deviation; a training object's score is the mean distance to
+    its k nearest objects of the other videos, z-scored over the training objects (as
+    sklearn finds them, on features computed with the model itself). The features are stored
+    with the training objects' errors at the end of training; a run scored before they were
+    gets them added on first use, its errors kept."""
+    config = object_samples_run.config
+    workdir = copy_run(object_samples_run, tmp_path / "run")
+    step = workdir / "checkpoints" / str(config.train.num_steps)
+    with np.load(step / "object_errors.npz") as stored:
+        trained = dict(stored)
+    np.savez(step / "object_errors.npz", **{k: v for k, v in trained.items() if k != "features"})
+    found = detector.load(workdir, {"score.components": ("deep",)})
+    with np.load(step / "object_errors.npz") as stored:
+        added = dict(stored)
+    assert added.keys() == trained.keys()
+    for key in trained.keys() - {"features"}:
+        np.testing.assert_array_equal(added[key], trained[key])
+    np.testing.assert_allclose(added["features"], trained["features"], rtol=1e-5, atol=1e-6)
+    assert (step / "object_bank_deep_k1.npz").is_file()
+
+    table = pipeline.open_prepared(config_lib.dataset_dir(config), "train")
+    train = object_scores.read_objects(table)
+    x = direct_features(found, table, train)
+    has = np.isfinite(x).all(axis=1)
+    number = table.frame_index[table.frame_ids[train.frame_position]]
+    np.testing.assert_array_equal(has, number > config.history)
+    np.testing.assert_allclose(added["features"], x, rtol=1e-4, atol=1e-5)
+    scale = x[has].std(axis=0)
+    bank = found.objects.banks["deep"]
+    assert bank.bank.shape == (has.sum(), config.model.width)  # The predictor's F: [N, D].
+    np.testing.assert_allclose(bank.bank, x[has] / scale, rtol=1e-4, atol=1e-4)
+    d = np.full(len(x), np.nan)
+    for video in np.unique(train.video):
+        mine, others = has & (train.video == video), has & (train.video != video)
+        nn = NearestNeighbors(n_neighbors=config.objects.k).fit(x[others] / scale)
+        d[mine] = nn.kneighbors(x[mine] / scale)[0].mean(axis=1)
+    expected = (d - np.nanmean(d)) / np.nanstd(d)
+    np.testing.assert_allclose(bank.train_scores, expected, rtol=1e-3, atol=1e-3)
+    assert np.isnan(bank.train_scores[~has]).all()
+
+
+def test_the_deep_component_evaluates_alone_and_beside_faster(object_samples_run, tmp_path):
+    """Evaluating with ("deep",) and ("deep", "faster") reports frame metrics and the
+    components in metrics.json's objects; an object's deep score is its distance to the
+    training bank, calibrated; the frame score is the maximum over the frame's objects of the
+    summed components (one model pass gives the error step's deep features)."""
+    workdir = copy_run(object_samples_run, tmp_path / "run")
+    config = config_lib.from_dict(object_samples_run.config.to_dict())
+    table = pipeline.open_prepared(config_lib.dataset_dir(config), "test")
+    objects = object_scores.read_objects(table)
+    number = table.frame_index[table.frame_ids[objects.frame_position]]
+    for components in (("deep",), ("deep", "faster")):
+        config_lib.override(config, {"score.components": components})
+        result = evaluate.evaluate(config, workdir)
+        assert result["objects"]["components"] == list(components)
+        assert 0 <= result["frame"]["auc_micro"] <= 1 and 0 <= result["frame"]["auc_macro"] <= 1
+
+        found = detector.load(workdir, {"score.components": components})
+        scored = found.score_objects(objects, table)
+        assert set(scored.components) == set(components)
+        bank = found.objects.banks["deep"]
+        x = scored.objects.deep
+        has = number > config.history
+        assert np.isfinite(x[has]).all() and np.isnan(x[~has]).all()
+        nn = NearestNeighbors(n_neighbors=config.objects.k).fit(bank.bank)
+        d = nn.kneighbors(x[has] / bank.scale)[0].mean(axis=1)
+        deep = scored.components["deep"]
+        np.testing.assert_allclose(deep[has], (d - bank.mean) / bank.std, rtol=1e-4, atol=1e-4)
+        total = sum(scored.components[c] for c in components)
+        np.testing.assert_allclose(scored.score, total)
+        frame = np.full(table.num_frames, found.objects.floor)
+        for position in range(table.num_frames):
+            mine = total[objects.frame_position == position]
+            if len(mine) and np.isfinite(mine).all():
+                frame[position] = mine.max()
+        np.testing.assert_allclose(scored.frame, frame)
+        train_frames = found.objects.train_frame_scores()[found.normal.scored]
+        expected = (frame - train_frames.mean()) / train_frames.std()  # "train", no smoothing.
+        with (workdir / "eval" / "frame_scores.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        counted = np.array([r["scored"] == "1" for r in rows])
+        written = np.array([float(r["score"]) for r in rows if r["scored"] == "1"])
+        # rel 1e-5: evaluate's error step also returns maps (another XLA program).
+        np.testing.assert_allclose(written, expected[counted], rtol=1e-5, atol=1e-9)

@@ -68,7 +68,7 @@ def test_tiny_variant_of_every_config_traces_a_train_step(name, synthetic_root):
     run = train_lib.build(config, distributed.make_mesh(config.mesh.fsdp), steps=2)
     _, loader, _ = train_lib.training_input(config, train_lib.training_dataset(config))
     batch = next(iter(loader))
-    t, s, c = config.history, config.data.size, config.data.channels
+    t, s, c = config.history, model.image_size(config), config.data.channels
     assert batch["frames"].shape == (config.train.batch_size, t, s, s, c)
     state, metrics = jax.eval_shape(run.step, run.abstract, batch, jax.random.key(0))
     assert jax.tree.map(lambda a: (a.shape, a.dtype), state) == jax.tree.map(

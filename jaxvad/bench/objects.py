@@ -139,7 +139,7 @@ def main() -> None:
         if on.value:
             samples(config.value, Path(workdir.value), steps.value, train_steps.value)
 
-    cli.run(command, config=config, usage=USAGE)
+    cli.run(command, config=config, usage=USAGE, config_optional=True)  # Detection needs none.
 
 
 if __name__ == "__main__":

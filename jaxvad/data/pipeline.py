@@ -453,6 +453,19 @@ def crop(
     return np.moveaxis(resized, 2, 0).reshape(*lead, size, size, channels)
 
 
+def uncrop(image: np.ndarray, box: np.ndarray, size: int) -> tuple[tuple[slice, slice], np.ndarray]:
+    """Where a crop's `image` `[s, s, ...]` goes back in the `size` × `size` frame it was cut
+    from at `box` `[x0, y0, x1, y1)` (`crop`'s inverse, without the padding): the frame's
+    (rows, columns) inside `box` and `image` resized (bilinear) onto `box` there, `[h, w, ...]`
+    float32."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    left, top, right, bottom = max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
+    resized = cv2.resize(image.astype(np.float32), (x1 - x0, y1 - y0))
+    resized = resized.reshape(y1 - y0, x1 - x0, *image.shape[2:])  # OpenCV drops a last 1.
+    inside = resized[top - y0 : bottom - y0, left - x0 : right - x0]
+    return (slice(top, bottom), slice(left, right)), inside
+
+
 def crop_samples(
     batch: Mapping[str, np.ndarray], boxes: np.ndarray, size: int
 ) -> dict[str, np.ndarray]:

@@ -23,7 +23,12 @@ In object mode (`config.score.components` other than "error") frames are scored 
 objects: a prepared split's stored ones, or a video's found on the fly with the preparation's
 detector (`objects`); each anomaly also lists its frame's objects in numbers against training,
 its explanation is the top object's, and "where" is the Grad-CAM restricted to the top object's
-box (`objects`), measured beside the box itself in the pointing game.
+box (`objects`), measured beside the box itself in the pointing game. A model of object samples
+(`config.objects.samples`) takes crops, not frames: Grad-CAM and the error maps are computed on
+the top object's crop sample (the one it scores) and pasted back into its box grown by the
+margin (`explain_crops`); the attribution compares that crop's errors with the training
+objects'. A video's table then carries the video's own frame size, so its objects are cut as a
+prepared split's are.
 
 Writes `WORKDIR/explain/<video name>/` (`WORKDIR/explain/<split>/` with `--split`), replacing
 an earlier one only once complete: `records.jsonl` (one line per anomaly, fields in
@@ -115,15 +120,15 @@ class ExplainSettings:
 class Input:
     """The frames to explain: `table`; `name`, the output folder's; `shown`, what the report
     calls the input; whether it has frame labels; the videos with pixel masks (0-based). With
-    objects: `frame_sizes` `[V, 2]` each video's original (height, width), `originals` its
-    frames at that resolution, and `objects` when they were found on the fly (a video)."""
+    objects: the table's `frame_sizes` `[V, 2]` (each video's original (height, width)),
+    `originals` its frames at that resolution, and `objects` when they were found on the fly
+    (a video)."""
 
     table: pipeline.FrameTable
     name: str
     shown: str
     labeled: bool
     masked: frozenset[int]
-    frame_sizes: np.ndarray | None = None
     originals: object_explain.OriginalFrames | None = None
     objects: object_scores.SplitObjects | None = None
 
@@ -140,16 +145,9 @@ def video_input(
         return Input(table, video_name(path), str(path), False, frozenset())
     originals = decode(path, history=history)
     table = open_video(path, size=size, history=history, flow=flow, originals=originals)
-    found, frame_sizes = object_explain.video_objects(originals, path, objects)
+    found = object_explain.video_objects(originals, path, objects)
     return Input(
-        table,
-        video_name(path),
-        str(path),
-        False,
-        frozenset(),
-        frame_sizes,
-        lambda video: originals,
-        found,
+        table, video_name(path), str(path), False, frozenset(), lambda video: originals, found
     )
 
 
@@ -162,9 +160,8 @@ def split_input(config: ml_collections.ConfigDict, split: str) -> Input:
     if split not in metadata["splits"]:
         raise UsageError(f"{dataset_dir}: no split {split!r}; it has {sorted(metadata['splits'])}")
     videos = metadata["splits"][split]["videos"]
-    sizes, originals = None, None
+    originals = None
     if "objects" in metadata:
-        sizes = np.array([[v["height"], v["width"]] for v in videos])
         originals = object_explain.SourceVideos(
             metadata["dataset"],
             config_lib.dataset_settings(config),
@@ -179,7 +176,6 @@ def split_input(config: ml_collections.ConfigDict, split: str) -> Input:
         f"{split} split of {dataset_dir}",
         builder.split_has_labels(metadata, split),
         frozenset(i for i, v in enumerate(videos) if v["has_pixel_mask"]),
-        sizes,
         originals,
     )
 
@@ -202,6 +198,54 @@ def pick(
     return chosen, len(above)
 
 
+def explain_batches(
+    found: detector_lib.Detector,
+    table: pipeline.FrameTable,
+    positions: np.ndarray,
+    affine: Mapping[str, scoring.Affine],
+    *,
+    batch_size: int,
+    crops: pipeline.ObjectCrops | None = None,
+) -> dict[str, np.ndarray]:
+    """The explain step (`explain_step`, jitted) on the evaluation samples of the frames at
+    `positions` `[A]` (A > 0) of `table`, or with `crops` (one per frame: `crops.position` =
+    `positions`) on their object samples (`pipeline.crop_samples`), in batches of `batch_size`
+    split over processes and devices; `affine`: per component each sample's normalisation
+    (`[A]`).
+
+    Returns host arrays over the A samples: the step's outputs at the model's input side
+    (S, or s with crops) and the stored frames' `frame` `[A, S, S, C]` uint8 and `mask`
+    `[A, S, S]` uint8.
+    """
+    count, index = jax.process_count(), jax.process_index()
+    alpha = found.settings.alpha
+    step = jax.jit(functools.partial(explain_step, graphdef=found.graphdef, alpha=alpha))
+    parts = []
+    for start in tqdm(
+        range(0, len(positions), batch_size), desc="explain", unit="batch", disable=index != 0
+    ):
+        chunk = np.arange(start, min(start + batch_size, len(positions)))
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk))])
+        local = np.array_split(padded, count)[index]  # This process's part of the batch.
+        samples = pipeline.eval_samples(
+            table, positions[local], history=found.scorer.history, channels=found.scorer.channels
+        )
+        stored = {"frame": samples["target_frame"], "mask": samples["mask"]}  # The pictures'.
+        if crops is not None:
+            samples = pipeline.crop_samples(samples, crops.boxes[local], crops.size)
+        samples |= stored
+        samples["shift"] = np.stack([affine[c].shift[local] for c in scoring.COMPONENTS], -1)
+        samples["scale"] = np.stack([affine[c].scale[local] for c in scoring.COMPONENTS], -1)
+        keys = (*pipeline.TRAIN_KEYS, "frame", "mask", "shift", "scale")
+        batch = distributed.global_batch(
+            {k: np.asarray(samples[k]) for k in keys}, found.scorer.data_sharding
+        )
+        out = step(found.params, batch, batch["shift"], batch["scale"])
+        out = distributed.to_host(out | {"frame": batch["frame"], "mask": batch["mask"]})
+        parts.append({k: np.asarray(v)[: len(chunk)] for k, v in out.items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def explain_frames(
     found: detector_lib.Detector,
     table: pipeline.FrameTable,
@@ -212,8 +256,9 @@ def explain_frames(
     map_sigma: float,
 ) -> dict[str, np.ndarray]:
     """Grad-CAM, predictions and error maps of the frames at `positions` `[A]` of `table`
-    (in batches of `batch_size`, split over processes and devices); `map_sigma`: the anomaly
-    map's blur in pixels.
+    (in batches of `batch_size`, split over processes and devices; `explain_batches`), under
+    the frames' normalisation (`scores.error_affine`); `map_sigma`: the anomaly map's blur in
+    pixels.
 
     Returns host arrays over the A frames (empty when A = 0): `gradcam`, `rgb_map`,
     `flow_map`, `anomaly_map` `[A, S, S]` float32, `predicted`, `frame` `[A, S, S, C]` uint8,
@@ -222,38 +267,97 @@ def explain_frames(
     """
     if not len(positions):
         return {}
-    count, index = jax.process_count(), jax.process_index()
-    alpha = found.settings.alpha
-    step = jax.jit(functools.partial(explain_step, graphdef=found.graphdef, alpha=alpha))
-    affine = scores.error_affine
-    parts = []
-    for start in tqdm(
-        range(0, len(positions), batch_size), desc="explain", unit="batch", disable=index != 0
-    ):
-        chunk = positions[start : start + batch_size]
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk))])
-        local = np.array_split(padded, count)[index]  # This process's part of the batch.
-        samples = pipeline.eval_samples(
-            table, local, history=found.scorer.history, channels=found.scorer.channels
-        )
-        samples["shift"] = np.stack([affine[c].shift[local] for c in scoring.COMPONENTS], -1)
-        samples["scale"] = np.stack([affine[c].scale[local] for c in scoring.COMPONENTS], -1)
-        keys = (*pipeline.TRAIN_KEYS, "mask", "shift", "scale")
-        batch = distributed.global_batch(
-            {k: np.asarray(samples[k]) for k in keys}, found.scorer.data_sharding
-        )
-        out = step(found.params, batch, batch["shift"], batch["scale"])
-        out = distributed.to_host(out | {"frame": batch["target_frame"], "mask": batch["mask"]})
-        parts.append({k: np.asarray(v)[: len(chunk)] for k, v in out.items()})
-    result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    affine = {
+        c: scoring.Affine(a.shift[positions], a.scale[positions])
+        for c, a in scores.error_affine.items()
+    }
+    result = explain_batches(found, table, positions, affine, batch_size=batch_size)
     result["anomaly_map"] = scoring.pixel_maps(
         {"rgb": result["rgb_map"], "flow": result["flow_map"]},
-        {c: affine[c].shift[positions] for c in scoring.COMPONENTS},
-        {c: affine[c].scale[positions] for c in scoring.COMPONENTS},
-        alpha,
+        {c: affine[c].shift for c in scoring.COMPONENTS},
+        {c: affine[c].scale for c in scoring.COMPONENTS},
+        found.settings.alpha,
         map_sigma,
     )
     return result
+
+
+def explain_crops(
+    found: detector_lib.Detector,
+    table: pipeline.FrameTable,
+    errors: scoring.SplitErrors,
+    positions: np.ndarray,
+    scored: object_scores.ObjectScores,
+    *,
+    batch_size: int,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A model of object samples' explanations of the frames at `positions` `[A]` of `table`
+    (`errors`: its frames, `scored` its objects): Grad-CAM, predictions and error maps of each
+    frame's top object's sample, cut as `score_objects` cuts it (`pipeline.object_crops`,
+    normalised as the error component normalises it: the training objects' mean and std,
+    `ObjectModel.attribution`, whichever the components), pasted back into the box grown by
+    the margin in the stored S × S frame (`object_explain.paste`; zeros outside). The anomaly
+    map is the top object's score plus its crop's calibrated error map less its mean there (as
+    `jaxvad.evaluate`'s object maps, `ObjectScores.detail`; the score over the box without the
+    error component), the objects' floor elsewhere. A frame without objects has no crop: zero
+    maps (a black `predicted`), the floor as anomaly map, NaN z.
+
+    Returns the keys of `explain_frames` (A = 0: empty) and the top crops' training z
+    (`attribution.training_z` against the training objects' errors) `[A]` per component.
+    """
+    count, error = len(positions), found.objects.error
+    attribution_errors = found.objects.attribution  # The training objects' errors.
+    nan = {c: np.full(count, np.nan) for c in scoring.COMPONENTS}
+    if not count:
+        return {}, nan
+    o = found.config.objects
+    top = object_explain.top_objects(scored, positions)
+    has = top >= 0
+    boxes = np.zeros((count, 4), np.float32)  # Without an object: a 1-pixel stand-in.
+    boxes[has] = scored.objects.boxes[top[has]]
+    crops = pipeline.object_crops(table, positions, boxes, size=o.size, margin=o.margin)
+    affine = dict.fromkeys(scoring.COMPONENTS, scoring.Affine(np.zeros(count), np.ones(count)))
+    if attribution_errors is not None:
+        affine = attribution_errors.normalisation(count)
+    result = explain_batches(found, table, positions, affine, batch_size=batch_size, crops=crops)
+    crop_errors = scoring.SplitErrors(
+        names=errors.names,
+        video=errors.video[positions],
+        frame=errors.frame[positions],
+        scored=has,
+        rgb=np.where(has, result["rgb"], 0.0),
+        flow=np.where(has, result["flow"], 0.0),
+        maps={"rgb": result["rgb_map"], "flow": result["flow_map"]},
+    )
+    detail, z = None, nan
+    if error is not None:
+        detail = error.maps(crop_errors) - error.scores(crop_errors)[:, None, None]
+        detail = detail[has].astype(np.float32)
+    if attribution_errors is not None:
+        z = {
+            c: np.where(has, v, np.nan)
+            for c, v in attribution.training_z(crop_errors, attribution_errors.train).items()
+        }
+    size = result["frame"].shape[1]
+    result["anomaly_map"] = object_scores.box_maps(
+        object_explain.top_boxes(scored, top),
+        scored.score[top[has]],
+        found.objects.floor,
+        table.frame_sizes,
+        size,
+        detail,
+        o.margin if detail is not None else 0.0,
+    )
+    pasted = (
+        "gradcam",
+        "rgb_map",
+        "flow_map",
+        "predicted",
+        *model.MODELS[found.config.model.name].EXTRA_MAPS,
+    )
+    for key in pasted:
+        result[key] = object_explain.paste(result[key], crops.boxes, has, size)
+    return result, z
 
 
 def render(
@@ -321,16 +425,17 @@ def make_records(
     pictures: Sequence[Mapping[str, np.ndarray]],
     captions: Sequence[str | None],
     *,
+    z: Mapping[str, np.ndarray],
     caption_source: str | None,
     caption_notes: Sequence[str | None],
     objects: object_explain.AnomalyObjects | None = None,
 ) -> list[dict[str, Any]]:
-    """One record per explained anomaly (`RECORD_FIELDS`; `caption_source` None: no
-    captioner; `caption_notes`: per anomaly how its caption was made, or None; `objects`: in
-    object mode the anomalies' objects, else None); `images` holds the paths `write` puts
-    each picture at. In object mode the explanation is the top object's (`object_sentence`)
-    and the heatmap is the Grad-CAM inside its box."""
-    z = attribution.training_z(errors, found.normal)
+    """One record per explained anomaly (`RECORD_FIELDS`; `z`: per component `[A]` the
+    anomalies' training z, `attribution.training_z`; `caption_source` None: no captioner;
+    `caption_notes`: per anomaly how its caption was made, or None; `objects`: in object mode
+    the anomalies' objects, else None); `images` holds the paths `write` puts each picture
+    at. In object mode the explanation is the top object's (`object_sentence`) and the
+    heatmap is the Grad-CAM inside its box (with object samples: its crop's)."""
     where = "gradcam" if objects is None else "gradcam_in_box"
     records = []
     for a, i in enumerate(chosen):
@@ -345,12 +450,12 @@ def make_records(
                 "score": _number(scores.score[i]),
                 "score_rgb": _number(scores.rgb[i]),
                 "score_flow": _number(scores.flow[i]),
-                "z_rgb": _number(z["rgb"][i]),
-                "z_flow": _number(z["flow"][i]),
+                "z_rgb": _number(z["rgb"][a]),
+                "z_flow": _number(z["flow"][a]),
                 "threshold": found.threshold,
                 "label": None if errors.label is None else int(errors.label[i]),
-                "modality": attribution.modality(z["rgb"][i], z["flow"][i]),
-                "explanation": attribution.sentence(z["rgb"][i], z["flow"][i])
+                "modality": attribution.modality(z["rgb"][a], z["flow"][a]),
+                "explanation": attribution.sentence(z["rgb"][a], z["flow"][a])
                 if objects is None
                 else object_explain.object_sentence(objects.listed[a]),
                 "heatmap": paths[where],
@@ -375,24 +480,24 @@ def peaks_and_pointing(
     masked: bool,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Anomaly `a`'s map peaks, and its pointing games when its video has masks (`masked`) and
-    its mask is not empty (else None). In object mode also `gradcam_in_box` (the peak inside
-    the top box; None in a frame without objects) and `object_box` (the top box holds mask
-    pixels)."""
-    heat, anomaly, mask = (explained[k][a] for k in ("gradcam", "anomaly_map", "mask"))
-    peaks = {"gradcam": list(images.peak(heat)), "anomaly_map": list(images.peak(anomaly))}
+    its mask is not empty (else None). In object mode also `gradcam_in_box` (the peak of the
+    "where" map inside its region, `AnomalyObjects.where`; None in a frame without objects)
+    and `object_box` (the top box holds mask pixels). With object samples a frame without
+    objects has no maps at all: every peak is None, every game a miss."""
+    mask = explained["mask"][a]
+    kinds = ("gradcam", "anomaly_map")
+    mapless = objects is not None and objects.samples and not objects.has_box(a)
+    peaks = {k: None if mapless else list(images.peak(explained[k][a])) for k in kinds}
     pointing = None
     if masked and bool(mask.any()):
-        pointing = {
-            "gradcam": images.pointing(heat, mask),
-            "anomaly_map": images.pointing(anomaly, mask),
-        }
+        pointing = {k: None if mapless else images.pointing(explained[k][a], mask) for k in kinds}
     if objects is None:
         return peaks, pointing
-    region, in_box, boxed = objects.region[a], objects.gradcam_in_box[a], objects.has_box(a)
-    peaks["gradcam_in_box"] = list(images.peak(in_box, region)) if boxed else None
+    where, in_box, boxed = objects.where[a], objects.gradcam_in_box[a], objects.has_box(a)
+    peaks["gradcam_in_box"] = list(images.peak(in_box, where)) if boxed else None
     if pointing is not None:
-        pointing["gradcam_in_box"] = images.pointing(in_box, mask, region) if boxed else None
-        pointing["object_box"] = bool((region & (mask > 0)).any())
+        pointing["gradcam_in_box"] = images.pointing(in_box, mask, where) if boxed else None
+        pointing["object_box"] = bool((objects.region[a] & (mask > 0)).any())
     return peaks, pointing
 
 
@@ -426,7 +531,12 @@ def make_summary(
         "modalities": {
             m: sum(r["modality"] == m for r in records) for m in ("appearance", "motion")
         },
-        "pointing_game": pointing_game(records, tolerance, objects=found.objects is not None),
+        "pointing_game": pointing_game(
+            records,
+            tolerance,
+            objects=found.objects is not None,
+            samples=found.config.objects.samples,
+        ),
         "captions": (
             {
                 "source": settings.caption_source,
@@ -443,10 +553,11 @@ def make_summary(
 
 
 def pointing_game(
-    records: Sequence[Mapping[str, Any]], tolerance: float, *, objects: bool
+    records: Sequence[Mapping[str, Any]], tolerance: float, *, objects: bool, samples: bool = False
 ) -> dict[str, Any]:
     """summary.json's `pointing_game` over the records with a pointing game (`tolerance`: the
-    "near" distance in pixels); `objects`: object mode's games too."""
+    "near" distance in pixels); `objects`: object mode's games too; `samples`: the maps are
+    the top objects' crops' (a model of object samples)."""
     games = [r["pointing"] for r in records if r["pointing"] is not None]
     kinds = ("gradcam", "anomaly_map", *(("gradcam_in_box",) if objects else ()))
 
@@ -463,6 +574,13 @@ def pointing_game(
             "; gradcam_in_box: the maximum of the Grad-CAM inside the frame's top object's box; "
             "object_box: the top object's box holds mask pixels (as jaxvad.evaluate's object "
             "pointing game); a frame without objects is a miss for both"
+        )
+    if samples:
+        rule += (
+            "; object samples: Grad-CAM and every map are the top object's crop's, pasted into "
+            "its box grown by config.objects.margin (zero, or the floor, elsewhere), and "
+            "gradcam_in_box is that Grad-CAM, its peak searched there; a frame without objects "
+            "has no maps: a miss in every game"
         )
     game: dict[str, Any] = {"frames_with_mask": len(games), "rule": rule}
     for kind in kinds:
@@ -567,11 +685,19 @@ def explain(
     chosen, above = pick(errors, scores, found.threshold, top)
 
     # --- Explain: Grad-CAM, predictions and maps of the anomalies (and their objects).
+    # A model of object samples explains each anomaly's top object's crop (`explain_crops`).
+    samples = config.objects.samples
     with _timed(seconds, "gradcam_and_maps"):
-        sigma = config.eval.map_sigma * config.data.size
-        explained = explain_frames(
-            found, source.table, chosen, scores, batch_size=settings.batch_size, map_sigma=sigma
-        )
+        if samples:
+            explained, z = explain_crops(
+                found, source.table, errors, chosen, scored, batch_size=settings.batch_size
+            )
+        else:
+            sigma = config.eval.map_sigma * config.data.size
+            explained = explain_frames(
+                found, source.table, chosen, scores, batch_size=settings.batch_size, map_sigma=sigma
+            )
+            z = {c: v[chosen] for c, v in attribution.training_z(errors, found.normal).items()}
         found_objects = None
         if scored is not None and len(chosen):
             found_objects = object_explain.explain_objects(
@@ -579,8 +705,9 @@ def explain(
                 scored,
                 chosen,
                 explained["gradcam"],
-                source.frame_sizes,
+                source.table.frame_sizes,
                 nearby=config.objects.nearby,
+                margin=config.objects.margin if samples else None,
             )
             explained["gradcam_in_box"] = found_objects.gradcam_in_box
 
@@ -612,6 +739,7 @@ def explain(
         explained,
         pictures,
         captions,
+        z=z,
         caption_source=settings.caption_source if captioner else None,
         caption_notes=notes,
         objects=found_objects,
@@ -650,7 +778,7 @@ def add_object_pictures(
     frames, `videos`, `frame_ids` `[A]` its video and 1-based frame): `objects`,
     `gradcam_in_box` and with `crops` `object_crop`, what BLIP captions. Returns per anomaly
     how its crop was cut (`object_explain.object_crops`; None without `crops`)."""
-    sizes = source.frame_sizes[videos]
+    sizes = source.table.frame_sizes[videos]
     for picture, more in zip(
         pictures, object_explain.object_pictures(found, frames, sizes), strict=True
     ):
@@ -658,7 +786,7 @@ def add_object_pictures(
     if not crops:
         return [None] * len(pictures)
     cut, notes = object_explain.object_crops(
-        found, videos, frame_ids, frames, source.frame_sizes, source.originals
+        found, videos, frame_ids, frames, source.table.frame_sizes, source.originals
     )
     for picture, image in zip(pictures, cut, strict=True):
         picture["object_crop"] = image

@@ -6,7 +6,10 @@ Where. The top object is the frame's highest-scoring one (it set the frame's sco
 scaled from the original resolution to the stored S×S frame and rounded outwards
 (`object_scores.box_maps`, the pixels of `jaxvad.evaluate`'s object pointing game), is the
 anomaly's region; the Grad-CAM heatmap restricted to it (min–max renormalised over the box, zero
-outside, `images.restrict`) is the "where" map, its peak searched inside the box.
+outside, `images.restrict`) is the "where" map, its peak searched inside the box. A model of
+object samples explains the top object's crop instead: its Grad-CAM, computed inside the crop,
+is resized back onto the crop's region of the stored frame (the box grown by the margin,
+`paste`), zero outside, and is the "where" map as it is; a frame without objects has none.
 
 What. With `config.explain.caption_source = "object"` BLIP captions the top box cut from the
 frame at the original resolution (`object_crops`): for a user's video (`--video`) the decoded
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from jaxvad import object_scores
-from jaxvad.data import builder, preprocess
+from jaxvad.data import builder, pipeline, preprocess
 from jaxvad.data import objects as object_lib
 from jaxvad.data.readers import VideoSpec
 from jaxvad.data.video_io import DataError, read_frames
@@ -87,16 +90,41 @@ class AnomalyObjects:
     """The object part of A explained anomalies: `listed`, per anomaly its frame's objects
     (`frame_objects`, the top one first); `top` `[A]` the top object's index among the scored
     objects (−1: a frame without objects); `region` `[A, S, S]` bool its box's pixels in the
-    stored frame (empty without one); `gradcam_in_box` `[A, S, S]` float32 the Grad-CAM
-    restricted to that box (zeros without one)."""
+    stored frame (empty without one); `where` `[A, S, S]` bool the pixels of the "where" map:
+    the box, or with object `samples` the crop (the box grown by the margin, inside the
+    frame); `gradcam_in_box` `[A, S, S]` float32 that map: the Grad-CAM restricted to the box,
+    or the crop's own Grad-CAM pasted into it (zeros without a box)."""
 
     listed: list[list[dict[str, Any]]]
     top: np.ndarray
     region: np.ndarray
+    where: np.ndarray
     gradcam_in_box: np.ndarray
+    samples: bool = False
 
     def has_box(self, a: int) -> bool:
         return bool(self.top[a] >= 0)
+
+
+def top_objects(scored: object_scores.ObjectScores, positions: np.ndarray) -> np.ndarray:
+    """`[A]` the index among the scored objects of the top object of each frame at `positions`
+    `[A]`: its highest-scoring one, the first of the highest as `frame_objects` orders them
+    (−1: a frame without objects)."""
+    top = np.full(len(positions), -1, np.int64)
+    for a, p in enumerate(positions):
+        mine = np.flatnonzero(scored.objects.frame_position == p)
+        if len(mine):
+            top[a] = mine[np.argmax(scored.score[mine])]
+    return top
+
+
+def top_boxes(scored: object_scores.ObjectScores, top: np.ndarray) -> object_scores.SplitObjects:
+    """The top objects `top` `[A]` (`top_objects`) as objects of A "frames", one per anomaly
+    (none for −1), for `object_scores.box_maps`."""
+    has = top >= 0
+    return dataclasses.replace(
+        scored.objects.take(top[has]), frame_position=np.flatnonzero(has), num_frames=len(top)
+    )
 
 
 def explain_objects(
@@ -107,26 +135,42 @@ def explain_objects(
     frame_sizes: np.ndarray,
     *,
     nearby: int,
+    margin: float | None = None,
 ) -> AnomalyObjects:
     """The objects of the anomalies at frame `positions` `[A]`, their top boxes and the
-    Grad-CAM `gradcam` `[A, S, S]` inside them; `frame_sizes` `[V, 2]` each video's original
-    (height, width); `nearby`: the training objects that make up an object's place
-    (`config.objects.nearby`)."""
+    "where" map; `frame_sizes` `[V, 2]` each video's original (height, width); `nearby`: the
+    training objects that make up an object's place (`config.objects.nearby`). `gradcam`
+    `[A, S, S]`: the frames' Grad-CAM, restricted here to the top boxes; with object samples
+    (`margin` = `config.objects.margin`) the top crops' Grad-CAM already pasted into their
+    boxes grown by `margin` (`paste`), kept as it is."""
     shares = model.slower_share(scored.objects, nearby)
     listed = [frame_objects(scored, shares, int(p)) for p in positions]
-    top = np.full(len(positions), -1, np.int64)
-    for a, p in enumerate(positions):
-        mine = np.flatnonzero(scored.objects.frame_position == p)
-        if len(mine):  # The first of the highest, as `frame_objects` orders them.
-            top[a] = mine[np.argmax(scored.score[mine])]
-    has = top >= 0
-    boxes = dataclasses.replace(  # One "frame" per anomaly, holding its top box.
-        scored.objects.take(top[has]), frame_position=np.flatnonzero(has), num_frames=len(top)
-    )
-    size = gradcam.shape[-1]
-    region = object_scores.box_maps(boxes, np.ones(int(has.sum())), 0.0, frame_sizes, size) > 0
-    in_box = [images.restrict(h, r) for h, r in zip(gradcam, region, strict=True)]
-    return AnomalyObjects(listed, top, region, np.array(in_box, np.float32).reshape(gradcam.shape))
+    top = top_objects(scored, positions)
+    boxes, size = top_boxes(scored, top), gradcam.shape[-1]
+    ones = np.ones(len(boxes.boxes))
+    region = object_scores.box_maps(boxes, ones, 0.0, frame_sizes, size) > 0
+    if margin is None:
+        where = region
+        in_box = np.array([images.restrict(h, r) for h, r in zip(gradcam, region, strict=True)])
+    else:
+        where = object_scores.box_maps(boxes, ones, 0.0, frame_sizes, size, margin=margin) > 0
+        in_box = np.where(where, gradcam, 0.0)
+    in_box = in_box.astype(np.float32).reshape(gradcam.shape)
+    return AnomalyObjects(listed, top, region, where, in_box, samples=margin is not None)
+
+
+def paste(crops: np.ndarray, regions: np.ndarray, has: np.ndarray, size: int) -> np.ndarray:
+    """The crops' maps or images `crops` `[A, s, s, ...]` back in their S × S frames (S =
+    `size`): crop a resized (bilinear) onto its region `regions[a]` `[x0, y0, x1, y1)` (stored
+    pixels, `pipeline.ObjectCrops.boxes`), the part inside the frame kept, zeros elsewhere and
+    for the anomalies without a crop (`has` `[A]` False). `[A, S, S, ...]`, the crops' dtype
+    (integers rounded)."""
+    out = np.zeros((len(crops), size, size, *crops.shape[3:]), crops.dtype)
+    integer = np.issubdtype(crops.dtype, np.integer)
+    for a in np.flatnonzero(has):
+        inside, values = pipeline.uncrop(crops[a], regions[a], size)
+        out[a][inside] = np.round(values) if integer else values
+    return out
 
 
 def stored_box(box: Sequence[float], frame_size: Sequence[int], size: int) -> np.ndarray:
@@ -241,16 +285,12 @@ class SourceVideos:
         return frames
 
 
-def video_objects(
-    frames: np.ndarray, path: Path, objects: str
-) -> tuple[object_scores.SplitObjects, np.ndarray]:
+def video_objects(frames: np.ndarray, path: Path, objects: str) -> object_scores.SplitObjects:
     """The objects of a user's video found on the fly, as the preparation finds a dataset's
     (`config.data.objects` = `objects`: "auto", the motion detector, or "mot:DIR", the file
-    `DIR/<video name>.txt`), from its frames `[N, H, W, C]` at the original resolution; and
-    its `frame_sizes` `[1, 2]` (height, width)."""
+    `DIR/<video name>.txt`), from its frames `[N, H, W, C]` at the original resolution."""
     spec = VideoSpec(video_name(path), "video", path)
     found = object_lib.video_objects(frames, preprocess.video_boxes(objects, spec, frames))
-    split = object_scores.SplitObjects.from_frames(
+    return object_scores.SplitObjects.from_frames(
         found.boxes, found.tracks, found.velocity, video_lengths=[len(frames)]
     )
-    return split, np.array([frames.shape[1:3]])

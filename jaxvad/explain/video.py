@@ -90,7 +90,8 @@ def open_video(
     """`path` at `size`×`size` as a one-video `FrameTable` (split "video") whose flow is
     computed with the method `flow`; `originals`: its frames already decoded at the original
     resolution (`decode`), resized here rather than decoded again (the same frames: decoding
-    resizes each frame with the same area interpolation). DataError as `decode`."""
+    resizes each frame with the same area interpolation; the table then has their original
+    `frame_sizes`, which object boxes and crops are placed with). DataError as `decode`."""
     path = Path(path)
     if originals is None:
         frames = decode(path, history=history, size=size)
@@ -104,4 +105,5 @@ def open_video(
         name=str(path),
         split="video",
         video_names=[video_name(path)],
+        frame_sizes=None if originals is None else np.array([originals.shape[1:3]]),
     )

@@ -17,6 +17,10 @@ reconstruction model reconstructs it. It supplies:
   Grad-CAM explains: `features` `[B, T', h, w, K]` (T' = 1 for single-frame models) and
   `head(features)` → `Maps`, a pure function, so `jax.grad` of a score of `head` gives ∂S/∂A^k.
 - `maps(inputs)` → `Maps` (= `head(features)`).
+- `features(inputs)` → `[B, D]` float32: a pooled latent of the sample, its deep feature (the
+  object component "deep", `jaxvad.object_scores`); by default the mean over (T', h, w) of
+  `explained`'s features. Called beside `maps` in one jitted step (`inference.error_step`),
+  the shared encoder is computed once (XLA's common-subexpression elimination).
 
 `Maps` is a dict of float32 arrays: `image` `[B, S, S, C]` in [-1, 1] (the predicted or
 reconstructed frame), `rgb` and `flow` `[B, S, S]` ≥ 0, the per-pixel maps of the score's two
@@ -55,6 +59,10 @@ class VadModel(nnx.Module):
     def maps(self, inputs: Mapping[str, jax.Array]) -> Maps:
         features, head = self.explained(inputs)
         return head(features)
+
+    def features(self, inputs: Mapping[str, jax.Array]) -> jax.Array:
+        features, _ = self.explained(inputs)
+        return features.astype(jnp.float32).mean(axis=(1, 2, 3))
 
 
 def squared_error(pred: jax.Array, target: jax.Array) -> jax.Array:

@@ -39,7 +39,8 @@ end to end). Ours, so that every parameter that affects the score gets gradients
   plain minimisation of ‖F_fusion‖ on normal frames would drive W and S^(s) to zero).
 
 The loss is Σ config.loss[k]·L_k over k in `LOSS_TERMS`. Grad-CAM explains the student's last
-encoder stage `[B, 1, S/2^n, S/2^n, w_n]`; the saliency maps (mean over scales, at S×S) are an
+encoder stage `[B, 1, S/2^n, S/2^n, w_n]` (its mean over space `[B, w_n]` is the deep
+feature, `VadModel.features`); the saliency maps (mean over scales, at S×S) are an
 extra heatmap of the explanations. Not done: the paper's crops and flips, its LR-on-plateau.
 """
 

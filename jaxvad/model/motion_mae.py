@@ -22,7 +22,8 @@ not used).
 - Score S_hybrid(t) = α·L_rec(t) + β·S_motion(t) with S_motion = L_motion of frame t: the two
   components of `jaxvad.scoring` are E_rgb = L_rec (appearance) and E_flow = S_motion (motion),
   each normalised (training z-scores by default), and β/α is `config.score.alpha`.
-- Grad-CAM explains the encoder's last stage `[B, 1, S/8, S/8, 128]`.
+- Grad-CAM explains the encoder's last stage `[B, 1, S/8, S/8, 128]`; its mean over space
+  `[B, 128]` is the deep feature (`VadModel.features`).
 - Not done: the paper's data augmentation (crops, flips, rotation) and early stopping.
 """
 

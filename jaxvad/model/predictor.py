@@ -30,7 +30,8 @@ so Grad-CAM is `jax.grad` of e.g. `lambda a_k: score(model.decode(appearance, a_
 
 As a `VadModel` (`interface`): the loss terms are DESIGN.md's (`jaxvad.losses.loss_terms`);
 Grad-CAM explains the motion features A^k; the score's components are the next frame's and
-the next flow's squared prediction errors.
+the next flow's squared prediction errors; the deep feature (`features`) is F's mean over the
+N tokens `[B, D]`.
 """
 
 from __future__ import annotations
@@ -205,18 +206,15 @@ class Predictor(VadModel):
             x = gelu(conv(x))
         return x
 
-    def decode(
+    def fuse(
         self,
         appearance: jax.Array,
         motion_features: jax.Array,
         *,
         rngs: nnx.Rngs | None = None,
-    ) -> tuple[jax.Array, jax.Array]:
-        """Fusion and decoders.
-
-        appearance: `[B, N, D]` (A_app); motion_features: `[B, T, h, w, K]` (A^k).
-        Returns (frame `[B, H, W, C]` float32 in [-1, 1], flow `[B, H, W, 2]` float32).
-        """
+    ) -> jax.Array:
+        """Gated cross-attention fusion: appearance `[B, N, D]` (A_app) and motion_features
+        `[B, T, h, w, K]` (A^k) → F `[B, N, D]` (compute dtype), the decoders' input."""
         B, T, h, w, _ = motion_features.shape
         N, D = h * w, self.width
         appearance = appearance.astype(self.dtype)
@@ -231,8 +229,22 @@ class Predictor(VadModel):
             self.fusion_query_norm(appearance),
             self.fusion_motion_norm(motion.reshape(B, T * N, D)),
         )
-        fused = appearance + gate * apply_dropout(self.fusion_drop, attended, rngs)  # F: [B, N, D]
-        grid = fused.reshape(B, h, w, D)
+        return appearance + gate * apply_dropout(self.fusion_drop, attended, rngs)
+
+    def decode(
+        self,
+        appearance: jax.Array,
+        motion_features: jax.Array,
+        *,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Fusion and decoders.
+
+        appearance: `[B, N, D]` (A_app); motion_features: `[B, T, h, w, K]` (A^k).
+        Returns (frame `[B, H, W, C]` float32 in [-1, 1], flow `[B, H, W, 2]` float32).
+        """
+        B, _, h, w, _ = motion_features.shape
+        grid = self.fuse(appearance, motion_features, rngs=rngs).reshape(B, h, w, self.width)
         frame = jnp.tanh(self.rgb_decoder(grid))
         flow = self.flow_decoder(grid)
         return frame.astype(jnp.float32), flow.astype(jnp.float32)
@@ -288,6 +300,13 @@ class Predictor(VadModel):
             }
 
         return self.encode_motion(inputs["flows"]), head
+
+    def features(self, inputs: Mapping[str, jax.Array]) -> jax.Array:
+        """The mean over the N tokens of the fused F `[B, N, D]` (appearance and motion, the
+        decoders' input) → `[B, D]` float32."""
+        appearance = self.temporal(self.encode_frames(inputs["frames"]))[:, -1]
+        fused = self.fuse(appearance, self.encode_motion(inputs["flows"]))
+        return fused.astype(jnp.float32).mean(axis=1)
 
 
 def _validate(
