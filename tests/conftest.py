@@ -22,6 +22,7 @@ import dataclasses
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -343,6 +344,81 @@ def wait_for(condition, process: subprocess.Popen, timeout: float) -> None:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def assert_resumes_exactly_after_sigkill(args: list[str], tmp_path: Path, steps: int) -> Path:
+    """Trains `jaxvad.train` with `args` (`steps` steps, a checkpoint at steps/2, a log line
+    every step) twice: in `tmp_path/whole` without a break, and in `tmp_path/killed` killed
+    with SIGKILL once its checkpoint of step steps/2 is written, then rerun. Asserts that the
+    rerun resumed from steps/2, that every step's loss (re-run steps included) equals the
+    unbroken run's bit for bit, and that the final parameters are identical. Returns the
+    final checkpoint's folder of the unbroken run."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from jaxvad.checkpoint import Checkpoints
+    from jaxvad.metric_writer import read_jsonl
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    result = run_module("jaxvad.train", *args, f"--workdir={whole}")
+    assert result.returncode == 0, result.stderr
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jaxvad.train", *args, f"--workdir={killed}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # Orbax renames the step's temporary folder to its final name when the save commits.
+        wait_for((killed / "checkpoints" / str(steps // 2)).is_dir, process, 240)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert Checkpoints(killed).latest_step() == steps // 2, "the kill came after the last step"
+    assert max(r["step"] for r in read_jsonl(killed / "metrics.jsonl")) < steps
+
+    result = run_module("jaxvad.train", *args, f"--workdir={killed}")
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stderr
+    expected = {r["step"]: r["loss"] for r in read_jsonl(whole / "metrics.jsonl")}
+    seen: dict[int, list[float]] = {}
+    for record in read_jsonl(killed / "metrics.jsonl"):
+        seen.setdefault(record["step"], []).append(record["loss"])
+    assert sorted(seen) == list(range(1, steps + 1))
+    for step, losses in seen.items():
+        assert losses == [expected[step]] * len(losses), step  # Bit-identical, also re-run steps.
+
+    def final_params(workdir: Path):
+        manager = ocp.CheckpointManager(workdir / "checkpoints")
+        restored = manager.restore(steps, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        return restored["state"]["params"]
+
+    jax.tree.map(np.testing.assert_array_equal, final_params(whole), final_params(killed))
+    return whole / "checkpoints" / str(steps)
+
+
+def assert_frames_score_their_objects_maximum(found, table, objects, total, scored, workdir):
+    """A frame's score is the maximum of its objects' summed components `total` `[M]` (the
+    floor without objects, or where one has no score), and `workdir/eval/frame_scores.csv`
+    holds it normalised with the training frames' scores (the default protocol)."""
+    import csv
+
+    frame = np.full(table.num_frames, found.objects.floor)
+    for position in range(table.num_frames):
+        mine = total[objects.frame_position == position]
+        if len(mine) and np.isfinite(mine).all():
+            frame[position] = mine.max()
+    np.testing.assert_allclose(scored.frame, frame)
+    train_frames = found.objects.train_frame_scores()[found.normal.scored]
+    expected = (frame - train_frames.mean()) / train_frames.std()  # "train", no smoothing.
+    with (workdir / "eval" / "frame_scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == table.num_frames
+    counted = np.array([r["scored"] == "1" for r in rows])
+    written = np.array([float(r["score"]) for r in rows if r["scored"] == "1"])
+    # rel 1e-5: evaluate's error step also returns maps (another XLA program).
+    np.testing.assert_allclose(written, expected[counted], rtol=1e-5, atol=1e-9)
 
 
 EXPLAIN_SIZE = 64

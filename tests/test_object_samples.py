@@ -4,26 +4,25 @@ through training and evaluation (on `object_run`'s prepared data)."""
 
 from __future__ import annotations
 
-import csv
 import json
-import signal
-import subprocess
-import sys
 
 import cv2
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import ROOT, copy_run, load_config, object_samples_config, run_module, wait_for
+from conftest import (
+    assert_frames_score_their_objects_maximum,
+    assert_resumes_exactly_after_sigkill,
+    copy_run,
+    load_config,
+    object_samples_config,
+)
 from flax import nnx
 from sklearn.neighbors import NearestNeighbors
 
 from jaxvad import config as config_lib
 from jaxvad import detector, evaluate, model, object_scores
-from jaxvad.checkpoint import Checkpoints
 from jaxvad.data import builder, pipeline
-from jaxvad.metric_writer import read_jsonl
 
 SIZE, MARGIN = 16, 0.25
 
@@ -161,40 +160,8 @@ def test_object_sample_training_resumes_exactly_after_sigkill(object_run, tmp_pa
         "--config.model.width=64",  # Slow enough steps that the kill lands mid-run.
         "--config.train.batch_size=8",
     ]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    result = run_module("jaxvad.train", *args, f"--workdir={whole}")
-    assert result.returncode == 0, result.stderr
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jaxvad.train", *args, f"--workdir={killed}"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for((killed / "checkpoints" / str(n // 2)).is_dir, process, 240)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-    assert Checkpoints(killed).latest_step() == n // 2, "the kill came after the last step"
-    result = run_module("jaxvad.train", *args, f"--workdir={killed}")
-    assert result.returncode == 0, result.stderr
-    assert "resumed from" in result.stderr
-
-    expected = {r["step"]: r["loss"] for r in read_jsonl(whole / "metrics.jsonl")}
-    seen: dict[int, list[float]] = {}
-    for record in read_jsonl(killed / "metrics.jsonl"):
-        seen.setdefault(record["step"], []).append(record["loss"])
-    assert sorted(seen) == list(range(1, n + 1))
-    for step, losses in seen.items():
-        assert losses == [expected[step]] * len(losses), step
-
-    def final_params(workdir):
-        manager = ocp.CheckpointManager(workdir / "checkpoints")
-        args = ocp.args.Composite(state=ocp.args.StandardRestore())
-        return manager.restore(n, args=args)["state"]["params"]
-
-    jax.tree.map(np.testing.assert_array_equal, final_params(whole), final_params(killed))
-    assert (whole / "checkpoints" / str(n) / "object_errors.npz").is_file()
+    last = assert_resumes_exactly_after_sigkill(args, tmp_path, n)
+    assert (last / "object_errors.npz").is_file()
 
 
 def test_object_samples_train_and_evaluate_with_the_error_component(object_samples_run, tmp_path):
@@ -228,22 +195,7 @@ def test_object_samples_train_and_evaluate_with_the_error_component(object_sampl
     number = table.frame_index[table.frame_ids[objects.frame_position]]
     assert np.isnan(scored.components["error"][number <= config.history]).all()
     assert np.isfinite(scored.components["error"][number > config.history]).all()
-    frame = np.full(table.num_frames, found.objects.floor)
-    for position in range(table.num_frames):
-        mine = total[objects.frame_position == position]
-        if len(mine) and np.isfinite(mine).all():
-            frame[position] = mine.max()
-    np.testing.assert_allclose(scored.frame, frame)
-
-    train_frames = found.objects.train_frame_scores()[found.normal.scored]
-    expected = (frame - train_frames.mean()) / train_frames.std()  # "train", no smoothing.
-    with (workdir / "eval" / "frame_scores.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == table.num_frames
-    for n, row in enumerate(rows):
-        if row["scored"] == "1":
-            # rel 1e-5: evaluate's error step also returns maps (another XLA program).
-            assert float(row["score"]) == pytest.approx(expected[n], rel=1e-5, abs=1e-9)
+    assert_frames_score_their_objects_maximum(found, table, objects, total, scored, workdir)
     metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
     assert metrics["objects"]["training_objects"] == len(train_error)
 
@@ -346,17 +298,4 @@ def test_the_deep_component_evaluates_alone_and_beside_faster(object_samples_run
         np.testing.assert_allclose(deep[has], (d - bank.mean) / bank.std, rtol=1e-4, atol=1e-4)
         total = sum(scored.components[c] for c in components)
         np.testing.assert_allclose(scored.score, total)
-        frame = np.full(table.num_frames, found.objects.floor)
-        for position in range(table.num_frames):
-            mine = total[objects.frame_position == position]
-            if len(mine) and np.isfinite(mine).all():
-                frame[position] = mine.max()
-        np.testing.assert_allclose(scored.frame, frame)
-        train_frames = found.objects.train_frame_scores()[found.normal.scored]
-        expected = (frame - train_frames.mean()) / train_frames.std()  # "train", no smoothing.
-        with (workdir / "eval" / "frame_scores.csv").open() as f:
-            rows = list(csv.DictReader(f))
-        counted = np.array([r["scored"] == "1" for r in rows])
-        written = np.array([float(r["score"]) for r in rows if r["scored"] == "1"])
-        # rel 1e-5: evaluate's error step also returns maps (another XLA program).
-        np.testing.assert_allclose(written, expected[counted], rtol=1e-5, atol=1e-9)
+        assert_frames_score_their_objects_maximum(found, table, objects, total, scored, workdir)

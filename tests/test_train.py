@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import ROOT, copy_run, load_config, run_module, wait_for
+from conftest import (
+    ROOT,
+    assert_resumes_exactly_after_sigkill,
+    copy_run,
+    load_config,
+    run_module,
+)
 
 from jaxvad import config as config_lib
 from jaxvad import distributed, model
@@ -136,46 +139,7 @@ def test_exact_resume_after_sigkill(synthetic_root, tmp_path):
         "--config.model.width=64",  # Slow enough steps that the kill lands mid-run.
         "--config.train.batch_size=8",
     ]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    result = run_cli(*args, f"--workdir={whole}")
-    assert result.returncode == 0, result.stderr
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jaxvad.train", *args, f"--workdir={killed}"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        # Orbax renames the step's temporary folder to its final name when the save commits.
-        wait_for((killed / "checkpoints" / str(n // 2)).is_dir, process, 240)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
-    assert Checkpoints(killed).latest_step() == n // 2, "the kill came after the last step"
-    logged_before_kill = {r["step"] for r in read_jsonl(killed / "metrics.jsonl")}
-    assert max(logged_before_kill) < n
-
-    result = run_cli(*args, f"--workdir={killed}")
-    assert result.returncode == 0, result.stderr
-    assert "resumed from" in result.stderr
-
-    expected = {r["step"]: r["loss"] for r in read_jsonl(whole / "metrics.jsonl")}
-    seen: dict[int, list[float]] = {}
-    for record in read_jsonl(killed / "metrics.jsonl"):
-        seen.setdefault(record["step"], []).append(record["loss"])
-    assert sorted(seen) == list(range(1, n + 1))
-    for step, losses in seen.items():
-        assert losses == [expected[step]] * len(losses), step  # Bit-identical, also re-run steps.
-
-    def final_params(workdir: Path):
-        manager = ocp.CheckpointManager(workdir / "checkpoints")
-        return manager.restore(n, args=ocp.args.Composite(state=ocp.args.StandardRestore()))[
-            "state"
-        ]["params"]
-
-    jax.tree.map(np.testing.assert_array_equal, final_params(whole), final_params(killed))
+    assert_resumes_exactly_after_sigkill(args, tmp_path, n)
 
 
 @pytest.mark.slow
