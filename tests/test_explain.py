@@ -577,3 +577,19 @@ def test_object_samples_paste_crops_back_and_a_frame_without_objects_has_no_maps
     assert (
         game["gradcam_inside"] == game["anomaly_map_inside"] == game["gradcam_in_box_inside"] == 0
     )
+
+
+def test_the_peak_of_a_plateau_is_its_centre_and_of_a_single_maximum_that_pixel():
+    """An object's score flat over its box peaks at the box's centre, not at its corner (the
+    pointing game of a box map would otherwise test the corner)."""
+    heat = np.zeros((20, 20), np.float32)
+    heat[4:9, 10:17] = 3.0  # A box of rows 4–8, columns 10–16.
+    assert images.peak(heat) == (6, 13)
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:8, 12:15] = 1  # The object inside the box, away from its corners.
+    assert images.pointing(heat, mask)["inside"]
+    heat[8, 16] = 4.0  # A single maximum wins wherever it is.
+    assert images.peak(heat) == (8, 16)
+    within = np.zeros((20, 20), bool)
+    within[:, :12] = True
+    assert images.peak(heat, within) == (6, 10)  # Columns 10–11 of the box: the first nearest.

@@ -33,7 +33,7 @@ import numpy as np
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxvad import cli, distributed
+from jaxvad import cli, distributed, model
 from jaxvad import train as train_lib
 from jaxvad.bench.train import random_batch
 from jaxvad.config import ConfigError
@@ -256,7 +256,7 @@ def benchmark(
         print(f"compiled {layout.name} in {results[-1].seconds:.1f} s", flush=True)
 
     first = results[0]
-    s = config.data.size
+    s = model.image_size(config)  # The object crops' side with object samples.
     print(
         f"config: model {config.model.name}, {first.params.elements:,} parameters (float32, "
         f"{first.params.total / MIB:,.1f} MiB; optimizer state {first.opt_state.total / MIB:,.1f}"

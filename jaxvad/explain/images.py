@@ -41,11 +41,15 @@ def overlay(frame: np.ndarray, heat: np.ndarray, beta: float) -> np.ndarray:
 
 
 def peak(heat: np.ndarray, within: np.ndarray | None = None) -> tuple[int, int]:
-    """(row, column) of the heatmap's maximum (the first one); `within` `[S, S]` bool
-    (non-empty): the maximum over those pixels only."""
+    """(row, column) of the heatmap's maximum; `within` `[S, S]` bool (non-empty): the
+    maximum over those pixels only. Where several pixels share the maximum (a plateau, e.g.
+    an object's score flat over its box), the one nearest their centroid: the box's centre,
+    not its first corner."""
     if within is not None:
         heat = np.where(within, heat, -np.inf)
-    row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    top = np.argwhere(heat == heat.max())  # [P, 2]
+    nearest = np.argmin(((top - top.mean(axis=0)) ** 2).sum(axis=1))
+    row, col = top[nearest]
     return int(row), int(col)
 
 
