@@ -60,6 +60,7 @@ from jaxvad.data import pipeline
 DEEP = "deep"  # The group of the model's deep feature of each object's sample.
 GROUPS = ("velocity", "speed", "size", "position", DEEP)
 ERROR = "error"  # The component of each object's model error (object samples).
+DETAIL = 0.5  # Calibrated units: the most an object's error map moves a pixel of its box.
 _LEAST_SPREAD = 1e-3  # px/frame: the least σ of a place's speeds (identical speeds).
 FASTER = "faster"  # The component that compares an object's speed with its place's objects'.
 OBJECT_FIELDS = ("boxes", "tracks", "velocity")
@@ -368,6 +369,19 @@ class ErrorComponent:
         )
         return (maps - np.float32(self.mean)) / np.float32(self.std)
 
+    def detail(self, errors: scoring.SplitErrors) -> np.ndarray:
+        """`[M, s, s]` float32 the pattern each object's error map adds to its score over its
+        box: its calibrated map (`maps`) less the map's mean, scaled so that its largest
+        deviation is `DETAIL` (a map without deviation adds 0). Unscaled, a map's pixels
+        spread far more than the objects' scores, and its specks, not its boxes, would rank
+        a frame's pixels; bounded, the boxes keep their objects' order and the map places
+        the anomaly within its box."""
+        maps = self.maps(errors)
+        deviation = maps - maps.mean(axis=(1, 2), keepdims=True)
+        largest = np.abs(deviation).max(axis=(1, 2), keepdims=True)
+        scale = np.where(largest > 0, DETAIL / np.where(largest > 0, largest, 1.0), 0.0)
+        return (deviation * scale).astype(np.float32)
+
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], alpha: float) -> ErrorComponent:
         """The component of the training objects' errors stored as `error_arrays` gives
@@ -461,7 +475,7 @@ class ObjectScores:
     """The scored `objects`; per object `score` `[M]` and each component's calibrated score
     `components[name]` `[M]`; per frame `frame` `[N]` (the maximum over its objects, `floor`
     without one) and `has_objects` `[N]` bool; `detail` `[M, s, s]` float32 or None: per
-    object the error component's pixel map (over its crop) less its mean, where the objects'
+    object the error component's pattern over its crop (`ErrorComponent.detail`), where the objects'
     error maps were computed."""
 
     objects: SplitObjects
@@ -498,7 +512,7 @@ def score(
         error = model.error.scores(errors)
         components = {ERROR: error, **components}
         if errors.maps is not None:
-            detail = model.error.maps(errors) - error[:, None, None].astype(np.float32)
+            detail = model.error.detail(errors)
     total = sum(components.values(), np.zeros(len(objects.boxes)))
     frame = frame_maximum(total, objects.frame_position, objects.num_frames, model.floor)
     return ObjectScores(objects, total, components, frame, objects.counts() > 0, detail)

@@ -196,6 +196,21 @@ def test_object_samples_train_and_evaluate_with_the_error_component(object_sampl
     assert np.isnan(scored.components["error"][number <= config.history]).all()
     assert np.isfinite(scored.components["error"][number > config.history]).all()
     assert_frames_score_their_objects_maximum(found, table, objects, total, scored, workdir)
+    # The pixel maps' pattern inside each box: the crop's calibrated error map less its mean,
+    # scaled so that its largest deviation is DETAIL.
+    o = config.objects
+    errors = detector.object_errors(
+        found.scorer, found.params, table, objects, size=o.size, margin=o.margin, maps=True
+    )
+    detail = found.objects.error.detail(errors)
+    maps = found.objects.error.maps(errors)
+    deviation = maps - maps.mean(axis=(1, 2), keepdims=True)
+    largest = np.abs(deviation).max(axis=(1, 2), keepdims=True)
+    has = (number > config.history) & (largest[:, 0, 0] > 0)
+    assert has.sum() > 0.5 * len(has)
+    np.testing.assert_allclose(np.abs(detail[has]).max(axis=(1, 2)), object_scores.DETAIL, 1e-5)
+    expected = deviation[has] * object_scores.DETAIL / largest[has]
+    np.testing.assert_allclose(detail[has], expected, rtol=1e-4, atol=1e-6)
     metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
     assert metrics["objects"]["training_objects"] == len(train_error)
 

@@ -297,7 +297,7 @@ def explain_crops(
     normalised as the error component normalises it: the training objects' mean and std,
     `ObjectModel.attribution`, whichever the components), pasted back into the box grown by
     the margin in the stored S × S frame (`object_explain.paste`; zeros outside). The anomaly
-    map is the top object's score plus its crop's calibrated error map less its mean there (as
+    map is the top object's score plus its crop's error pattern (`ErrorComponent.detail`) (as
     `jaxvad.evaluate`'s object maps, `ObjectScores.detail`; the score over the box without the
     error component), the objects' floor elsewhere. A frame without objects has no crop: zero
     maps (a black `predicted`), the floor as anomaly map, NaN z.
@@ -331,8 +331,7 @@ def explain_crops(
     )
     detail, z = None, nan
     if error is not None:
-        detail = error.maps(crop_errors) - error.scores(crop_errors)[:, None, None]
-        detail = detail[has].astype(np.float32)
+        detail = error.detail(crop_errors)[has]
     if attribution_errors is not None:
         z = {
             c: np.where(has, v, np.nan)
