@@ -455,8 +455,9 @@ def crop_gradcam(found: detector.Detector, table, position: int, region: np.ndar
 def test_object_samples_heatmap_is_the_top_crops_gradcam_pasted_into_its_grown_box(
     object_samples_run, samples_explained
 ):
-    """The model takes crops, so "where" is Grad-CAM inside the top object's crop: zero
-    outside its box grown by the margin, the crop's own Grad-CAM resized into it."""
+    """The model takes crops, so Grad-CAM is the top object's crop's: zero outside its box
+    grown by the margin, the crop's own Grad-CAM resized into it; "where" is that map inside
+    the object's own box."""
     config = object_samples_run.config
     found = detector.load(samples_explained.workdir, config_lib.flatten(config))
     table = pipeline.open_prepared(config_lib.dataset_dir(config), "test")
@@ -499,13 +500,21 @@ def test_object_samples_heatmap_is_the_top_crops_gradcam_pasted_into_its_grown_b
         assert not explained["rgb_map"][a][~inside].any() and explained["rgb_map"][a][inside].any()
         floor = found.objects.floor
         np.testing.assert_array_equal(explained["anomaly_map"][a][~inside], np.float32(floor))
-        # The record's heatmap, its peak and the pointing game use that map.
+        # The record's heatmap ("where"), its peak and the pointing game: that map restricted
+        # to the object's own box (the margin is the crop's context).
+        bx0, by0, bx1, by1 = pipeline.stored_boxes(
+            found_objects.boxes[top : top + 1], table.frame_sizes[[video]], size
+        )[0]
+        own = np.zeros((size, size), bool)
+        own[max(by0, 0) : by1, max(bx0, 0) : bx1] = True
+        assert own.sum() < inside.sum()
+        where = images.restrict(expected, own)
         assert r["heatmap"] == r["images"]["gradcam_in_box"]
         heat = cv2.imread(str(samples_explained.out / r["heatmap"]))[..., ::-1]
-        np.testing.assert_allclose(heat, images.colormap(expected), atol=8)
-        assert (heat[~inside] == images.colormap(np.zeros((1, 1)))[0, 0]).all()
+        np.testing.assert_allclose(heat, images.colormap(where), atol=8)
+        assert (heat[~own] == images.colormap(np.zeros((1, 1)))[0, 0]).all()
         row, col = r["peaks"]["gradcam_in_box"]
-        assert inside[row, col] and expected[row, col] == pytest.approx(expected.max(), abs=1e-5)
+        assert own[row, col] and expected[row, col] == pytest.approx(expected[own].max(), abs=1e-5)
         # The attribution compares the crop's errors with the training objects'.
         train = found.objects.attribution.train
         mean, std = train.rgb[train.scored].mean(), train.rgb[train.scored].std()
@@ -563,10 +572,10 @@ def test_object_samples_paste_crops_back_and_a_frame_without_objects_has_no_maps
 
     size = 8
     mask = np.zeros((1, size, size), np.uint8)
-    mask[0, 0, 0] = 1  # The peak of an all-zero map, (0, 0), would hit it.
     none = np.zeros((1, size, size), bool)
     zero = np.zeros((1, size, size), np.float32)
-    found = object_explain.AnomalyObjects([[]], np.array([-1]), none, none, zero, samples=True)
+    mask[0][images.peak(zero[0])] = 1  # The peak of an all-zero map would hit it.
+    found = object_explain.AnomalyObjects([[]], np.array([-1]), none, zero, samples=True)
     explained = {"gradcam": zero, "anomaly_map": zero, "mask": mask}
     peaks, pointing = command.peaks_and_pointing(explained, 0, found, masked=True)
     assert peaks == {"gradcam": None, "anomaly_map": None, "gradcam_in_box": None}

@@ -480,7 +480,7 @@ def peaks_and_pointing(
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Anomaly `a`'s map peaks, and its pointing games when its video has masks (`masked`) and
     its mask is not empty (else None). In object mode also `gradcam_in_box` (the peak of the
-    "where" map inside its region, `AnomalyObjects.where`; None in a frame without objects)
+    "where" map inside the top box, `AnomalyObjects.region`; None in a frame without objects)
     and `object_box` (the top box holds mask pixels). With object samples a frame without
     objects has no maps at all: every peak is None, every game a miss."""
     mask = explained["mask"][a]
@@ -492,7 +492,7 @@ def peaks_and_pointing(
         pointing = {k: None if mapless else images.pointing(explained[k][a], mask) for k in kinds}
     if objects is None:
         return peaks, pointing
-    where, in_box, boxed = objects.where[a], objects.gradcam_in_box[a], objects.has_box(a)
+    where, in_box, boxed = objects.region[a], objects.gradcam_in_box[a], objects.has_box(a)
     peaks["gradcam_in_box"] = list(images.peak(in_box, where)) if boxed else None
     if pointing is not None:
         pointing["gradcam_in_box"] = images.pointing(in_box, mask, where) if boxed else None
@@ -578,8 +578,8 @@ def pointing_game(
         rule += (
             "; object samples: Grad-CAM and every map are the top object's crop's, pasted into "
             "its box grown by config.objects.margin (zero, or the floor, elsewhere), and "
-            "gradcam_in_box is that Grad-CAM, its peak searched there; a frame without objects "
-            "has no maps: a miss in every game"
+            "gradcam_in_box is that Grad-CAM restricted to the top object's own box, its peak "
+            "searched there; a frame without objects has no maps: a miss in every game"
         )
     game: dict[str, Any] = {"frames_with_mask": len(games), "rule": rule}
     for kind in kinds:
@@ -706,7 +706,7 @@ def explain(
                 explained["gradcam"],
                 source.table.frame_sizes,
                 nearby=config.objects.nearby,
-                margin=config.objects.margin if samples else None,
+                samples=samples,
             )
             explained["gradcam_in_box"] = found_objects.gradcam_in_box
 

@@ -9,7 +9,7 @@ anomaly's region; the Grad-CAM heatmap restricted to it (min–max renormalised 
 outside, `images.restrict`) is the "where" map, its peak searched inside the box. A model of
 object samples explains the top object's crop instead: its Grad-CAM, computed inside the crop,
 is resized back onto the crop's region of the stored frame (the box grown by the margin,
-`paste`), zero outside, and is the "where" map as it is; a frame without objects has none.
+`paste`), and restricted to the box the same way; a frame without objects has none.
 
 What. With `config.explain.caption_source = "object"` BLIP captions the top box cut from the
 frame at the original resolution (`object_crops`): for a user's video (`--video`) the decoded
@@ -90,15 +90,13 @@ class AnomalyObjects:
     """The object part of A explained anomalies: `listed`, per anomaly its frame's objects
     (`frame_objects`, the top one first); `top` `[A]` the top object's index among the scored
     objects (−1: a frame without objects); `region` `[A, S, S]` bool its box's pixels in the
-    stored frame (empty without one); `where` `[A, S, S]` bool the pixels of the "where" map:
-    the box, or with object `samples` the crop (the box grown by the margin, inside the
-    frame); `gradcam_in_box` `[A, S, S]` float32 that map: the Grad-CAM restricted to the box,
-    or the crop's own Grad-CAM pasted into it (zeros without a box)."""
+    stored frame (empty without one), the pixels of the "where" map; `gradcam_in_box`
+    `[A, S, S]` float32 that map: the Grad-CAM (with object `samples` the crop's own, pasted
+    into the box grown by the margin) restricted to the box (zeros without a box)."""
 
     listed: list[list[dict[str, Any]]]
     top: np.ndarray
     region: np.ndarray
-    where: np.ndarray
     gradcam_in_box: np.ndarray
     samples: bool = False
 
@@ -135,28 +133,23 @@ def explain_objects(
     frame_sizes: np.ndarray,
     *,
     nearby: int,
-    margin: float | None = None,
+    samples: bool = False,
 ) -> AnomalyObjects:
     """The objects of the anomalies at frame `positions` `[A]`, their top boxes and the
     "where" map; `frame_sizes` `[V, 2]` each video's original (height, width); `nearby`: the
     training objects that make up an object's place (`config.objects.nearby`). `gradcam`
-    `[A, S, S]`: the frames' Grad-CAM, restricted here to the top boxes; with object samples
-    (`margin` = `config.objects.margin`) the top crops' Grad-CAM already pasted into their
-    boxes grown by `margin` (`paste`), kept as it is."""
+    `[A, S, S]`: the frames' Grad-CAM or, with object `samples`, the top crops' Grad-CAM
+    pasted into their boxes grown by the margin (`paste`); either is restricted here to the
+    top box (the object; the margin is the crop's context)."""
     shares = model.slower_share(scored.objects, nearby)
     listed = [frame_objects(scored, shares, int(p)) for p in positions]
     top = top_objects(scored, positions)
     boxes, size = top_boxes(scored, top), gradcam.shape[-1]
     ones = np.ones(len(boxes.boxes))
     region = object_scores.box_maps(boxes, ones, 0.0, frame_sizes, size) > 0
-    if margin is None:
-        where = region
-        in_box = np.array([images.restrict(h, r) for h, r in zip(gradcam, region, strict=True)])
-    else:
-        where = object_scores.box_maps(boxes, ones, 0.0, frame_sizes, size, margin=margin) > 0
-        in_box = np.where(where, gradcam, 0.0)
+    in_box = np.array([images.restrict(h, r) for h, r in zip(gradcam, region, strict=True)])
     in_box = in_box.astype(np.float32).reshape(gradcam.shape)
-    return AnomalyObjects(listed, top, region, where, in_box, samples=margin is not None)
+    return AnomalyObjects(listed, top, region, in_box, samples=samples)
 
 
 def paste(crops: np.ndarray, regions: np.ndarray, has: np.ndarray, size: int) -> np.ndarray:
