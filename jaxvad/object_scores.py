@@ -143,7 +143,7 @@ def group_features(objects: SplitObjects, group: str) -> np.ndarray:
     if group == "velocity":
         return objects.velocity.astype(np.float64)
     if group == "speed":
-        return objects.velocity.sum(axis=1, keepdims=True, dtype=np.float64)
+        return speeds(objects)[:, None]
     if group == "size":
         return np.log(np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0))
     if group == "position":
@@ -163,8 +163,7 @@ def attributes(objects: SplitObjects) -> np.ndarray:
     height (px), box centre x and y (px), all at the original resolution."""
     boxes = objects.boxes.astype(np.float64)
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    speed = objects.velocity.sum(axis=1, dtype=np.float64)
-    return np.column_stack([speed, boxes[:, 2:] - boxes[:, :2], centre])
+    return np.column_stack([speeds(objects), boxes[:, 2:] - boxes[:, :2], centre])
 
 
 def component_groups(component: str) -> list[str]:
@@ -397,10 +396,10 @@ class ErrorComponent:
             int(arrays["num_frames"]),
             np.asarray(arrays["attributes"], np.float64),
         )
-        e = component.scores(train)[train.scored]
-        mean, std = float(e.mean()), float(e.std())
+        raw = component.scores(train)  # Through mean 0, std 1: not calibrated yet.
+        mean, std = float(raw[train.scored].mean()), float(raw[train.scored].std())
         std = std if std > 0 else 1.0
-        train_scores = (component.scores(train) - mean) / std
+        train_scores = (raw - mean) / std
         return dataclasses.replace(component, mean=mean, std=std, train_scores=train_scores)
 
 
