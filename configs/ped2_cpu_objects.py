@@ -5,13 +5,15 @@
     python -m jaxvad.train --config=configs/ped2_cpu_objects.py --workdir=runs/ped2_cpu_objects
     python -m jaxvad.evaluate --config=configs/ped2_cpu_objects.py --workdir=runs/ped2_cpu_objects
 
-Each frame's objects come from the weight-free motion detector (`jaxvad/data/objects.py`). An
-object's score is `faster`: how much faster it moves than the training objects near its place,
-calibrated leave-one-video-out (`jaxvad/object_scores.py`); a frame's score is the max over its
-objects. The predictor is trained on object samples (each box cut from its window of 224×224
-frames, resized to 32×32): its per-object error is the component "error", off by default
-(`--config.score.components="('error','faster')"` adds it), and its Grad-CAM runs inside the
-crop in `jaxvad.explain`. How each setting was chosen, and what it measures: the README's
+Each frame's objects come from the weight-free motion detector (`jaxvad/data/objects.py`); a
+frame's score is the max over its objects. Which components make an object's score is chosen
+without test labels (`score.components=("auto",)`, `jaxvad/component_choice.py`): training
+objects turned into pseudo-anomalies (faster, reversed, grown, moved, scrambled), the set of
+components that best separates them from the training frames. On this run it picks
+('error', 'speed', 'position'); `--config.score.components="('faster',)"` sets them by hand.
+The predictor is trained on object samples (each box cut from its window of 224×224 frames,
+resized to 32×32): its per-object error is the component "error", and its Grad-CAM runs inside
+the crop in `jaxvad.explain`. How each setting was chosen, and what it measures: the README's
 "Objects" section.
 """
 

@@ -13,7 +13,9 @@ of a step that lacks it. It is written atomically (a temporary folder renamed) i
 folder. With it, a workdir alone is a detector: scoring video needs no prepared dataset. In
 object mode the memory banks of `jaxvad.object_scores` are added the same way, as files
 `object_bank_<component>_k<k>.npz` in the step's folder (Orbax passes over files), and, for a
-model of object samples, the training objects' errors as `object_errors.npz`.
+model of object samples, the training objects' errors as `object_errors.npz`, and the choice
+of components made without test labels (`jaxvad.component_choice`) as
+`component_choice_<settings>.json`.
 
 `changed` is the one "X in the checkpoint, Y now" diff of a checkpoint's config against a
 config, used wherever a run must match its checkpoint.
@@ -21,6 +23,7 @@ config, used wherever a run must match its checkpoint.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from jaxvad import atomic
 NORMAL_ERRORS = "normal_errors"
 OBJECT_BANK = "object_bank_"  # + a component and k: one .npz per object bank.
 OBJECT_ERRORS = "object_errors"  # The training objects' errors (object samples).
+COMPONENT_CHOICE = "component_choice_"  # + its settings: one .json per choice of components.
 
 
 class CheckpointMismatchError(ValueError):
@@ -168,6 +172,18 @@ class Checkpoints:
     def save_object_errors(self, step: int, arrays: Mapping[str, np.ndarray]) -> None:
         """Stores the training objects' errors with `step` (process 0 writes; atomic)."""
         self._save_arrays(step, OBJECT_ERRORS, arrays)
+
+    def component_choice(self, step: int, name: str) -> dict[str, Any] | None:
+        """The choice of components `name` stored with `step` (`jaxvad.component_choice`), or
+        None."""
+        path = self.directory / str(step) / f"{COMPONENT_CHOICE}{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save_component_choice(self, step: int, name: str, record: Mapping[str, Any]) -> None:
+        """Stores a choice of components with `step` (process 0 writes; atomic)."""
+        if jax.process_index() == 0:
+            path = self.directory / str(step) / f"{COMPONENT_CHOICE}{name}.json"
+            atomic.write_text(path, json.dumps(record, indent=1) + "\n")
 
     def restore(self, step: int, abstract_state: Any, data_iter: grain.DatasetIterator) -> Any:
         """The train state of `step`, laid out as `abstract_state` (shapes, dtypes and

@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxvad import object_scores
+from jaxvad import component_choice, object_scores
 from jaxvad.data import builder
 
 DTYPES = ("float32", "bfloat16")
@@ -187,7 +187,8 @@ def base_config() -> ml_collections.ConfigDict:
     # What a frame's score is made of: ("error",), the model's frame error above; or object
     # components (jaxvad/object_scores.py: "velocity", "speed", "size", "position", "deep"
     # (object samples), or groups joined by "+"; "faster"), each calibrated and summed per
-    # object, a frame the max over its objects.
+    # object, a frame the max over its objects; or ("auto",): object components chosen on the
+    # training objects without test labels, jaxvad/component_choice.py).
     config.score.components = ("error",)
 
     # Object mode (config.score.components other than "error", or object samples; needs
@@ -205,6 +206,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Each side of a box pushed out by this fraction of the box's width (x) or height (y)
     # before cutting (0.25: a box 1.5× as wide and tall), so the crop shows some surroundings.
     config.objects.margin = 0.25
+    # Components ("auto",): the training objects turned into each pseudo-anomaly to choose them.
+    config.objects.pseudo_objects = 1000
+    # ... and the pseudo-anomalies they become (component_choice.KINDS): a prior on what the
+    # anomalies will be; the choice maximises the mean of their frame AUCs.
+    config.objects.pseudo_kinds = component_choice.KINDS
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 32  # Global, like train.batch_size.
@@ -267,14 +273,14 @@ def make_tiny(config: ml_collections.ConfigDict) -> None:
 
 def set_object_mode(
     config: ml_collections.ConfigDict,
-    components: tuple[str, ...] = ("faster",),
+    components: tuple[str, ...] = (component_choice.AUTO,),
     k: int = 1,
     samples: bool = True,
 ) -> None:
     """Object mode in place: objects from the motion detector stored with the dataset, frames
     scored from their objects' `components` (`jaxvad.object_scores`) with k neighbours, the
-    model trained on object samples (crops) when `samples`. The default component, `faster`,
-    is the one measured best on Ped2 (the README's "Objects" says how it was chosen)."""
+    model trained on object samples (crops) when `samples`. The default, ("auto",), chooses
+    the components on the training objects without test labels (`jaxvad.component_choice`)."""
     config.data.objects = "auto"
     config.score.components = components
     config.objects.k = k
@@ -315,13 +321,18 @@ def check_components(
     if components == ("error",):
         return
     check(
+        component_choice.AUTO not in components or components == (component_choice.AUTO,),
+        field,
+        f"{component_choice.AUTO!r} (components chosen without test labels) stands alone",
+    )
+    check(
         samples or "error" not in components,
         field,
         "the model's frame error and object components do not mix: set "
         "config.objects.samples=True to train on objects and score each object's model error",
     )
     for component in components:
-        if component == "error":
+        if component in ("error", component_choice.AUTO):
             continue
         try:
             object_scores.component_groups(component)
@@ -381,6 +392,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_components(tuple(s.components), config.data.objects, o.samples, check)
     check(o.k >= 1, "objects.k", "at least 1")
     check(o.nearby >= 2, "objects.nearby", "at least 2 (a spread of speeds)")
+    check(o.pseudo_objects >= 1, "objects.pseudo_objects", "at least 1")
+    kinds = tuple(o.pseudo_kinds)
+    check(
+        len(kinds) >= 1
+        and len(set(kinds)) == len(kinds)
+        and set(kinds) <= set(component_choice.KINDS),
+        "objects.pseudo_kinds",
+        f"one or more of {component_choice.KINDS}, each once",
+    )
     check(
         not o.samples or config.data.objects != "none",
         "objects.samples",

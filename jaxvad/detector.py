@@ -19,6 +19,11 @@ gives a split's frames without errors, and `score_objects` runs the model on the
 samples when "error" or "deep" (the model's pooled latent of each sample) is a component: one
 pass gives both. The training objects' deep features are stored with their errors.
 
+Components `("auto",)` (`component_choice.AUTO`, the object configs' default) are chosen on
+the training split's objects, without test labels (`jaxvad.component_choice`), the first time
+a step is loaded with those settings; the choice is stored with the checkpoint, and the
+detector's config and `settings` carry the chosen components (`choice`: the whole table).
+
 `overrides` ("a.b" → value; the commands pass their whole config, flattened) set the fields of
 scoring, evaluation, explanation, the data root, the mesh. The fields that fix what the model
 was trained on (`TRAINED_FIELDS`: the dataset and its preparation, T) must keep the run's values
@@ -35,6 +40,7 @@ the commands that add them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -46,8 +52,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxvad import component_choice, distributed, inference, model, object_scores, scoring
 from jaxvad import config as config_lib
-from jaxvad import distributed, inference, model, object_scores, scoring
 from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints, changed
 from jaxvad.data import builder, pipeline
 
@@ -101,7 +107,8 @@ class Detector:
     split's errors (the normal statistics); `settings`: `config.score` as `ScoreSettings`;
     `threshold`: the alarm threshold of those settings (`scoring.training_threshold`);
     `scorer`: the jitted error step on the mesh; `objects`: in object mode (`settings.
-    object_mode`) the components' banks (`jaxvad.object_scores`), else None.
+    object_mode`) the components' banks (`jaxvad.object_scores`), else None; `choice`: how
+    components `("auto",)` were chosen (`jaxvad.component_choice`), else None.
     """
 
     config: ml_collections.ConfigDict
@@ -114,6 +121,7 @@ class Detector:
     threshold: float
     scorer: inference.ErrorScorer
     objects: object_scores.ObjectModel | None = None
+    choice: component_choice.Choice | None = None
 
     def errors(
         self, table: pipeline.FrameTable, *, labels: bool, maps: bool, desc: str = "score"
@@ -200,7 +208,31 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
                 checkpoints, step, scorer, params, data_dir, samples=config.objects.samples
             )
         settings = score_settings(config)
-        objects = None
+        objects = choice = None
+        training_errors = functools.partial(
+            training_object_errors,
+            checkpoints,
+            step,
+            scorer,
+            params,
+            lambda: _training_data(config, where, workdir, OBJECT_ERRORS),
+            size=config.objects.size,
+            margin=config.objects.margin,
+        )
+        if settings.components == (component_choice.AUTO,):
+            choice = chosen_components(
+                checkpoints,
+                step,
+                config,
+                scorer,
+                params,
+                normal,
+                lambda: _training_data(config, where, workdir, COMPONENT_CHOICE),
+                training_errors if config.objects.samples else None,
+            )
+            settings = dataclasses.replace(settings, components=choice.chosen)
+            with config.unlocked():
+                config.score.components = choice.chosen
         if settings.object_mode:
             what = OBJECT_BANKS.format(components=settings.components, k=config.objects.k)
             objects = object_model(
@@ -210,16 +242,7 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
                 config.objects.k,
                 config.objects.nearby,
                 lambda: _training_data(config, where, workdir, what),
-                lambda features: training_object_errors(
-                    checkpoints,
-                    step,
-                    scorer,
-                    params,
-                    lambda: _training_data(config, where, workdir, OBJECT_ERRORS),
-                    size=config.objects.size,
-                    margin=config.objects.margin,
-                    features=features,
-                ),
+                training_errors,
             )
     finally:
         checkpoints.close()
@@ -230,7 +253,17 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
         values = scoring.settle(train, normal, settings, train[normal.scored])
         threshold = float(np.quantile(values[normal.scored], settings.threshold_quantile))
     return Detector(
-        config, workdir, step, graphdef, params, normal, settings, threshold, scorer, objects
+        config,
+        workdir,
+        step,
+        graphdef,
+        params,
+        normal,
+        settings,
+        threshold,
+        scorer,
+        objects,
+        choice,
     )
 
 
@@ -436,6 +469,79 @@ def object_model(
     return object_scores.ObjectModel(banks, error, attribution)
 
 
+def chosen_components(
+    checkpoints: Checkpoints,
+    step: int,
+    config: ml_collections.ConfigDict,
+    scorer: inference.ErrorScorer,
+    params: nnx.State,
+    normal: scoring.SplitErrors,
+    training_data: Callable[[], Path],
+    training_errors: Callable[..., Mapping[str, np.ndarray]] | None,
+) -> component_choice.Choice:
+    """The components chosen without test labels (`component_choice.choose`) for the
+    config's object settings, stored with `step`; when not stored yet, chosen on the training
+    split's objects (`training_data()`: its prepared dataset; `normal`: its frames' normal
+    statistics, which frames are scored) and stored (every process chooses the same). With
+    object samples (`training_errors`, as `object_model` takes it) "error" and "deep" are
+    candidates and the model scores the pseudo samples."""
+    o = config.objects
+    kinds = tuple(o.pseudo_kinds)
+    name = component_choice.stored_name(o.k, o.nearby, o.pseudo_objects, config.seed, kinds)
+    record = checkpoints.component_choice(step, name)
+    if record is not None:
+        return component_choice.Choice.from_json(record)
+    table = pipeline.open_prepared(training_data(), "train")
+    train = object_scores.read_objects(table)
+    frame_number = table.frame_index[table.frame_ids[train.frame_position]]
+    usable = component_choice.eligible(
+        frame_number, table.video_lengths[train.video], config.history
+    )
+    picked = component_choice.draw(usable, o.pseudo_objects, config.seed)
+    attribution = pseudo_errors = None
+    if training_errors is not None:
+        arrays = training_errors(features=True)
+        attribution = object_scores.ErrorComponent.from_arrays(arrays, config.score.alpha)
+        train = dataclasses.replace(train, deep=np.asarray(arrays["features"], np.float32))
+        crops = pipeline.object_crops(
+            table, train.frame_position[picked], train.boxes[picked], size=o.size, margin=o.margin
+        )
+
+        def pseudo_errors(kind: str) -> scoring.SplitErrors:
+            errors, _ = scorer.split_errors(
+                params,
+                table,
+                labels=False,
+                maps=False,
+                desc=f"pseudo {kind}",
+                objects=dataclasses.replace(crops, pseudo=kind),
+                features=True,
+            )
+            return errors
+
+    log.info(
+        "choosing the components on %d of %d training objects turned into pseudo-anomalies",
+        len(picked),
+        len(train.boxes),
+    )
+    choice = component_choice.choose(
+        train,
+        picked,
+        frame_sizes=table.frame_sizes,
+        scored_frames=normal.scored,
+        k=o.k,
+        nearby=o.nearby,
+        seed=config.seed,
+        attribution=attribution,
+        pseudo_errors=pseudo_errors,
+        kinds=kinds,
+    )
+    best = choice.table[0]
+    log.info("chose components %s (mean pseudo-anomaly AUC %.4f)", best[0], best[2])
+    checkpoints.save_component_choice(step, name, choice.to_json())
+    return choice
+
+
 NORMAL_STATISTICS = (
     "normal statistics (the training split's per-frame errors, which scores are normalised and "
     "thresholded with; runs trained before they were stored lack them)"
@@ -445,6 +551,10 @@ OBJECT_BANKS = (
     "attributes, fitted the first time a run is scored with a component)"
 )
 OBJECT_ERRORS = "training objects' errors (the error component's statistics)"
+COMPONENT_CHOICE = (
+    "choice of components for config.score.components=('auto',) (made on the training "
+    "objects the first time a run is scored with those settings)"
+)
 
 
 def _training_data(

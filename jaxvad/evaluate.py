@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from jaxvad import atomic, cli, metrics, object_scores, plots, scoring
+from jaxvad import atomic, cli, component_choice, metrics, object_scores, plots, scoring
 from jaxvad import config as config_lib
 from jaxvad import detector as detector_lib
 from jaxvad.data import builder, pipeline
@@ -330,6 +330,21 @@ def objects_summary(
         "boxes_per_frame": float(counts.mean()),
         "scored_frames_without_objects": int((counts[errors.scored] == 0).sum()),
         "training_objects": found.objects.training_objects,
+    } | ({} if found.choice is None else {"component_choice": choice_summary(found.choice)})
+
+
+def choice_summary(choice: component_choice.Choice) -> dict[str, Any]:
+    """metrics.json's `objects.component_choice`: how components ("auto",) were chosen."""
+    combo, auc, mean = choice.table[0]
+    return {
+        "chosen": list(combo),
+        "rule": "no test label: training objects turned into pseudo-anomalies (kinds below), "
+        "the candidate with the highest mean frame AUC against the training frames "
+        "(jaxvad/component_choice.py; the whole table is stored with the checkpoint)",
+        "pseudo_objects_per_kind": choice.objects,
+        "pseudo_auc": auc,
+        "mean_pseudo_auc": mean,
+        "candidates": len(choice.table),
     }
 
 

@@ -239,12 +239,17 @@ class Bank:
         value = (x[:, 2] - near.mean(axis=1)) / np.maximum(near.std(axis=1), _LEAST_SPREAD)
         return np.where(np.isfinite(d).all(axis=1), value, np.inf)  # Fewer than k neighbours.
 
-    def scores(self, x: np.ndarray) -> np.ndarray:
+    def scores(
+        self, x: np.ndarray, groups: np.ndarray | None = None, bank_groups: np.ndarray | None = None
+    ) -> np.ndarray:
         """`[Q]` calibrated scores (d − mean) / std of features `x` `[Q, D]`; NaN for a row
-        without features (NaN: `fit_bank`)."""
+        without features (NaN: `fit_bank`). `groups` `[Q]`, `bank_groups` (one per bank row):
+        a query's own group's rows are left out (`distances`)."""
         d = np.full(len(x), np.nan)
         usable = np.isfinite(x).all(axis=1)
-        d[usable] = self.distances(x[usable])
+        d[usable] = self.distances(
+            x[usable], None if groups is None else groups[usable], bank_groups
+        )
         return (d - self.mean) / self.std
 
     def to_arrays(self) -> dict[str, np.ndarray]:

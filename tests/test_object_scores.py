@@ -223,7 +223,10 @@ def test_object_mode_evaluation_scores_frames_by_their_objects(object_run, tmp_p
     assert detection["regions"] > 0 and 0 <= detection["recall"] <= 1
     pointing = metrics["objects"]["pointing"]
     flagged = [
-        r for r in rows if r["scored"] == "1" and r["label"] == "1"
+        r
+        for r in rows
+        if r["scored"] == "1"
+        and r["label"] == "1"
         and float(r["score"]) > metrics["protocol"]["threshold"]["value"]
     ]
     assert pointing["frames"] == len(flagged)

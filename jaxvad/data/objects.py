@@ -191,9 +191,7 @@ def _motion_frame(t: int, num_frames: int) -> int:
     return min(max(t, 1), num_frames - 1)
 
 
-def _motion(
-    grey: np.ndarray, t: int, flow: np.ndarray | None, settings: BoxSettings
-) -> np.ndarray:
+def _motion(grey: np.ndarray, t: int, flow: np.ndarray | None, settings: BoxSettings) -> np.ndarray:
     """`[H, W]` bool: the pixels that change into frame t = `_motion_frame(t)` of `grey`
     `[N, H, W]`: the frame difference, or `flow` `[H, W, 2]` px/frame into that frame."""
     t = _motion_frame(t, len(grey))
@@ -313,7 +311,10 @@ def velocity_histograms(
     which = np.floor((np.arctan2(flow[..., 1], flow[..., 0]) + np.pi) / (2 * np.pi) * bins)
     which = which.astype(int) % bins
     sums = functools.partial(
-        cv2.boxFilter, ddepth=-1, ksize=(window, window), normalize=False,
+        cv2.boxFilter,
+        ddepth=-1,
+        ksize=(window, window),
+        normalize=False,
         borderType=cv2.BORDER_CONSTANT,
     )
     moving, filled = sums(magnitude * fg), sums(fg)

@@ -34,6 +34,11 @@ S × S frame, each side pushed out by a margin (`stored_boxes`). Choices:
 Training takes the objects of frames t > T (a full history in the object's video); evaluation
 takes every object, those of frames t ≤ T padded as `eval_samples` pads frames (`scored`
 False).
+
+Pseudo-anomalous object samples (`ObjectCrops.pseudo`, one of `PSEUDO_SAMPLES`): a normal
+object's sample changed the way an anomaly would change it, for choosing an object score's
+components without test labels (`jaxvad.component_choice`): `skip` (twice as fast), `reverse`
+(played backwards) and `shuffled` (its appearance scrambled); see `pseudo_samples`.
 """
 
 from __future__ import annotations
@@ -401,12 +406,14 @@ class ObjectCrops:
 
     `position` `[M]` int64: each object's frame, an index into the table's `frame_ids` (the
     split's (video, frame) order); `boxes` `[M, 4]` int64: the regions `[x0, y0, x1, y1)` cut,
-    in the stored frame's pixels (`stored_boxes`); `size`: the side s they are resized to.
+    in the stored frame's pixels (`stored_boxes`); `size`: the side s they are resized to;
+    `pseudo`: "" (the samples as they are) or one of `PSEUDO_SAMPLES` (`pseudo_samples`).
     """
 
     position: np.ndarray
     boxes: np.ndarray
     size: int
+    pseudo: str = ""
 
     def __len__(self) -> int:
         return len(self.position)
@@ -480,6 +487,84 @@ def crop_samples(
             cut = np.stack([crop(v, b, size, method) for v, b in zip(values, boxes, strict=True)])
             out[key] = cut[..., 0] if key == "mask" else cut
     return out
+
+
+PSEUDO_SAMPLES = ("skip", "reverse", "shuffled")
+
+
+def pseudo_reach(pseudo: str, history: int) -> tuple[int, int]:
+    """(before, after): the frames a `pseudo` sample of frame t reads, t − before .. t + after
+    (a frame sample reads t − T .. t)."""
+    return {"skip": (2 * history, 0), "reverse": (0, history)}.get(pseudo, (history, 0))
+
+
+def pseudo_samples(
+    table: FrameTable,
+    positions: np.ndarray,
+    boxes: np.ndarray,
+    *,
+    pseudo: str,
+    history: int,
+    size: int,
+    channels: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Pseudo-anomalous object samples (the keys of `eval_samples`, cut at `boxes` `[B, 4]`
+    and resized to `size`) of the objects in the frames at `positions` `[B]`, each frame t
+    with the frames `pseudo_reach` names in its video (ValueError otherwise):
+
+    - `skip`: twice as fast. The past frames are t − 2T, t − 2T + 2, .., t − 2 (every second
+      one) and each flow the sum of the two one-frame flows it spans, at the same pixel (the
+      first past one, whose earlier frame is not read, twice its own);
+    - `reverse`: played backwards. The past frames are t + T, t + T − 1, .., t + 1 and the
+      target t; the flow into frame τ is −flow(τ + 1), the motion from τ + 1 to τ (the first
+      past one, τ = t + T, takes −flow(t + T));
+    - `shuffled`: the appearance scrambled. The sample as it is, every image rolled by half
+      its side along both axes, so the crop's quadrants swap diagonally.
+
+    `label`, `mask`, `video_index`, `frame_index` and `scored` are the object's frame t's."""
+    before, after = pseudo_reach(pseudo, history)
+    positions = np.asarray(positions, np.int64)
+    t = table.frame_index[table.frame_ids[positions]]
+    length = table.video_lengths[table.video_index[table.frame_ids[positions]]]
+    if pseudo not in PSEUDO_SAMPLES:
+        raise ValueError(f"unknown pseudo-anomaly {pseudo!r}: one of {PSEUDO_SAMPLES}")
+    if np.any(t <= before) or np.any(t + after > length):
+        raise ValueError(
+            f"{table._where()}: a {pseudo!r} sample of frame t reads frames t-{before}.."
+            f"t+{after} of its video; some objects' frames lack them"
+        )
+    T = history
+    if pseudo == "skip":
+        batch = eval_samples(table, positions, history=2 * T, channels=channels)
+        flows = batch["flows"].astype(np.float32)  # [B, 2T, S, S, 2], frames t−2T..t−1
+        spans = flows[:, 0::2] + np.concatenate([flows[:, :1], flows[:, 1:-1:2]], axis=1)
+        target = batch["target_flow"].astype(np.float32) + flows[:, -1]
+        dtype = batch["flows"].dtype
+        batch |= {
+            "frames": batch["frames"][:, 0::2],
+            "flows": spans.astype(dtype),
+            "target_flow": target.astype(dtype),
+        }
+    elif pseudo == "reverse":
+        ahead = eval_samples(table, positions + T, history=T, channels=channels)
+        here = eval_samples(table, positions, history=T, channels=channels)
+        frames = np.concatenate([ahead["target_frame"][:, None], ahead["frames"][:, :0:-1]], 1)
+        flows = np.concatenate([ahead["flows"], ahead["target_flow"][:, None]], 1)  # t..t+T
+        # Past frame τ = t+T−j takes −flow(τ + 1): j = 0 and 1 → flow(t+T); j ≥ 2 → flow(τ + 1).
+        into = -np.concatenate([flows[:, -1:], flows[:, :1:-1]], axis=1)
+        batch = here | {
+            "frames": frames,
+            "flows": into,
+            "target_frame": ahead["frames"][:, 0],
+            "target_flow": -flows[:, 1],
+        }
+    else:
+        batch = eval_samples(table, positions, history=T, channels=channels)
+    batch = crop_samples(batch, boxes, size)
+    if pseudo == "shuffled":
+        for key in ("frames", "flows", "target_frame", "target_flow"):
+            batch[key] = np.roll(batch[key], (size // 2, size // 2), axis=(-3, -2))
+    return batch
 
 
 def _train_items(
@@ -688,10 +773,25 @@ class _EvalBatch:
         valid = positions < self.stop
         # Padding repeats the block's last sample (or the split's first for an empty block).
         positions = np.where(valid, positions, self.stop - 1 if self.stop > self.start else 0)
-        frames = positions if self.objects is None else self.objects.position[positions]
-        batch = eval_samples(self.table, frames, history=self.history, channels=self.channels)
-        if self.objects is not None:
-            batch = crop_samples(batch, self.objects.boxes[positions], self.objects.size)
+        objects = self.objects
+        if objects is None:
+            batch = eval_samples(
+                self.table, positions, history=self.history, channels=self.channels
+            )
+        elif objects.pseudo:
+            batch = pseudo_samples(
+                self.table,
+                objects.position[positions],
+                objects.boxes[positions],
+                pseudo=objects.pseudo,
+                history=self.history,
+                size=objects.size,
+                channels=self.channels,
+            )
+        else:
+            frames = objects.position[positions]
+            batch = eval_samples(self.table, frames, history=self.history, channels=self.channels)
+            batch = crop_samples(batch, objects.boxes[positions], objects.size)
         batch["label"][~valid] = 0
         batch["mask"][~valid] = 0
         batch["scored"] &= valid
