@@ -218,6 +218,16 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.rbdc_thresholds = 50  # Map thresholds of the RBDC/TBDC curves.
     config.eval.map_sigma = 0.04  # Spatial Gaussian blur of pixel maps, in frame widths.
 
+    # Watching live sources (jaxvad/watch): events from a threshold with hysteresis.
+    config.watch = ml_collections.ConfigDict()
+    config.watch.open_after = 3  # An event opens at the k-th consecutive frame above.
+    config.watch.close_after = 5  # ... and closes at the m-th consecutive frame below.
+    config.watch.update_every_s = 1.0  # The least wall time between two updates of an event.
+    config.watch.queue = 8  # Frames waiting per source; a live one drops its oldest beyond.
+    config.watch.status_every_s = 10.0  # Seconds between status lines (fps, dropped, events).
+    config.watch.backoff_s = 1.0  # First wait before reopening a lost stream, doubled up to
+    config.watch.max_backoff_s = 30.0  # this.
+
     # Explanations (see jaxvad/explain): Grad-CAM, overlays and captions of each anomaly.
     config.explain = ml_collections.ConfigDict()
     config.explain.batch_size = 8  # Anomalies per Grad-CAM and caption batch (global).
@@ -393,6 +403,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(o.k >= 1, "objects.k", "at least 1")
     check(o.nearby >= 2, "objects.nearby", "at least 2 (a spread of speeds)")
     check(o.pseudo_objects >= 1, "objects.pseudo_objects", "at least 1")
+    w = config.watch
+    check(w.open_after >= 1, "watch.open_after", "at least 1")
+    check(w.close_after >= 1, "watch.close_after", "at least 1")
+    check(w.queue >= 1, "watch.queue", "at least 1")
+    check(w.update_every_s >= 0 and w.status_every_s > 0, "watch.status_every_s", "> 0")
+    check(0 < w.backoff_s <= w.max_backoff_s, "watch.backoff_s", "in (0, watch.max_backoff_s]")
     kinds = tuple(o.pseudo_kinds)
     check(
         len(kinds) >= 1

@@ -63,6 +63,31 @@ def error_step(
     return result
 
 
+def stream_step(
+    params: nnx.State,
+    cache: jax.Array,
+    batch: Mapping[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+) -> tuple[dict[str, jax.Array], jax.Array]:
+    """One streaming tick of B cameras (`jaxvad.watch.stream`); a pure function.
+
+    `cache` `[B, T, ...]`: each camera's T newest frames' `VadModel.cached_frame`s, oldest
+    first; `batch`: `flows` `[B, T, S, S, 2]`, `target_frame` `[B, S, S, C]` uint8 (the new
+    frame t), `target_flow`, and `push` `[B]` bool (the cameras with a new frame). Returns the
+    errors of frame t from its T past frames (`rgb`, `flow` `[B]` float32, as `error_step`'s)
+    and the cache with frame t's `cached_frame` appended for the cameras that `push` (the
+    others' unchanged)."""
+    net = nnx.merge(graphdef, params)
+    inputs = model.model_inputs({"frames": batch["target_frame"][:, None], **batch})
+    out = net.maps_from_cache(cache, inputs)
+    new = net.cached_frame(inputs["target_frame"]).astype(cache.dtype)
+    rolled = jnp.concatenate([cache[:, 1:], new[:, None]], axis=1)
+    push = batch["push"].reshape(-1, *([1] * (cache.ndim - 1)))
+    errors = {"rgb": out["rgb"].mean(axis=(1, 2)), "flow": out["flow"].mean(axis=(1, 2))}
+    return errors, jnp.where(push, rolled, cache)
+
+
 class ErrorScorer:
     """The jitted `error_step` of a model on a mesh, and the loop over a split.
 

@@ -67,7 +67,7 @@ def _as_nhwc(frames: list[np.ndarray], source: Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def _to_channels_last(image: np.ndarray) -> np.ndarray:
+def to_channels_last(image: np.ndarray) -> np.ndarray:
     """BGR/BGRA/gray from OpenCV → RGB `[H, W, 3]`, or `[H, W, 1]` for gray."""
     if image.ndim == 2:
         return image[..., None]
@@ -106,7 +106,7 @@ def read_image(path: Path, *, grayscale: bool = False) -> np.ndarray:
         if image.dtype != np.uint16:
             raise DataError(path, f"unsupported pixel type {image.dtype}")
         image = (image // 257).astype(np.uint8)
-    return _to_channels_last(image)
+    return to_channels_last(image)
 
 
 def read_image_folder(files: Sequence[Path], size: int | None = None) -> np.ndarray:
@@ -120,7 +120,7 @@ def read_image_folder(files: Sequence[Path], size: int | None = None) -> np.ndar
         shape = shape or image.shape
         if image.shape != shape:
             raise DataError(path, f"frame of size {image.shape}, the first frame is {shape}")
-        frames.append(_resize(image, size))
+        frames.append(resize_frame(image, size))
     return _maybe_gray(np.stack(frames))
 
 
@@ -144,8 +144,8 @@ def read_video_file(path: Path, size: int | None = None) -> np.ndarray:
         ok, frame = capture.read()
         if not ok:
             break
-        frame = _to_channels_last(frame)
-        frames.append(frame if size is None else _resize(frame, size))
+        frame = to_channels_last(frame)
+        frames.append(frame if size is None else resize_frame(frame, size))
         progress.update()
     progress.close()
     capture.release()
@@ -168,7 +168,7 @@ def read_frames(path: Path, size: int | None = None) -> np.ndarray:
     return read_video_file(path, size)
 
 
-def _resize(frame: np.ndarray, size: int) -> np.ndarray:
+def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
     """`[H, W, C]` uint8 → `[size, size, C]` (area interpolation, aspect not kept)."""
     resized = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
     return resized.reshape(size, size, frame.shape[-1])
@@ -179,7 +179,7 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     as the field's 224×224 protocols do)."""
     out = np.empty((len(frames), size, size, frames.shape[-1]), np.uint8)
     for i, frame in enumerate(frames):
-        out[i] = _resize(frame, size)
+        out[i] = resize_frame(frame, size)
     return out
 
 

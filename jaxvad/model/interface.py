@@ -22,6 +22,15 @@ reconstruction model reconstructs it. It supplies:
   `explained`'s features. Called beside `maps` in one jitted step (`inference.error_step`),
   the shared encoder is computed once (XLA's common-subexpression elimination).
 
+Streaming (`jaxvad.watch`, `inference.stream_step`) splits `maps` at the per-frame work that a
+frame's windows share:
+- `cached_frame(frame)`: frame `[B, S, S, C]` in [-1, 1] → its per-frame cache `[B, ...]`,
+  the work that is the same in every window the frame is in. By default the frame itself:
+  nothing is cached, everything is recomputed from the frames.
+- `maps_from_cache(cache, inputs)`: `cache` `[B, T, ...]` (the T past frames'
+  `cached_frame`s, oldest first) and `inputs` without `frames` → the `Maps` that `maps`
+  gives for those frames.
+
 `Maps` is a dict of float32 arrays: `image` `[B, S, S, C]` in [-1, 1] (the predicted or
 reconstructed frame), `rgb` and `flow` `[B, S, S]` ≥ 0, the per-pixel maps of the score's two
 components (the frame's appearance and motion errors E_rgb, E_flow are their spatial means;
@@ -59,6 +68,12 @@ class VadModel(nnx.Module):
     def maps(self, inputs: Mapping[str, jax.Array]) -> Maps:
         features, head = self.explained(inputs)
         return head(features)
+
+    def cached_frame(self, frame: jax.Array) -> jax.Array:
+        return frame
+
+    def maps_from_cache(self, cache: jax.Array, inputs: Mapping[str, jax.Array]) -> Maps:
+        return self.maps({**inputs, "frames": cache})
 
     def features(self, inputs: Mapping[str, jax.Array]) -> jax.Array:
         features, _ = self.explained(inputs)

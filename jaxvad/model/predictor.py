@@ -290,6 +290,10 @@ class Predictor(VadModel):
 
     def explained(self, inputs: Mapping[str, jax.Array]) -> tuple[jax.Array, Head]:
         appearance = self.temporal(self.encode_frames(inputs["frames"]))[:, -1]
+        return self.encode_motion(inputs["flows"]), self._head(appearance, inputs)
+
+    def _head(self, appearance: jax.Array, inputs: Mapping[str, jax.Array]) -> Head:
+        """The maps of A_app `[B, N, D]` as a function of the motion features A^k."""
 
         def head(motion_features: jax.Array) -> Maps:
             frame, flow = self.decode(appearance, motion_features)
@@ -299,7 +303,21 @@ class Predictor(VadModel):
                 "flow": squared_error(flow, inputs["target_flow"]),
             }
 
-        return self.encode_motion(inputs["flows"]), head
+        return head
+
+    def cached_frame(self, frame: jax.Array) -> jax.Array:
+        """frame `[B, H, W, C]` → its spatial tokens `[B, N, D]` (`encode_frames`: a frame's
+        tokens depend on it alone, so each is computed once in streaming)."""
+        return self.encode_frames(frame[:, None])[:, 0]
+
+    def maps_from_cache(self, cache: jax.Array, inputs: Mapping[str, jax.Array]) -> Maps:
+        """`maps` from the past frames' spatial tokens `cache` `[B, T, N, D]`. Recomputed: the
+        temporal transformer (its temporal position embedding is absolute within the window,
+        so a frame's keys and values change as the window slides), the motion encoder (its
+        'SAME' temporal padding at the window's ends changes every frame's features) and the
+        fusion and decoders."""
+        head = self._head(self.temporal(cache)[:, -1], inputs)
+        return head(self.encode_motion(inputs["flows"]))
 
     def features(self, inputs: Mapping[str, jax.Array]) -> jax.Array:
         """The mean over the N tokens of the fused F `[B, N, D]` (appearance and motion, the

@@ -1,0 +1,5 @@
+"""`python -m jaxvad.watch`: see `jaxvad.watch.command`."""
+
+from jaxvad.watch.command import main
+
+main()
