@@ -455,3 +455,43 @@ def test_memory_stays_flat_over_a_10000_frame_stream(labeled_run, tmp_path):
             process.kill()
     assert process.returncode == 0
     assert at_end <= 1.05 * at_1000, (at_1000, at_end)
+
+
+def test_explain_explains_each_closed_events_peak_off_the_scoring_path(
+    labeled_run, labeled_data, blip_saved, tmp_path
+):
+    """`--explain --blip`: every closed event gets one `explained` record whose folder is a
+    `jaxvad.explain` output of its peak's window: its record scores the peak frame as the
+    stream did, with a caption."""
+    from jaxvad.explain.command import RECORD_FIELDS
+
+    workdir = copy_run(labeled_run, tmp_path / "run")
+    config = labeled_run.config.copy_and_resolve_references()
+    with config.unlocked():
+        config.score.threshold_quantile = 0.3  # Events on the tiny model's clip.
+        config.watch.open_after = 1
+        config.watch.close_after = 1
+    events = tmp_path / "events.jsonl"
+    watch(
+        config,
+        workdir,
+        [str(source_video(labeled_data))],
+        events=str(events),
+        explain=True,
+        blip=str(blip_saved["small"].folder),
+    )
+    got = records(events)
+    closes = {r["event"]: r for r in got if r["type"] == "close"}
+    explained = {r["event"]: r for r in got if r["type"] == "explained"}
+    assert closes and set(explained) == set(closes)
+    assert len([r for r in got if r["type"] == "explained"]) == len(explained)
+    for event, record in explained.items():
+        assert record["peak_frame"] == closes[event]["peak_frame"]
+        folder = Path(record["folder"])
+        assert folder.parent == workdir / "watch" / "explain"
+        (explanation,) = records(folder / "records.jsonl")
+        assert set(RECORD_FIELDS) <= set(explanation)
+        assert explanation["score"] == pytest.approx(closes[event]["peak_score"], abs=1e-5)
+        assert isinstance(explanation["caption"], str) and explanation["caption"]
+        assert record["caption"] == explanation["caption"]
+        assert (folder / "report.html").is_file()

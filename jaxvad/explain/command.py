@@ -646,7 +646,7 @@ def explain(
     config_lib.validate(config)
     _check_flags(video, split, top)
     distributed.initialize()  # Before any other use of JAX.
-    started, seconds = time.perf_counter(), {}
+    started = time.perf_counter()
     captioner = blip_lib.Captioner.load(blip) if blip else None  # Bad folders fail first.
 
     # --- Load: the detector (from the workdir alone), then the input.
@@ -669,6 +669,27 @@ def explain(
         )
     else:
         source = split_input(config, split)
+    out = Path(workdir) / "explain" / source.name
+    explain_source(found, source, out, top=top, captioner=captioner, started=started)
+    return out
+
+
+def explain_source(
+    found: detector_lib.Detector,
+    source: Input,
+    out: Path,
+    *,
+    top: int = 0,
+    captioner: blip_lib.Captioner | None = None,
+    started: float | None = None,
+) -> list[dict[str, Any]]:
+    """Explains the anomalies of `source` with the detector `found` into the folder `out`
+    (written by process 0; see the module docstring); returns the records. `started`: when the
+    command started (perf_counter; the summary's total time), default now."""
+    started = time.perf_counter() if started is None else started
+    seconds: dict[str, float] = {}
+    config, settings = found.config, ExplainSettings(**found.config.explain)
+    object_mode = found.objects is not None
 
     # --- Score every frame (object mode: from its objects); pick the anomalies.
     errors, seconds["score"] = found.errors(
@@ -745,7 +766,6 @@ def explain(
     )
 
     # --- Write (process 0): pictures, curves, records, summary, report.
-    out = Path(workdir) / "explain" / source.name
     if jax.process_index() == 0:
         seconds["total"] = time.perf_counter() - started
         summary = make_summary(
@@ -760,7 +780,7 @@ def explain(
         )
         write(out, records, pictures, summary, errors, scores, chosen, extra_titles=extra)
         log.info("%s", _log_lines(summary, out))
-    return out
+    return records
 
 
 def add_object_pictures(

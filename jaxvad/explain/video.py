@@ -25,12 +25,14 @@ from jaxvad.data.video_io import DataError, read_frames, resize_frames, to_gray
 
 class VideoFrames(Sequence[dict[str, Any]]):
     """The records of one unlabeled video: frame k → `frame` `[S, S, C]` uint8, `flow`
-    `[S, S, 2]` float16 (from frame k−1 to k; zeros for the first frame), `label` 0 and an
-    empty `mask` `[S, S]`."""
+    `[S, S, 2]` float16 (from frame k−1 to k; zeros for the first frame, unless `flows`
+    `[N, S, S, 2]` gives every frame's flow already, e.g. a watched stream's), `label` 0 and
+    an empty `mask` `[S, S]`."""
 
-    def __init__(self, frames: np.ndarray, flow_method: str):
+    def __init__(self, frames: np.ndarray, flow_method: str, flows: np.ndarray | None = None):
         flow_lib.flow_function(flow_method)  # Fails now for an unknown method or missing package.
         self.frames = frames
+        self.flows = flows
         self.gray = to_gray(frames)
         self.flow_method = flow_method
         self._empty_mask = np.zeros(frames.shape[1:3], np.uint8)
@@ -40,7 +42,9 @@ class VideoFrames(Sequence[dict[str, Any]]):
         return len(self.frames)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
-        if k == 0:
+        if self.flows is not None:
+            flow = self.flows[k]
+        elif k == 0:
             flow = np.zeros((*self.gray.shape[1:], 2), np.float16)
         else:
             flow = flow_lib.video_flow(self.gray[k - 1 : k + 1], self.flow_method)[1]

@@ -15,8 +15,12 @@ per second, the frames dropped and undecodable, and the open events. SIGINT and 
 the loop: open events are closed, every file flushed. Watching ends by itself when every source
 has ended (files and folders; a network stream is reopened, never ended).
 
-Not built yet (the command says so when asked): `--explain`, object mode, and caching the
-per-frame model work across windows (`jaxvad.watch.stream` says what is recomputed).
+`--explain` explains each closed event's peak frame off the scoring path, with the images,
+record fields and caption of `jaxvad.explain` (`--blip=DIR` for captions), into
+`DIR/watch/explain/<camera>_<n>/` (`jaxvad.watch.explainer`).
+
+Not built yet: object mode (the run is refused with one line) and caching motion_mae's and
+mdsf's per-frame work (`jaxvad.watch.stream` says what is recomputed).
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from jaxvad import cli
 from jaxvad import config as config_lib
 from jaxvad import detector as detector_lib
 from jaxvad.data.video_io import DataError
+from jaxvad.explain import blip as blip_lib
 from jaxvad.watch import events as events_lib
+from jaxvad.watch import explainer as explainer_lib
 from jaxvad.watch import sinks as sinks_lib
 from jaxvad.watch import sources as sources_lib
 from jaxvad.watch import stream as stream_lib
@@ -47,7 +53,8 @@ log = logging.getLogger("jaxvad.watch")
 SCORE_COLUMNS = ("camera", "frame", "score", "score_rgb", "score_flow")
 USAGE = (
     "python -m jaxvad.watch [--config=FILE] --workdir=DIR --source=[NAME=]URI [--source=...] "
-    "[--events=FILE] [--scores=FILE] [--sink=webhook:URL | --sink=mqtt://HOST:PORT/TOPIC ...]"
+    "[--events=FILE] [--scores=FILE] [--explain [--blip=DIR]] "
+    "[--sink=webhook:URL | --sink=mqtt://HOST:PORT/TOPIC ...]"
 )
 
 
@@ -68,12 +75,14 @@ def watch(
     scores: str | None = None,
     sinks: list[str] = (),
     explain: bool = False,
+    blip: str | None = None,
     stop: list[bool] | None = None,
 ) -> dict[str, sources_lib.Counters]:
     """Watches `sources` until they end or a signal (or `stop[0]` set True) stops it; returns
     each camera's counters. Everything is checked before a file is written."""
-    if explain:
-        raise UsageError("--explain is not built yet: explain an event's video with jaxvad.explain")
+    if blip and not explain:
+        raise UsageError("--blip captions explanations: give --explain too")
+    captioner = blip_lib.Captioner.load(blip) if blip else None  # A bad folder fails first.
     specs = sources_lib.parse_sources(sources)
     overrides = {} if config is None else config_lib.flatten(config)
     found = detector_lib.load(workdir, overrides)
@@ -86,7 +95,7 @@ def watch(
         s: signal.signal(s, lambda *_: stop.__setitem__(0, True))
         for s in (signal.SIGINT, signal.SIGTERM)
     }
-    log_file = None
+    log_file = explainer = None
     try:
         events_path = Path(events) if events else Path(workdir) / "watch" / "events.jsonl"
         for spec in specs:
@@ -117,7 +126,14 @@ def watch(
             writer = csv.writer(log_file, lineterminator="\n")
             if new:
                 writer.writerow(SCORE_COLUMNS)
-        _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop)
+        if explain:
+            root = Path(workdir) / "watch" / "explain"
+            explainer = explainer_lib.Explainer(
+                explainer_lib.explain_peak(found, root, captioner=captioner), event_log.write
+            )
+        _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop, explainer)
+        if explainer is not None:
+            explainer.close()
         event_log.close()
     finally:
         for reader in readers:
@@ -131,9 +147,10 @@ def watch(
     return {r.spec.name: r.counters for r in readers}
 
 
-def _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop) -> None:
+def _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop, explainer) -> None:
     """Ticks until every source ended or `stop[0]`: take each camera's next frame, push it
-    (flow, in a thread pool), score the ready ones in one call, write scores and events."""
+    (flow, in a thread pool), score the ready ones in one call, write scores and events; with
+    an `explainer`, keep each pending event's peak window and hand it over when it closes."""
     data = found.config.data
     windows = [
         stream_lib.CameraWindow(
@@ -142,6 +159,7 @@ def _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop) -
         for _ in specs
     ]
     names = [s.name for s in specs]
+    peaks: dict[str, explainer_lib.Peak] = {}
     scored = [0] * len(specs)
     last_status, last_scored = time.monotonic(), list(scored)
     with concurrent.futures.ThreadPoolExecutor(max(1, len(specs))) as pool:
@@ -162,9 +180,19 @@ def _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop) -
             for frame in scorer.score(windows, arrived):
                 camera = names[frame.slot]
                 scored[frame.slot] += 1
-                event_log.update(
+                higher = camera not in peaks or frame.score > peaks[camera].score
+                if explainer is not None and frame.score > event_log.threshold and higher:
+                    peaks[camera] = explainer_lib.Peak(
+                        frame.score, frame.number, *windows[frame.slot].window()
+                    )
+                closed = event_log.update(
                     camera, frame.number, frame.score, frame.score_rgb, frame.score_flow, now
                 )
+                if explainer is not None:
+                    if closed is not None:
+                        explainer.submit(closed, camera, peaks.pop(camera))  # Set above.
+                    elif not event_log.pending(camera):
+                        peaks.pop(camera, None)
                 if writer is not None:
                     writer.writerow(
                         (
@@ -181,6 +209,9 @@ def _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop) -
                 elapsed = time.monotonic() - last_status
                 log.info(_status(readers, scored, last_scored, elapsed, event_log))
                 last_status, last_scored = time.monotonic(), list(scored)
+    for camera, event in event_log.close_events().items():
+        if explainer is not None and camera in peaks:
+            explainer.submit(event, camera, peaks.pop(camera))
 
 
 def _status(readers, scored, last_scored, elapsed, event_log) -> str:
@@ -201,6 +232,7 @@ USER_ERRORS = (
     sinks_lib.SinkError,
     stream_lib.StreamError,
     events_lib.EventsFileError,
+    blip_lib.BlipWeightsError,
     DataError,
     UsageError,
 )
@@ -213,6 +245,7 @@ def main() -> None:
     events = flags.DEFINE_string("events", None, "events JSONL (default DIR/watch/events.jsonl)")
     scores = flags.DEFINE_string("scores", None, "append per-frame scores to this CSV")
     explain = flags.DEFINE_boolean("explain", False, "explain each event's peak frame")
+    blip = flags.DEFINE_string("blip", None, "with --explain: a BLIP folder for captions")
     sink = flags.DEFINE_multi_string("sink", [], "webhook:URL or mqtt://HOST:PORT/TOPIC")
 
     def command() -> None:
@@ -224,6 +257,7 @@ def main() -> None:
             scores=scores.value,
             sinks=sink.value,
             explain=explain.value,
+            blip=blip.value,
         )
         for name, c in counters.items():
             print(

@@ -15,7 +15,8 @@ Records (`EventLog`, one JSON object per line, flushed and fsynced as it is writ
   (the hysteresis), "stopped" (SIGINT/SIGTERM or the sources ended) or "restart" (a run that
   died before closing it, closed by the next run that opens the file);
 - `outage`: a network source that dropped and came back, `camera`, `started`, `ended`,
-  `seconds`, `error`.
+  `seconds`, `error`;
+- `explained` (`--explain`, `jaxvad.watch.explainer`): a closed event's peak explained.
 A run appends to the file: records already there are kept, ids continue, and an event left
 open by a killed run is closed once ("restart"), so no event is lost or written twice.
 """
@@ -129,15 +130,16 @@ class EventLog:
         self._counts = counts
         self._file = self.path.open("a", encoding="utf-8")
         for record in left_open:
-            self._write(record | {"type": "close", "reason": "restart"})
+            self.write(record | {"type": "close", "reason": "restart"})
 
     def open_events(self) -> int:
         return sum(s.event is not None for s in self.states.values())
 
     def update(
         self, camera: str, frame: int, score: float, score_rgb: float, score_flow: float, now: float
-    ) -> None:
-        """Feeds one scored frame of `camera` (its wall-clock time `now`)."""
+    ) -> str | None:
+        """Feeds one scored frame of `camera` (its wall-clock time `now`); returns the id of
+        the event it closed, if it closed one."""
         state = self.states[camera]
         if score > self.threshold:
             state.below = 0
@@ -146,7 +148,7 @@ class EventLog:
                 state.above.append((frame, now, score, what))
                 if len(state.above) >= state.open_after:
                     self._open(camera, state)
-                return
+                return None
             event = state.event
             event.last_frame, event.last_time = frame, now
             if score > event.peak_score:
@@ -154,14 +156,21 @@ class EventLog:
                 event.modality = what
                 if now - event.updated >= self.update_every_s:
                     event.updated = now
-                    self._write(event.record("update", self.threshold))
-            return
+                    self.write(event.record("update", self.threshold))
+            return None
         state.above.clear()
         if state.event is None:
-            return
+            return None
         state.below += 1
-        if state.below >= state.close_after:
-            self._close(state, "scores fell")
+        if state.below < state.close_after:
+            return None
+        return self._close(state, "scores fell")
+
+    def pending(self, camera: str) -> bool:
+        """Whether `camera` has an open event or frames above the threshold that may open one
+        (what `--explain` keeps a peak window for)."""
+        state = self.states[camera]
+        return state.event is not None or bool(state.above)
 
     def _open(self, camera: str, state: Hysteresis) -> None:
         self._counts[camera] = self._counts.get(camera, 0) + 1
@@ -181,16 +190,17 @@ class EventLog:
             updated=last[1],
         )
         state.above.clear()
-        self._write(state.event.record("open", self.threshold))
+        self.write(state.event.record("open", self.threshold))
 
-    def _close(self, state: Hysteresis, reason: str) -> None:
+    def _close(self, state: Hysteresis, reason: str) -> str:
         event = state.event
-        self._write(event.record("close", self.threshold, reason=reason))
+        self.write(event.record("close", self.threshold, reason=reason))
         state.event, state.below = None, 0
+        return event.id
 
     def outage(self, camera: str, started: float, ended: float, error: str) -> None:
         """Writes an `outage` record (a network source that dropped and came back)."""
-        self._write(
+        self.write(
             {
                 "type": "outage",
                 "camera": camera,
@@ -201,15 +211,22 @@ class EventLog:
             }
         )
 
+    def close_events(self) -> dict[str, str]:
+        """Closes every open event ("stopped"); returns {camera: event id} of those closed."""
+        return {
+            camera: self._close(state, "stopped")
+            for camera, state in self.states.items()
+            if state.event is not None
+        }
+
     def close(self) -> None:
         """Closes every open event ("stopped") and the file."""
-        for state in self.states.values():
-            if state.event is not None:
-                self._close(state, "stopped")
+        self.close_events()
         with self._lock:
             self._file.close()
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any]) -> None:
+        """Appends `record` (flushed, fsynced; thread-safe) and hands it to the sinks."""
         with self._lock:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
@@ -241,7 +258,7 @@ def _read_existing(path: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:
         counts[camera] = max(counts.get(camera, 0), int(n))
         if record["type"] == "close":
             last.pop(record["event"], None)
-        else:
+        elif record["type"] in ("open", "update"):
             last[record["event"]] = record
     left = [{k: v for k, v in r.items() if k != "reason"} for r in last.values()]
     return counts, left

@@ -25,8 +25,8 @@ What each frame costs, and what is recomputed (`VadModel.maps_from_cache`):
 - motion_mae, mdsf: nothing is cached (the cache holds the frames); the whole window is
   recomputed.
 The first T frames of a camera fill the cache and get no score, as in evaluation.
-Memory per camera: (T + 1)·S²·4 bytes of flows on the host and T cached frames on the device,
-whatever the stream's length.
+Memory per camera: (T + 1)·S²·(C + 4) bytes of frames and flows on the host and T cached
+frames on the device, whatever the stream's length.
 """
 
 from __future__ import annotations
@@ -51,13 +51,14 @@ class StreamError(ValueError):
 
 
 class CameraWindow:
-    """One camera's host state (see the module docstring): its newest frame `[S, S, C]`
-    uint8, the T + 1 newest flows `[S, S, 2]` float16 and their frame numbers; `count`:
-    frames pushed so far."""
+    """One camera's host state (see the module docstring): its T + 1 newest frames
+    `[S, S, C]` uint8 (`frame`: the newest; the others are kept for `--explain`'s windows),
+    flows `[S, S, 2]` float16 and frame numbers; `count`: frames pushed so far."""
 
     def __init__(self, *, size: int, history: int, channels: int, flow: str):
         self.size, self.history, self.channels = size, history, channels
         self._flow = flow_lib.flow_function(flow)
+        self.frames: collections.deque[np.ndarray] = collections.deque(maxlen=history + 1)
         self.flows: collections.deque[np.ndarray] = collections.deque(maxlen=history + 1)
         self.numbers: collections.deque[int] = collections.deque(maxlen=history + 1)
         self.frame: np.ndarray | None = None
@@ -74,9 +75,15 @@ class CameraWindow:
             flow = self._flow(self._gray, gray) / flow_lib.flow_scale(self.size)
         self._gray = gray
         self.frame = convert_channels(small, self.channels)
+        self.frames.append(self.frame)
         self.flows.append(flow.astype(np.float16))
         self.numbers.append(number)
         self.count += 1
+
+    def window(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the T + 1 newest frames `[T + 1, S, S, C]` and flows (the newest frame's
+        window, what `--explain` explains)."""
+        return np.stack(self.frames), np.stack(self.flows)
 
     @property
     def ready(self) -> bool:
