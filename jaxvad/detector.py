@@ -381,10 +381,12 @@ def object_errors(
     margin: float,
     maps: bool,
     features: bool = False,
+    pseudo: str = "",
 ) -> scoring.SplitErrors:
     """The model errors of `objects` of `table` (rows = objects; their samples cut with
-    `margin`, resized to `size`: `pipeline.object_crops`), with their maps when `maps` and
-    their deep features when `features`."""
+    `margin`, resized to `size`: `pipeline.object_crops`; `pseudo`: turned into that
+    pseudo-anomaly, `pipeline.pseudo_samples`), with their maps when `maps` and their deep
+    features when `features`."""
     crops = pipeline.object_crops(
         table, objects.frame_position, objects.boxes, size=size, margin=margin
     )
@@ -393,8 +395,8 @@ def object_errors(
         table,
         labels=False,
         maps=maps,
-        desc=f"objects {table.split}",
-        objects=crops,
+        desc=f"objects {table.split}" + (f" ({pseudo})" if pseudo else ""),
+        objects=dataclasses.replace(crops, pseudo=pseudo),
         features=features,
     )
     return errors
@@ -503,21 +505,13 @@ def chosen_components(
         arrays = training_errors(features=True)
         attribution = object_scores.ErrorComponent.from_arrays(arrays, config.score.alpha)
         train = dataclasses.replace(train, deep=np.asarray(arrays["features"], np.float32))
-        crops = pipeline.object_crops(
-            table, train.frame_position[picked], train.boxes[picked], size=o.size, margin=o.margin
-        )
+        objects = train.take(picked)
 
         def pseudo_errors(kind: str) -> scoring.SplitErrors:
-            errors, _ = scorer.split_errors(
-                params,
-                table,
-                labels=False,
-                maps=False,
-                desc=f"pseudo {kind}",
-                objects=dataclasses.replace(crops, pseudo=kind),
-                features=True,
-            )
-            return errors
+            return object_errors(
+                scorer, params, table, objects, size=o.size, margin=o.margin, maps=False,
+                features=True, pseudo=kind,
+            )  # fmt: skip
 
     log.info(
         "choosing the components on %d of %d training objects turned into pseudo-anomalies",

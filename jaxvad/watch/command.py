@@ -32,6 +32,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
@@ -73,7 +74,7 @@ def watch(
     *,
     events: str | None = None,
     scores: str | None = None,
-    sinks: list[str] = (),
+    sinks: Sequence[str] = (),
     explain: bool = False,
     blip: str | None = None,
     stop: list[bool] | None = None,
@@ -95,7 +96,7 @@ def watch(
         s: signal.signal(s, lambda *_: stop.__setitem__(0, True))
         for s in (signal.SIGINT, signal.SIGTERM)
     }
-    log_file = explainer = None
+    log_file = explainer = event_log = None
     try:
         events_path = Path(events) if events else Path(workdir) / "watch" / "events.jsonl"
         for spec in specs:
@@ -132,12 +133,13 @@ def watch(
                 explainer_lib.explain_peak(found, root, captioner=captioner), event_log.write
             )
         _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop, explainer)
-        if explainer is not None:
-            explainer.close()
-        event_log.close()
     finally:
         for reader in readers:
             reader.stop()
+        if explainer is not None:
+            explainer.close()  # The pending explanations first: they write to the events file.
+        if event_log is not None:
+            event_log.close()  # Open events (a failure's) are closed as "stopped".
         for sink in built:
             sink.close()
         if log_file is not None:
