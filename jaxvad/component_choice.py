@@ -257,10 +257,8 @@ def rank(
     table = []
     for combo in candidates([c for c in CANDIDATES if c in normal]):
         total = sum(normal[c] for c in combo)
-        finite = np.isfinite(total)
-        floor = float(total[finite].min()) if finite.any() else 0.0
-        filled = np.where(finite, total, floor)
-        frames = object_scores.frame_maximum(filled, train.frame_position, train.num_frames, floor)
+        floor = object_scores.least_score(total)  # What a frame without scores gets.
+        frames = object_scores.frame_maximum(total, train.frame_position, train.num_frames, floor)
         others = _others_maximum(total, train.frame_position, train.num_frames, chosen)
         auc = {}
         for kind in scored[combo[0]]:

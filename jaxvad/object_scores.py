@@ -454,9 +454,7 @@ class ObjectModel:
 
     @property
     def floor(self) -> float:
-        total = self._train_total
-        finite = np.isfinite(total)
-        return float(total[finite].min()) if finite.any() else 0.0
+        return least_score(self._train_total)
 
     def slower_share(self, objects: SplitObjects, nearby: int) -> np.ndarray:
         """`[M]` per object the share of the `nearby` training objects closest to its place
@@ -488,6 +486,12 @@ class ObjectScores:
     frame: np.ndarray
     has_objects: np.ndarray
     detail: np.ndarray | None = None
+
+
+def least_score(scores: np.ndarray) -> float:
+    """The least finite of `scores` `[M]` (0 when none is): the training objects' floor."""
+    finite = np.isfinite(scores)
+    return float(scores[finite].min()) if finite.any() else 0.0
 
 
 def frame_maximum(

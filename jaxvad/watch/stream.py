@@ -61,7 +61,6 @@ class CameraWindow:
         self.frames: collections.deque[np.ndarray] = collections.deque(maxlen=history + 1)
         self.flows: collections.deque[np.ndarray] = collections.deque(maxlen=history + 1)
         self.numbers: collections.deque[int] = collections.deque(maxlen=history + 1)
-        self.frame: np.ndarray | None = None
         self._gray: np.ndarray | None = None
         self.count = 0
 
@@ -74,11 +73,15 @@ class CameraWindow:
         else:
             flow = self._flow(self._gray, gray) / flow_lib.flow_scale(self.size)
         self._gray = gray
-        self.frame = convert_channels(small, self.channels)
-        self.frames.append(self.frame)
+        self.frames.append(convert_channels(small, self.channels))
         self.flows.append(flow.astype(np.float16))
         self.numbers.append(number)
         self.count += 1
+
+    @property
+    def frame(self) -> np.ndarray:
+        """The newest frame `[S, S, C]` uint8."""
+        return self.frames[-1]
 
     def window(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the T + 1 newest frames `[T + 1, S, S, C]` and flows (the newest frame's
