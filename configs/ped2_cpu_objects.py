@@ -9,8 +9,10 @@ Each frame's objects come from the weight-free motion detector (`jaxvad/data/obj
 frame's score is the max over its objects. Which components make an object's score is chosen
 without test labels (`score.components=("auto",)`, `jaxvad/component_choice.py`): training
 objects turned into pseudo-anomalies (faster, reversed, grown, moved, scrambled), the set of
-components that best separates them from the training frames. On this run it picks
-('error', 'speed', 'position'); `--config.score.components="('faster',)"` sets them by hand.
+components that best separates them from the training frames. A quarter of the training
+videos is held out of the model's training (`objects.holdout`): the choice, the error
+component's calibration and the threshold use them. On this run it picks
+('speed', 'position', 'deep'); `--config.score.components="('faster',)"` sets them by hand.
 The predictor is trained on object samples (each box cut from its window of 224×224 frames,
 resized to 32×32): its per-object error is the component "error", and its Grad-CAM runs inside
 the crop in `jaxvad.explain`. How each setting was chosen, and what it measures: the README's

@@ -28,10 +28,14 @@ value is the mean over the kinds; the chosen one has the highest, the one with f
 components on a tie. Candidates: every set of one to `MOST` of the single components
 (`CANDIDATES`; "error" and "deep" only with object samples); groups joined by "+" are not.
 
+With videos held out of the model's training (`config.objects.holdout`), the pseudo objects
+are drawn from those videos and their frames are the normal ones (`detector.chosen_components`),
+so the model's errors and deep features of both are out-of-sample, as a test video's are.
+Without them the training objects' errors are in-sample while the pseudo samples' are not,
+which lowers the normal errors and favours "error" and "deep".
+
 What this does not remove: the kinds and their strengths are a prior (written here, fixed
-before the choice was run on real data). The error component's normal objects are in-sample
-for the model (it was trained on the training videos) while the pseudo samples are not; that
-lowers the normal errors and favours "error" and "deep".
+before the choice was run on real data).
 """
 
 from __future__ import annotations

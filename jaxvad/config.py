@@ -206,6 +206,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Each side of a box pushed out by this fraction of the box's width (x) or height (y)
     # before cutting (0.25: a box 1.5× as wide and tall), so the crop shows some surroundings.
     config.objects.margin = 0.25
+    # The fraction of the training videos held out of the model's training (object samples only):
+    # the "error" component is calibrated, and ("auto",) chooses the components, on the model's
+    # errors of these videos, which it never saw (jaxvad.object_scores.held_out_videos).
+    config.objects.holdout = 0.0
     # Components ("auto",): the training objects turned into each pseudo-anomaly to choose them.
     config.objects.pseudo_objects = 1000
     # ... and the pseudo-anomalies they become (component_choice.KINDS): a prior on what the
@@ -295,6 +299,7 @@ def set_object_mode(
     config.score.components = components
     config.objects.k = k
     config.objects.samples = samples
+    config.objects.holdout = 0.25 if samples else 0.0
 
 
 def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
@@ -424,6 +429,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "or mot:DIR (and prepare it with --objects)",
     )
     check(math.isfinite(o.margin) and o.margin >= 0, "objects.margin", "a number ≥ 0")
+    check(0 <= o.holdout < 1, "objects.holdout", "a fraction of the training videos in [0, 1)")
     if o.samples:
         divisor = SIDE_DIVISORS[m.name](m)
         check(

@@ -123,6 +123,21 @@ class Detector:
     objects: object_scores.ObjectModel | None = None
     choice: component_choice.Choice | None = None
 
+    @property
+    def threshold_rule(self) -> str:
+        """How `threshold` was set, in the words metrics.json and explanations state it."""
+        held_out = np.zeros(0) if self.objects is None else self.objects.held_out
+        frames = (
+            f"the scored frames of the {len(held_out)} training videos held out of the "
+            "model's training"
+            if len(held_out)
+            else "the training split's scored frames"
+        )
+        return (
+            f"quantile {self.settings.threshold_quantile} of the scores of {frames} (same "
+            "score pipeline)"
+        )
+
     def errors(
         self, table: pipeline.FrameTable, *, labels: bool, maps: bool, desc: str = "score"
     ) -> tuple[scoring.SplitErrors, float]:
@@ -150,7 +165,8 @@ class Detector:
             raise ValueError("object mode scores frames from their objects: pass them")
         frame = objects.frame
         train = self.objects.train_frame_scores()
-        value = scoring.settle(frame, errors, self.settings, train[self.normal.scored])
+        reference = reference_frames(self.normal, self.objects.held_out)
+        value = scoring.settle(frame, errors, self.settings, train[reference])
         return dataclasses.replace(scores, score=value)
 
     def score_objects(
@@ -218,6 +234,8 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
             lambda: _training_data(config, where, workdir, OBJECT_ERRORS),
             size=config.objects.size,
             margin=config.objects.margin,
+            holdout=config.objects.holdout,
+            seed=config.seed,
         )
         if settings.components == (component_choice.AUTO,):
             choice = chosen_components(
@@ -250,8 +268,9 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
         threshold = scoring.training_threshold(normal, settings)
     else:
         train = objects.train_frame_scores()
-        values = scoring.settle(train, normal, settings, train[normal.scored])
-        threshold = float(np.quantile(values[normal.scored], settings.threshold_quantile))
+        reference = reference_frames(normal, objects.held_out)
+        values = scoring.settle(train, normal, settings, train[reference])
+        threshold = float(np.quantile(values[reference], settings.threshold_quantile))
     return Detector(
         config,
         workdir,
@@ -411,13 +430,17 @@ def training_object_errors(
     *,
     size: int,
     margin: float,
+    holdout: float,
+    seed: int,
     features: bool = False,
 ) -> dict[str, np.ndarray]:
     """The training objects' errors stored with `step` (`object_scores.error_arrays`); when
     not stored yet, or stored without the deep `features` asked for (a run scored before
     they were), the training split's objects (`training_data()`: its prepared dataset) are
     scored with `params` (every process; samples as `object_errors` cuts them; errors and
-    deep features in one pass) and stored, errors already stored kept as they are."""
+    deep features in one pass) and stored with the videos held out of the model's training
+    (`object_scores.held_out_videos(V, holdout, seed)`), errors already stored kept as they
+    are."""
     arrays = checkpoints.object_errors(step)
     if arrays is None or (features and "features" not in arrays):
         table = pipeline.open_prepared(training_data(), "train")
@@ -426,7 +449,8 @@ def training_object_errors(
         errors = object_errors(
             scorer, params, table, train, size=size, margin=margin, maps=False, features=True
         )
-        scored = object_scores.error_arrays(train, errors)
+        held_out = object_scores.held_out_videos(len(table.video_lengths), holdout, seed)
+        scored = object_scores.error_arrays(train, errors, held_out)
         arrays = scored if arrays is None else arrays | {"features": scored["features"]}
         checkpoints.save_object_errors(step, arrays)
     return arrays
@@ -471,6 +495,15 @@ def object_model(
     return object_scores.ObjectModel(banks, error, attribution)
 
 
+def reference_frames(normal: scoring.SplitErrors, held_out: np.ndarray) -> np.ndarray:
+    """`[N]` bool: the training frames (`normal`'s) that object scores are normalised,
+    thresholded and chosen with: the scored frames of the videos `held_out` of the model's
+    training (`object_scores.held_out_videos`), or every scored frame when none was."""
+    if not len(held_out):
+        return normal.scored
+    return normal.scored & np.isin(normal.video, held_out)
+
+
 def chosen_components(
     checkpoints: Checkpoints,
     step: int,
@@ -499,12 +532,17 @@ def chosen_components(
     usable = component_choice.eligible(
         frame_number, table.video_lengths[train.video], config.history
     )
-    picked = component_choice.draw(usable, o.pseudo_objects, config.seed)
     attribution = pseudo_errors = None
+    scored_frames = normal.scored
     if training_errors is not None:
         arrays = training_errors(features=True)
         attribution = object_scores.ErrorComponent.from_arrays(arrays, config.score.alpha)
         train = dataclasses.replace(train, deep=np.asarray(arrays["features"], np.float32))
+        if len(attribution.held_out):  # Chosen on the videos the model never saw.
+            usable &= np.isin(train.video, attribution.held_out)
+            scored_frames = reference_frames(normal, attribution.held_out)
+    picked = component_choice.draw(usable, o.pseudo_objects, config.seed)
+    if training_errors is not None:
         objects = train.take(picked)
 
         def pseudo_errors(kind: str) -> scoring.SplitErrors:
@@ -514,15 +552,19 @@ def chosen_components(
             )  # fmt: skip
 
     log.info(
-        "choosing the components on %d of %d training objects turned into pseudo-anomalies",
+        "choosing the components on %d of %d eligible training objects%s turned into "
+        "pseudo-anomalies",
         len(picked),
-        len(train.boxes),
+        usable.sum(),
+        " (of the videos held out of the model's training)"
+        if scored_frames is not normal.scored
+        else "",
     )
     choice = component_choice.choose(
         train,
         picked,
         frame_sizes=table.frame_sizes,
-        scored_frames=normal.scored,
+        scored_frames=scored_frames,
         k=o.k,
         nearby=o.nearby,
         seed=config.seed,

@@ -227,19 +227,14 @@ def open_test_split(dataset_dir: Path) -> TestSplit:
 
 def protocol(
     config: ml_collections.ConfigDict,
-    settings: scoring.ScoreSettings,
-    threshold: float,
+    found: detector_lib.Detector,
     split: TestSplit,
     errors: scoring.SplitErrors,
 ) -> dict[str, Any]:
     """metrics.json's `protocol`: every choice behind the numbers."""
     return {
-        "score": scoring.describe(settings),
-        "threshold": {
-            "rule": f"quantile {settings.threshold_quantile} of the training split's "
-            "scores (same score pipeline, training videos)",
-            "value": threshold,
-        },
+        "score": scoring.describe(found.settings),
+        "threshold": {"rule": found.threshold_rule, "value": found.threshold},
         "checkpoint": "the latest in the workdir (no selection on test data)",
         "unscored_frames": (
             f"the first T={config.history} frames of each video have no prediction: "
@@ -410,7 +405,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         "dataset_dir": str(split.dataset_dir),
         "workdir": str(workdir),
         "checkpoint_step": found.step,
-        "protocol": protocol(config, found.settings, found.threshold, split, errors),
+        "protocol": protocol(config, found, split, errors),
         "timing": {
             "test_split_seconds": seconds,
             "frames_per_second": len(errors.video) / seconds,

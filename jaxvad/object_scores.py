@@ -36,7 +36,12 @@ With object samples (`config.objects.samples`: the model trained on objects' cro
 component "error" is each object's model error (`ErrorComponent`): its E_rgb and E_flow
 z-scored with the training objects' mean and standard deviation, summed as a frame's are
 (n(E_rgb) + α·n(E_flow), `jaxvad.scoring`), then calibrated like a bank's distance: z = (e − μ)
-/ σ over the training objects (scored in-sample, as the frames' "train" normalisation is).
+/ σ over the training objects. Its statistics are those of the training videos held out of the
+model's training (`config.objects.holdout`, `held_out_videos`): a model's errors on the videos
+it was trained on are lower than on any other normal video, so calibrated on them every new
+object's error would look high, and the sum of components would lean on "error". A run without
+held-out videos calibrates on every training object, in-sample, as the frames' "train"
+normalisation is.
 An object of a frame t ≤ T has no full history, hence no model error and no deep feature: its
 "error" and "deep" components and score are NaN (it is left out of the deep bank), and its
 frame (unscored, as every frame t ≤ T is) takes the floor.
@@ -119,6 +124,22 @@ class SplitObjects:
             velocity=np.concatenate(velocity).astype(np.float32),
             num_frames=len(boxes),
         )
+
+
+def held_out_videos(num_videos: int, fraction: float, seed: int) -> np.ndarray:
+    """`[H]` sorted indices of the training videos held out of the model's training
+    (`config.objects.holdout` = `fraction`): round(fraction · V) of the `num_videos`, at least
+    one, drawn with `seed`; none when `fraction` is 0. ValueError when no video would be left
+    to train on."""
+    if fraction <= 0:
+        return np.zeros(0, np.int64)
+    count = max(1, round(fraction * num_videos))
+    if count >= num_videos:
+        raise ValueError(
+            f"objects.holdout={fraction} holds out {count} of {num_videos} training videos: "
+            "none is left to train the model on (set it to 0 or lower)"
+        )
+    return np.sort(np.random.default_rng(seed).choice(num_videos, count, replace=False))
 
 
 def read_objects(table: pipeline.FrameTable) -> SplitObjects:
@@ -331,7 +352,8 @@ class ErrorComponent:
     `ErrorScorer.split_errors(objects=...)` gives them), `alpha` the flow term's weight,
     `mean`, `std` the calibration; and, as a `Bank` has them, `train_scores` `[M]` (NaN for
     objects of frames t ≤ T), `train_frame` `[M]`, `num_train_frames`, `train_attributes`
-    `[M, 5]`."""
+    `[M, 5]`; `held_out` `[H]` the training videos the model was not trained on (`train`,
+    `mean` and `std` are then their objects' alone; empty: every training object's)."""
 
     train: scoring.SplitErrors
     alpha: float
@@ -341,6 +363,7 @@ class ErrorComponent:
     train_frame: np.ndarray
     num_train_frames: int
     train_attributes: np.ndarray
+    held_out: np.ndarray
 
     def _summed(self, errors: scoring.SplitErrors) -> scoring.Scores:
         """e = n(E_rgb) + α·n(E_flow) `[M]` of objects' `errors` (NaN where not scored)."""
@@ -389,8 +412,16 @@ class ErrorComponent:
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], alpha: float) -> ErrorComponent:
         """The component of the training objects' errors stored as `error_arrays` gives
-        them, with weight `alpha`."""
-        train = scoring.SplitErrors.from_arrays(arrays)
+        them, with weight `alpha`, calibrated on the held-out videos' objects when the model
+        had some (the module docstring)."""
+        errors = scoring.SplitErrors.from_arrays(arrays)
+        held_out = np.asarray(arrays.get("held_out_videos", np.zeros(0)), np.int64)
+        everyone = np.full(len(errors.video), True)
+        reference = np.isin(errors.video, held_out) if len(held_out) else everyone
+        fields = ("video", "frame", "scored", "rgb", "flow")
+        train = scoring.SplitErrors.from_arrays(
+            {k: np.asarray(arrays[k])[reference] for k in fields}
+        )
         component = cls(
             train,
             alpha,
@@ -400,24 +431,30 @@ class ErrorComponent:
             np.asarray(arrays["object_frame"], np.int64),
             int(arrays["num_frames"]),
             np.asarray(arrays["attributes"], np.float64),
+            held_out,
         )
-        raw = component.scores(train)  # Through mean 0, std 1: not calibrated yet.
-        mean, std = float(raw[train.scored].mean()), float(raw[train.scored].std())
+        raw = component.scores(errors)  # Through mean 0, std 1: not calibrated yet.
+        calibration = raw[errors.scored & reference]
+        mean, std = float(calibration.mean()), float(calibration.std())
         std = std if std > 0 else 1.0
         train_scores = (raw - mean) / std
         return dataclasses.replace(component, mean=mean, std=std, train_scores=train_scores)
 
 
-def error_arrays(train: SplitObjects, errors: scoring.SplitErrors) -> dict[str, np.ndarray]:
+def error_arrays(
+    train: SplitObjects, errors: scoring.SplitErrors, held_out: np.ndarray
+) -> dict[str, np.ndarray]:
     """What a checkpoint stores of the training objects' `errors` (rows = the objects of
-    `train`, in order): the errors, the objects' frames and attributes, and their deep
-    `features` `[M, D]` when `errors` has them (what `DEEP` banks are fitted from)."""
+    `train`, in order): the errors, the objects' frames and attributes, the videos `held_out`
+    of the model's training (`held_out_videos`), and their deep `features` `[M, D]` when
+    `errors` has them (what `DEEP` banks are fitted from)."""
     if len(errors.video) != len(train.boxes):
         raise ValueError(f"{len(errors.video)} rows of errors for {len(train.boxes)} objects")
     arrays = errors.to_arrays() | {
         "object_frame": train.frame_position,
         "num_frames": np.array(train.num_frames),
         "attributes": attributes(train),
+        "held_out_videos": np.asarray(held_out, np.int64),
     }
     return arrays if errors.features is None else arrays | {"features": errors.features}
 
@@ -439,6 +476,12 @@ class ObjectModel:
     def deep(self) -> bool:
         """Whether a component reads the objects' deep features (`SplitObjects.deep`)."""
         return any(uses_deep(name) for name in self.banks)
+
+    @property
+    def held_out(self) -> np.ndarray:
+        """`[H]` the training videos held out of the model's training (none without object
+        samples or for a run trained on every video)."""
+        return np.zeros(0, np.int64) if self.attribution is None else self.attribution.held_out
 
     @property
     def _parts(self) -> list[Bank | ErrorComponent]:

@@ -41,7 +41,16 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from jaxvad import atomic, cli, detector, distributed, losses, model, object_scores
+from jaxvad import (
+    atomic,
+    cli,
+    component_choice,
+    detector,
+    distributed,
+    losses,
+    model,
+    object_scores,
+)
 from jaxvad import config as config_lib
 from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints
 from jaxvad.data import builder, pipeline
@@ -162,11 +171,26 @@ def check_finite(
 def training_crops(
     config: ml_collections.ConfigDict, table: pipeline.FrameTable
 ) -> pipeline.ObjectCrops | None:
-    """The object samples of the training split `table` (`config.objects.samples`), else
-    None (whole frames)."""
+    """The object samples of the training split `table` (`config.objects.samples`), but for
+    the videos held out of the model's training (`config.objects.holdout`), else None (whole
+    frames)."""
     if not config.objects.samples:
         return None
     objects = object_scores.read_objects(table)
+    try:
+        held_out = object_scores.held_out_videos(
+            len(table.video_lengths), config.objects.holdout, config.seed
+        )
+    except ValueError as e:
+        raise DataError(table.name, str(e)) from None
+    if len(held_out):
+        names = table.video_names or [str(v) for v in range(len(table.video_lengths))]
+        log.info(
+            "%d training videos held out of the model's training: %s",
+            len(held_out),
+            ", ".join(names[v] for v in held_out),
+        )
+        objects = objects.take(np.flatnonzero(~np.isin(objects.video, held_out)))
     return pipeline.object_crops(
         table,
         objects.frame_position,
@@ -379,11 +403,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
             lambda: data_path,
             size=config.objects.size,
             margin=config.objects.margin,
+            holdout=config.objects.holdout,
+            seed=config.seed,
         )
         if config.objects.samples:
             training_errors()
         settings = detector.score_settings(config)
-        if settings.object_mode:  # The memory banks of the object components.
+        # The memory banks of the object components; ("auto",) chooses the components, and
+        # fits their banks, at the run's first load (`detector.load`).
+        if settings.object_mode and settings.components != (component_choice.AUTO,):
             detector.object_model(
                 checkpoints,
                 steps,

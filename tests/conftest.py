@@ -9,7 +9,8 @@ conftest import load_config`), never from each other.
   with the frame number, so mask order is checkable too.
 - Trained runs: `tiny_run` (the tiny synthetic config, 6 steps), `labeled_run` (the tiny
   synthetic clips prepared as Ped2 at 32×32 with labels of both classes, 6 steps),
-  `object_run` (object mode on clips prepared with objects), `object_samples_run` (a model of
+  `object_run` (object mode on clips prepared with objects), `held_out_run` (object samples
+  with a training video held out), `object_samples_run` (a model of
   object samples on `object_run`'s data) and `explain_run` (Ped2-like synthetic clips at
   64×64, 600 steps: Grad-CAM has something to find), each trained once per session.
 - BLIP: tiny random `BlipForConditionalGeneration` folders with their tokenizer (`blip_saved`).
@@ -333,6 +334,29 @@ def object_samples_run(object_run, tmp_path_factory) -> types.SimpleNamespace:
 
     config = object_samples_config(object_run, **{"objects.size": SAMPLE_SIZE})
     workdir = tmp_path_factory.mktemp("object_samples_run") / "run"
+    train.train(config, workdir)
+    return types.SimpleNamespace(config=config, workdir=workdir)
+
+
+HELD_OUT = 0.5  # `held_out_run`'s objects.holdout: one of `object_run`'s two training videos.
+
+
+@pytest.fixture(scope="session")
+def held_out_run(object_run, tmp_path_factory) -> types.SimpleNamespace:
+    """A model of object samples (crops of `SAMPLE_SIZE`) trained 6 steps with one of the two
+    training videos held out (`HELD_OUT`) and components ("auto",), chosen on 30 pseudo
+    objects of each kind at the first load: `config`, `workdir`. Copy the workdir before
+    changing it."""
+    from jaxvad import train
+
+    fields = {
+        "objects.size": SAMPLE_SIZE,
+        "objects.holdout": HELD_OUT,
+        "objects.pseudo_objects": 30,
+        "score.components": ("auto",),
+    }
+    config = object_samples_config(object_run, **fields)
+    workdir = tmp_path_factory.mktemp("held_out_run") / "run"
     train.train(config, workdir)
     return types.SimpleNamespace(config=config, workdir=workdir)
 

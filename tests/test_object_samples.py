@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import (
+    HELD_OUT,
     assert_frames_score_their_objects_maximum,
     assert_resumes_exactly_after_sigkill,
     copy_run,
@@ -20,8 +21,8 @@ from conftest import (
 from flax import nnx
 from sklearn.neighbors import NearestNeighbors
 
+from jaxvad import component_choice, detector, evaluate, model, object_scores, train
 from jaxvad import config as config_lib
-from jaxvad import detector, evaluate, model, object_scores
 from jaxvad.data import builder, pipeline
 
 SIZE, MARGIN = 16, 0.25
@@ -135,6 +136,7 @@ def test_object_sample_settings_are_config_errors():
             r"objects.size: the 'predictor' model takes sides divisible by 8",
         ),
         ({"objects.margin": -0.1}, "objects.margin"),
+        ({"objects.holdout": 1.0}, "objects.holdout: a fraction of the training videos"),
         ({"data.objects": "auto", "score.components": ("faster", "deep")}, "'deep': the deep"),
         ({"data.objects": "auto", "score.components": ("deep+size",)}, "objects.samples=True"),
     ]
@@ -314,3 +316,65 @@ def test_the_deep_component_evaluates_alone_and_beside_faster(object_samples_run
         total = sum(scored.components[c] for c in components)
         np.testing.assert_allclose(scored.score, total)
         assert_frames_score_their_objects_maximum(found, table, objects, total, scored, workdir)
+
+
+def test_held_out_videos_are_a_seeded_share_of_the_training_videos():
+    got = object_scores.held_out_videos(16, 0.25, 0)
+    assert len(set(got)) == 4 and list(got) == sorted(got) and 0 <= got.min() <= got.max() < 16
+    np.testing.assert_array_equal(got, object_scores.held_out_videos(16, 0.25, 0))
+    assert not np.array_equal(got, object_scores.held_out_videos(16, 0.25, 1))
+    assert len(object_scores.held_out_videos(16, 0.0, 0)) == 0
+    assert len(object_scores.held_out_videos(3, 0.1, 0)) == 1  # At least one.
+    with pytest.raises(ValueError, match="none is left to train the model on"):
+        object_scores.held_out_videos(1, 0.25, 0)
+
+
+def test_held_out_videos_are_not_trained_on_and_calibrate_threshold_and_choose(
+    held_out_run, tmp_path, monkeypatch
+):
+    """With objects.holdout the model never trains on the held-out video's objects; its
+    errors alone calibrate the error component (the other video's are in-sample), its frames
+    alone give the threshold, and ("auto",) chooses on its objects and frames."""
+    config = held_out_run.config
+    table = pipeline.open_prepared(config_lib.dataset_dir(config), "train")
+    held = object_scores.held_out_videos(len(table.video_lengths), HELD_OUT, config.seed)
+    assert len(held) == 1 and len(table.video_lengths) == 2
+    objects = object_scores.read_objects(table)
+    crops = train.training_crops(config, table)
+    kept = ~np.isin(objects.video, held)
+    assert 0 < kept.sum() < len(kept)
+    np.testing.assert_array_equal(crops.position, objects.frame_position[kept])
+
+    workdir = copy_run(held_out_run, tmp_path / "run")
+    step = workdir / "checkpoints" / str(config.train.num_steps)
+    assert not list(step.glob("object_bank_*")), "('auto',): banks come with the choice"
+    arrays = dict(np.load(step / "object_errors.npz"))
+    np.testing.assert_array_equal(arrays["held_out_videos"], held)
+    scored = arrays["scored"].astype(bool)
+    mine = scored & np.isin(arrays["video"], held)
+    assert 0 < mine.sum() < scored.sum()
+    n = {c: (arrays[c] - arrays[c][mine].mean()) / arrays[c][mine].std() for c in ("rgb", "flow")}
+    raw = n["rgb"] + config.score.alpha * n["flow"]
+    expected = (raw - raw[mine].mean()) / raw[mine].std()
+
+    seen = {}
+    choose = component_choice.choose
+
+    def spy(train_objects, chosen, **kwargs):
+        seen.update(video=train_objects.video[chosen], frames=kwargs["scored_frames"])
+        return choose(train_objects, chosen, **kwargs)
+
+    monkeypatch.setattr(component_choice, "choose", spy)
+    found = detector.load(workdir)
+    attribution = found.objects.attribution
+    np.testing.assert_array_equal(attribution.held_out, held)
+    np.testing.assert_allclose(attribution.train_scores[scored], expected[scored], rtol=1e-9)
+    assert len(seen["video"]) == 30 and np.isin(seen["video"], held).all()
+    reference = found.normal.scored & np.isin(found.normal.video, held)
+    assert 0 < reference.sum() < found.normal.scored.sum()
+    np.testing.assert_array_equal(seen["frames"], reference)
+
+    frames = found.objects.train_frame_scores()
+    values = (frames - frames[reference].mean()) / frames[reference].std()
+    quantile = config.score.threshold_quantile
+    assert found.threshold == pytest.approx(np.quantile(values[reference], quantile), rel=1e-9)

@@ -10,10 +10,12 @@
 # wheels in .whl/ (see ../.library/device/README.md); they are installed first when present.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
+# A fresh folder each run: what an earlier run installed (another version) is not imported.
 if compgen -G ".whl/*.whl" >/dev/null; then
+  site=$(mktemp -d)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+    --target "$site" .whl/*.whl || exit 1
+  export PYTHONPATH=$site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 frame_mode=(--config.data.objects=none --config.objects.samples=False

@@ -522,8 +522,7 @@ def make_summary(
         "frames": frames,
         "frames_scored": int(errors.scored.sum()),
         "threshold": found.threshold,
-        "threshold_rule": f"quantile {found.settings.threshold_quantile} of the training "
-        "split's scores",
+        "threshold_rule": found.threshold_rule,
         "score": scoring.describe(found.settings),
         "anomalies": above,
         "explained": len(records),
