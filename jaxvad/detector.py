@@ -533,14 +533,14 @@ def chosen_components(
         frame_number, table.video_lengths[train.video], config.history
     )
     attribution = pseudo_errors = None
-    scored_frames = normal.scored
+    held_out = np.zeros(0, np.int64)
     if training_errors is not None:
         arrays = training_errors(features=True)
         attribution = object_scores.ErrorComponent.from_arrays(arrays, config.score.alpha)
         train = dataclasses.replace(train, deep=np.asarray(arrays["features"], np.float32))
-        if len(attribution.held_out):  # Chosen on the videos the model never saw.
-            usable &= np.isin(train.video, attribution.held_out)
-            scored_frames = reference_frames(normal, attribution.held_out)
+        held_out = attribution.held_out
+    if len(held_out):  # Chosen on the videos the model never saw.
+        usable &= np.isin(train.video, held_out)
     picked = component_choice.draw(usable, o.pseudo_objects, config.seed)
     if training_errors is not None:
         objects = train.take(picked)
@@ -556,15 +556,13 @@ def chosen_components(
         "pseudo-anomalies",
         len(picked),
         usable.sum(),
-        " (of the videos held out of the model's training)"
-        if scored_frames is not normal.scored
-        else "",
+        " (of the videos held out of the model's training)" if len(held_out) else "",
     )
     choice = component_choice.choose(
         train,
         picked,
         frame_sizes=table.frame_sizes,
-        scored_frames=scored_frames,
+        scored_frames=reference_frames(normal, held_out),
         k=o.k,
         nearby=o.nearby,
         seed=config.seed,
