@@ -231,6 +231,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.watch.status_every_s = 10.0  # Seconds between status lines (fps, dropped, events).
     config.watch.backoff_s = 1.0  # First wait before reopening a lost stream, doubled up to
     config.watch.max_backoff_s = 30.0  # this.
+    # Object mode: the frames that prime the object detector's background model before any is
+    # scored (the preparation primes a video on up to 500, BoxSettings.history; jaxvad/watch/
+    # objects.py). Held per camera while priming, grey at the original resolution.
+    config.watch.prime_frames = 500
 
     # Explanations (see jaxvad/explain): Grad-CAM, overlays and captions of each anomaly.
     config.explain = ml_collections.ConfigDict()
@@ -412,6 +416,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(w.open_after >= 1, "watch.open_after", "at least 1")
     check(w.close_after >= 1, "watch.close_after", "at least 1")
     check(w.queue >= 1, "watch.queue", "at least 1")
+    check(w.prime_frames >= 1, "watch.prime_frames", "at least 1")
     check(w.update_every_s >= 0 and w.status_every_s > 0, "watch.status_every_s", "> 0")
     check(0 < w.backoff_s <= w.max_backoff_s, "watch.backoff_s", "in (0, watch.max_backoff_s]")
     kinds = tuple(o.pseudo_kinds)

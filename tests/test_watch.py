@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import typing
 from pathlib import Path
 
@@ -495,3 +496,73 @@ def test_explain_explains_each_closed_events_peak_off_the_scoring_path(
         assert isinstance(explanation["caption"], str) and explanation["caption"]
         assert record["caption"] == explanation["caption"]
         assert (folder / "report.html").is_file()
+
+
+@pytest.mark.parametrize("run", ["object_run", "object_samples_run", "held_out_run"])
+def test_watched_object_mode_scores_equal_evaluated_ones_and_events_name_boxes(
+    run, object_run, request, tmp_path
+):
+    """Object mode streams: a test clip's `--scores` equal `frame_scores.csv`'s rows for it
+    (within 1e-5) for a frame model scored from its objects (`object_run`), a model of object
+    samples (error, speed) and one with components chosen at load ("auto"), from the workdir
+    alone; each event record carries its peak frame's objects, which are that frame's
+    prepared boxes, highest score first."""
+    from jaxvad import config as config_lib
+    from jaxvad import object_scores
+    from jaxvad.data import pipeline
+
+    found = request.getfixturevalue(run)
+    workdir = copy_run(found, tmp_path / "run")
+    evaluate.evaluate(found.config, workdir)
+    with (workdir / "eval" / "frame_scores.csv").open() as f:
+        evaluated = {
+            int(r["frame"]): (float(r["score"]), float(r["score_rgb"]), float(r["score_flow"]))
+            for r in csv.DictReader(f)
+            if r["video"] == "Test001" and r["scored"] == "1"
+        }
+    config = found.config.copy_and_resolve_references()
+    with config.unlocked():
+        config.score.threshold_quantile = 0.3  # Events on the tiny model's clip.
+        config.watch.open_after = 1
+        config.watch.close_after = 1
+    scores, events = tmp_path / "scores.csv", tmp_path / "events.jsonl"
+    clip = object_run.source / "Test" / "Test001"
+    watch(config, workdir, [f"cam={clip}"], scores=str(scores), events=str(events))
+    streamed = read_scores(scores)
+    assert sorted(streamed) == sorted(evaluated)
+    for frame, values in evaluated.items():
+        np.testing.assert_allclose(streamed[frame], values, atol=1e-5, err_msg=f"frame {frame}")
+    table = pipeline.open_prepared(config_lib.dataset_dir(found.config, needed_for="test"), "test")
+    prepared = object_scores.read_objects(table)
+    video = table.video_names.index("Test001")
+    numbers = table.frame_index[table.frame_ids]
+    got = [r for r in records(events) if r["type"] in ("open", "update", "close")]
+    assert got
+    for record in got:
+        frame = np.flatnonzero(
+            (table.video_index[table.frame_ids] == video) & (numbers == record["peak_frame"])
+        )
+        boxes = prepared.boxes[prepared.frame_position == frame[0]]
+        listed = record["objects"]
+        assert sorted(tuple(o["box"]) for o in listed) == sorted(map(tuple, boxes.tolist()))
+        assert [o["score"] for o in listed] == sorted((o["score"] for o in listed), reverse=True)
+
+
+def test_object_mode_refuses_explain_and_mot_boxes_in_one_line(object_run, tmp_path):
+    """Object mode: `--explain` is refused before anything is written, and so is a run whose
+    boxes came from MOT files (watch has only the automatic detector)."""
+    from jaxvad.watch.command import UsageError
+    from jaxvad.watch.objects import ObjectScorer
+    from jaxvad.watch.stream import StreamError
+
+    workdir = copy_run(object_run, tmp_path / "run")
+    clip = str(object_run.source / "Test" / "Test001")
+    events = tmp_path / "events.jsonl"
+    with pytest.raises(UsageError, match="--explain does not explain object mode"):
+        watch(None, workdir, [clip], events=str(events), explain=True)
+    assert not events.exists() and not (workdir / "watch").exists()
+    config = object_run.config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.objects = f"mot:{tmp_path}"  # A run prepared from a detector's files.
+    with pytest.raises(StreamError, match="automatic detector only"):
+        ObjectScorer(types.SimpleNamespace(config=config), ["cam"])

@@ -191,11 +191,12 @@ def _motion_frame(t: int, num_frames: int) -> int:
     return min(max(t, 1), num_frames - 1)
 
 
-def _motion(grey: np.ndarray, t: int, flow: np.ndarray | None, settings: BoxSettings) -> np.ndarray:
-    """`[H, W]` bool: the pixels that change into frame t = `_motion_frame(t)` of `grey`
-    `[N, H, W]`: the frame difference, or `flow` `[H, W, 2]` px/frame into that frame."""
-    t = _motion_frame(t, len(grey))
-    moving = cv2.absdiff(grey[t], grey[max(t - 1, 0)]) > settings.diff_threshold
+def _moving(
+    previous: np.ndarray, current: np.ndarray, flow: np.ndarray | None, settings: BoxSettings
+) -> np.ndarray:
+    """`[H, W]` bool: the pixels that change from grey frame `previous` to `current` (`[H, W]`
+    uint8): the frame difference, or `flow` `[H, W, 2]` px/frame between them."""
+    moving = cv2.absdiff(current, previous) > settings.diff_threshold
     if flow is not None:
         moving |= np.hypot(flow[..., 0], flow[..., 1]) > settings.flow_threshold
     return moving
@@ -230,7 +231,14 @@ def _foreground(grey: np.ndarray, settings: BoxSettings) -> Iterator[np.ndarray]
     """Per frame of `grey` `[N, H, W]` uint8 the cleaned background mask `[H, W]` uint8 0/1."""
     subtractor = _primed_subtractor(grey, settings)
     for frame in grey:
-        yield _clean(subtractor.apply(frame, learningRate=1 / settings.history) > 0, settings)
+        yield _next_foreground(subtractor, frame, settings)
+
+
+def _next_foreground(
+    subtractor: cv2.BackgroundSubtractorMOG2, frame: np.ndarray, settings: BoxSettings
+) -> np.ndarray:
+    """The cleaned background mask `[H, W]` uint8 0/1 of the next grey `frame` `[H, W]`."""
+    return _clean(subtractor.apply(frame, learningRate=1 / settings.history) > 0, settings)
 
 
 def _check_flows(flows: np.ndarray | None, grey: np.ndarray) -> None:
@@ -261,8 +269,10 @@ def detect_boxes(
     _check_flows(flows, grey)
     boxes = []
     for t, foreground in enumerate(_foreground(grey, settings)):
-        flow = None if flows is None else flows[_motion_frame(t, len(grey))]
-        boxes.append(_frame_boxes(foreground, _motion(grey, t, flow, settings), settings))
+        m = _motion_frame(t, len(grey))
+        flow = None if flows is None else flows[m]
+        moving = _moving(grey[max(m - 1, 0)], grey[m], flow, settings)
+        boxes.append(_frame_boxes(foreground, moving, settings))
     return boxes
 
 
@@ -346,6 +356,104 @@ def attribute_flow() -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
 
 
 @dataclass(frozen=True)
+class FrameObjects:
+    """One frame's objects: `boxes` `[K, 4]` float32 `[x0, y0, x1, y1]` original-resolution
+    pixels, `tracks` `[K]` int32 ids (`Tracker`), `velocity` `[K, VELOCITY_BINS]` float32
+    (`velocity_histograms`)."""
+
+    boxes: np.ndarray
+    tracks: np.ndarray
+    velocity: np.ndarray
+
+
+def grey_frame(image: np.ndarray) -> np.ndarray:
+    """One frame `[H, W]`, `[H, W, 1]` or `[H, W, 3]` (RGB) uint8 → `[H, W]` uint8 grey."""
+    return _grey(np.asarray(image)[None])[0]
+
+
+class ObjectFinder:
+    """A video's objects frame by frame, as its frames arrive: what `video_objects` runs over a
+    whole video and `jaxvad.watch` over a stream, so both find the same objects.
+
+    The background model is first primed on `priming` `[P, H, W]` uint8 grey frames (each with
+    the same weight, `_primed_subtractor`; at most `settings.history` are read): a video's last
+    `history` frames (`video_objects`), a stream's first ones. Each pushed frame then updates
+    it at rate 1 / history. A frame's objects come out when it is pushed, except frame 0's: its
+    motion is its change into frame 1 (it has no predecessor), so they come out with frame 1's
+    (`finish` gives those of a one-frame video).
+
+    Args:
+      priming: the frames the background model is primed on, at the original resolution.
+      detect: True: the boxes are `detect_boxes`'s (its motion test with the Farneback flow at
+        this resolution); False: `push` is given each frame's boxes (a MOT file's), and the
+        background model still gives the object pixels of the velocity histograms.
+      settings: the detector's thresholds.
+    """
+
+    def __init__(self, priming: np.ndarray, *, detect: bool, settings: BoxSettings = BoxSettings()):
+        priming = _grey(priming)
+        self.settings = settings
+        self._subtractor = _primed_subtractor(priming, settings)
+        self._farneback = flow_lib.flow_function("farneback") if detect else None
+        self._dis = attribute_flow()
+        self._window = velocity_window(priming.shape[1])
+        self._still = np.zeros((*priming.shape[1:], 2), np.float32)
+        self._tracker = Tracker()
+        self._first: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
+        self._previous: np.ndarray | None = None
+
+    def push(self, grey: np.ndarray, boxes: np.ndarray | None = None) -> list[FrameObjects]:
+        """The objects completed by the next frame `grey` `[H, W]` uint8 (and its `boxes`
+        `[K, 4]` when not detecting): none for frame 0, frames 0 and 1 for frame 1, else that
+        frame's."""
+        if (boxes is None) != (self._farneback is not None):
+            raise ValueError("boxes are given to push exactly when the finder does not detect")
+        foreground = _next_foreground(self._subtractor, grey, self.settings)
+        previous, self._previous = self._previous, grey
+        if previous is None:
+            self._first = (grey, foreground, boxes)
+            return []
+        flow = None if self._farneback is None else self._farneback(previous, grey)
+        found = []
+        if self._first is not None:  # Frame 0: the change into frame 1 marks its motion.
+            first, first_foreground, first_boxes = self._first
+            self._first = None
+            found.append(self._objects(first_foreground, first, grey, flow, first_boxes, None))
+        found.append(self._objects(foreground, previous, grey, flow, boxes, previous))
+        return found
+
+    def finish(self) -> list[FrameObjects]:
+        """Frame 0's objects when it was the only frame pushed (no motion), else none."""
+        if self._first is None:
+            return []
+        first, foreground, boxes = self._first
+        self._first = None
+        return [self._objects(foreground, first, first, None, boxes, None)]
+
+    def _objects(
+        self,
+        foreground: np.ndarray,
+        before: np.ndarray,
+        after: np.ndarray,
+        flow: np.ndarray | None,
+        given: np.ndarray | None,
+        previous: np.ndarray | None,
+    ) -> FrameObjects:
+        """A frame's objects from its `foreground`, the change from grey `before` to `after`
+        (with `flow`) that marks its motion, and its `previous` frame (None: frame 0, whose
+        velocities are measured with no flow)."""
+        if given is None:
+            boxes = _frame_boxes(
+                foreground, _moving(before, after, flow, self.settings), self.settings
+            )
+        else:
+            boxes = _sorted(np.asarray(given, np.float32).reshape(-1, 4))
+        motion = self._still if previous is None else self._dis(previous, after)
+        velocity = velocity_histograms(motion, foreground, boxes, self._window)
+        return FrameObjects(boxes, self._tracker.link(boxes), velocity)
+
+
+@dataclass(frozen=True)
 class VideoObjects:
     """The objects of one video, per frame: `boxes` `[K, 4]` float32 `[x0, y0, x1, y1]`
     original-resolution pixels, `tracks` `[K]` int32 ids (`link_tracks`), `velocity`
@@ -361,7 +469,8 @@ def video_objects(
     boxes: Sequence[np.ndarray] | None = None,
     settings: BoxSettings = BoxSettings(),
 ) -> VideoObjects:
-    """Boxes, tracks and velocities of one video at its original resolution.
+    """Boxes, tracks and velocities of one video at its original resolution (`ObjectFinder`,
+    primed on the video's last `settings.history` frames).
 
     Args:
       frames: `[N, H, W(, C)]` uint8, as `detect_boxes` takes them.
@@ -373,21 +482,14 @@ def video_objects(
     grey = _grey(frames)
     if boxes is not None and len(boxes) != len(grey):
         raise ValueError(f"{len(boxes)} frames of boxes for {len(grey)} frames")
-    farneback = None if boxes is not None else flow_lib.flow_function("farneback")
-    dis = attribute_flow()
-    window = velocity_window(grey.shape[1])
-    found, velocity = [], []
-    for t, foreground in enumerate(_foreground(grey, settings)):
-        if boxes is None:  # The detector fuses the Farneback flow it was tuned with.
-            m = _motion_frame(t, len(grey))
-            moving = _motion(grey, t, farneback(grey[m - 1], grey[m]) if m else None, settings)
-            frame_boxes = _frame_boxes(foreground, moving, settings)
-        else:
-            frame_boxes = _sorted(boxes[t])
-        flow = dis(grey[t - 1], grey[t]) if t else np.zeros((*grey.shape[1:], 2), np.float32)
-        found.append(frame_boxes)
-        velocity.append(velocity_histograms(flow, foreground, frame_boxes, window))
-    return VideoObjects(found, link_tracks(found), velocity)
+    finder = ObjectFinder(grey[-settings.history :], detect=boxes is None, settings=settings)
+    found: list[FrameObjects] = []
+    for t, frame in enumerate(grey):
+        found += finder.push(frame, None if boxes is None else boxes[t])
+    found += finder.finish()
+    return VideoObjects(
+        [f.boxes for f in found], [f.tracks for f in found], [f.velocity for f in found]
+    )
 
 
 # --- MOTChallenge files -------------------------------------------------------------------------
@@ -466,40 +568,44 @@ def read_mot(path: str | Path, num_frames: int, width: int, height: int) -> list
 # --- tracks -------------------------------------------------------------------------------------
 
 
-def link_tracks(boxes: Sequence[np.ndarray], iou_threshold: float = 0.3) -> list[np.ndarray]:
-    """Track ids by greedy IoU matching to the previous frame.
+class Tracker:
+    """Track ids by greedy IoU matching to the previous frame, one frame at a time.
 
     In each frame the pairs (box, previous frame's box) are taken by decreasing IoU (ties in
-    box order); a pair with IoU ≥ `iou_threshold` whose two boxes are both still free passes the
-    previous box's id on. Every other box starts a new track. Ids start at 0 and increase in
-    order of first appearance (in box order within a frame).
-
-    Args:
-      boxes: per frame a `[K, 4]` array `[x0, y0, x1, y1]`.
-      iou_threshold: the smallest IoU that continues a track, in (0, 1].
-
-    Returns:
-      Per frame a `[K]` int32 array: the track id of each box.
+    box order); a pair with IoU ≥ `iou_threshold` (in (0, 1]) whose two boxes are both still
+    free passes the previous box's id on. Every other box starts a new track. Ids start at 0
+    and increase in order of first appearance (in box order within a frame).
     """
-    if not 0 < iou_threshold <= 1:
-        raise ValueError(f"iou_threshold must be in (0, 1], not {iou_threshold}")
-    tracks = []
-    previous, previous_ids = np.zeros((0, 4), np.float32), np.zeros(0, np.int32)
-    next_id = 0
-    for frame_boxes in boxes:
+
+    def __init__(self, iou_threshold: float = 0.3):
+        if not 0 < iou_threshold <= 1:
+            raise ValueError(f"iou_threshold must be in (0, 1], not {iou_threshold}")
+        self.iou_threshold = iou_threshold
+        self._previous, self._ids = np.zeros((0, 4), np.float32), np.zeros(0, np.int32)
+        self._next_id = 0
+
+    def link(self, frame_boxes: np.ndarray) -> np.ndarray:
+        """`[K]` int32 the track ids of the next frame's boxes `[K, 4]` `[x0, y0, x1, y1]`."""
         frame_boxes = np.asarray(frame_boxes, np.float32).reshape(-1, 4)
+        previous, previous_ids = self._previous, self._ids
         ids = np.full(len(frame_boxes), -1, np.int32)
         iou = box_iou(frame_boxes, previous)
         taken = np.zeros(len(previous), bool)
         for flat in np.argsort(-iou, axis=None, kind="stable"):
             i, j = divmod(int(flat), len(previous))
-            if iou[i, j] < iou_threshold:
+            if iou[i, j] < self.iou_threshold:
                 break
             if ids[i] < 0 and not taken[j]:
                 ids[i], taken[j] = previous_ids[j], True
         new = ids < 0
-        ids[new] = np.arange(next_id, next_id + new.sum(), dtype=np.int32)
-        next_id += int(new.sum())
-        tracks.append(ids)
-        previous, previous_ids = frame_boxes, ids
-    return tracks
+        ids[new] = np.arange(self._next_id, self._next_id + new.sum(), dtype=np.int32)
+        self._next_id += int(new.sum())
+        self._previous, self._ids = frame_boxes, ids
+        return ids
+
+
+def link_tracks(boxes: Sequence[np.ndarray], iou_threshold: float = 0.3) -> list[np.ndarray]:
+    """Per frame of `boxes` (each `[K, 4]` `[x0, y0, x1, y1]`) a `[K]` int32 array: the track
+    id of each box (`Tracker`, linking the frames in order)."""
+    tracker = Tracker(iou_threshold)
+    return [tracker.link(frame_boxes) for frame_boxes in boxes]

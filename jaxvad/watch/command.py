@@ -19,8 +19,11 @@ has ended (files and folders; a network stream is reopened, never ended).
 record fields and caption of `jaxvad.explain` (`--blip=DIR` for captions), into
 `DIR/watch/explain/<camera>_<n>/` (`jaxvad.watch.explainer`).
 
-Not built yet: object mode (the run is refused with one line) and caching motion_mae's and
-mdsf's per-frame work (`jaxvad.watch.stream` says what is recomputed).
+A run in object mode (frames scored from their objects) streams too (`jaxvad.watch.objects`):
+each camera's first `config.watch.prime_frames` frames prime the object detector's background
+model before any is scored, and events carry the peak frame's object boxes. Not built yet:
+`--explain` in object mode (refused with one line), and caching motion_mae's and mdsf's
+per-frame work (`jaxvad.watch.stream` says what is recomputed).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from jaxvad.data.video_io import DataError
 from jaxvad.explain import blip as blip_lib
 from jaxvad.watch import events as events_lib
 from jaxvad.watch import explainer as explainer_lib
+from jaxvad.watch import objects as objects_lib
 from jaxvad.watch import sinks as sinks_lib
 from jaxvad.watch import sources as sources_lib
 from jaxvad.watch import stream as stream_lib
@@ -88,7 +92,16 @@ def watch(
     overrides = {} if config is None else config_lib.flatten(config)
     found = detector_lib.load(workdir, overrides)
     w = found.config.watch
-    scorer = stream_lib.StreamScorer.of_detector(found, [s.name for s in specs])
+    names = [s.name for s in specs]
+    if found.settings.object_mode:
+        if explain:
+            raise UsageError(
+                "--explain does not explain object mode's events yet: watch without it, and "
+                "explain an event's video with python -m jaxvad.explain --video=FILE"
+            )
+        scorer = objects_lib.ObjectScorer(found, names)
+    else:
+        scorer = stream_lib.StreamScorer.of_detector(found, names)
     built = [sinks_lib.parse_sink(s) for s in sinks]
     readers: list[sources_lib.Reader] = []
     stop = stop if stop is not None else [False]
@@ -160,26 +173,32 @@ def _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop, e
         )
         for _ in specs
     ]
+    cameras = windows
+    if found.settings.object_mode:
+        cameras = [objects_lib.ObjectCamera(window, w.prime_frames) for window in windows]
     names = [s.name for s in specs]
     peaks: dict[str, explainer_lib.Peak] = {}
     scored = [0] * len(specs)
     last_status, last_scored = time.monotonic(), list(scored)
     with concurrent.futures.ThreadPoolExecutor(max(1, len(specs))) as pool:
         while not stop[0]:
-            items = [r.get() for r in readers]
-            arrived = [i for i, item in enumerate(items) if item is not None]
+            items = [r.get() if c.wants else None for r, c in zip(readers, cameras, strict=True)]
+            ended = [item is None and r.finished for item, r in zip(items, readers, strict=True)]
+            todo = [i for i, c in enumerate(cameras) if items[i] is not None or c.busy]
+            pushed = pool.map(
+                lambda c, item, end: c.take(item, end),
+                [cameras[i] for i in todo],
+                [items[i] for i in todo],
+                [ended[i] for i in todo],
+            )
+            arrived = [i for i, took in zip(todo, pushed, strict=True) if took]
             if not arrived:
-                if all(r.finished for r in readers):
+                if all(ended) and not any(c.busy for c in cameras):
                     break
                 time.sleep(0.002)
                 continue
-            list(
-                pool.map(
-                    lambda i, item: windows[i].push(*item), arrived, [items[i] for i in arrived]
-                )
-            )
             now = time.time()
-            for frame in scorer.score(windows, arrived):
+            for frame in scorer.score(cameras, arrived):
                 camera = names[frame.slot]
                 scored[frame.slot] += 1
                 higher = camera not in peaks or frame.score > peaks[camera].score
@@ -188,7 +207,14 @@ def _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop, e
                         frame.score, frame.number, *windows[frame.slot].window()
                     )
                 closed = event_log.update(
-                    camera, frame.number, frame.score, frame.score_rgb, frame.score_flow, now
+                    camera,
+                    frame.number,
+                    frame.score,
+                    frame.score_rgb,
+                    frame.score_flow,
+                    now,
+                    objects=frame.objects,
+                    what=frame.modality,
                 )
                 if explainer is not None:
                     if closed is not None:

@@ -11,7 +11,9 @@ Records (`EventLog`, one JSON object per line, flushed and fsynced as it is writ
   over every run that appended to the file), `camera`, `first_frame`, `peak_frame`,
   `last_frame`, their wall-clock times (`*_time`, ISO 8601, UTC), `peak_score`, `modality`
   ("motion" when the peak's normalised flow error is the larger, else "appearance",
-  `jaxvad.explain.attribution`), `threshold`, and for `close` a `reason`: "scores fell"
+  `jaxvad.explain.attribution`; in object mode with a model of object samples, the peak's top
+  object's), `threshold`, in object mode `objects` (the peak frame's boxes, tracks and
+  scores, highest first), and for `close` a `reason`: "scores fell"
   (the hysteresis), "stopped" (SIGINT/SIGTERM or the sources ended) or "restart" (a run that
   died before closing it, closed by the next run that opens the file);
 - `outage`: a network source that dropped and came back, `camera`, `started`, `ended`,
@@ -63,8 +65,10 @@ class Event:
     last_frame: int
     last_time: float
     updated: float = 0.0
+    peak_objects: list[dict[str, Any]] | None = None
 
     def record(self, kind: str, threshold: float, **extra: Any) -> dict[str, Any]:
+        objects = {} if self.peak_objects is None else {"objects": self.peak_objects}
         return {
             "type": kind,
             "event": self.id,
@@ -78,18 +82,21 @@ class Event:
             "peak_score": self.peak_score,
             "modality": self.modality,
             "threshold": threshold,
+            **objects,
             **extra,
         }
 
 
 @dataclasses.dataclass
 class Hysteresis:
-    """One camera's state: the run of frames above (`above`: (frame, time, score, modality)
-    of each) or below the threshold, and its open `event`."""
+    """One camera's state: the run of frames above (`above`: (frame, time, score, modality,
+    objects) of each) or below the threshold, and its open `event`."""
 
     open_after: int
     close_after: int
-    above: list[tuple[int, float, float, str]] = dataclasses.field(default_factory=list)
+    above: list[tuple[int, float, float, str, list | None]] = dataclasses.field(
+        default_factory=list
+    )
     below: int = 0
     event: Event | None = None
 
@@ -136,16 +143,27 @@ class EventLog:
         return sum(s.event is not None for s in self.states.values())
 
     def update(
-        self, camera: str, frame: int, score: float, score_rgb: float, score_flow: float, now: float
+        self,
+        camera: str,
+        frame: int,
+        score: float,
+        score_rgb: float,
+        score_flow: float,
+        now: float,
+        *,
+        objects: list[dict[str, Any]] | None = None,
+        what: str | None = None,
     ) -> str | None:
         """Feeds one scored frame of `camera` (its wall-clock time `now`); returns the id of
-        the event it closed, if it closed one."""
+        the event it closed, if it closed one. In object mode `objects`: the frame's (box,
+        track, score), which the event records of its peak, and `what`: the modality when the
+        frame's normalised errors do not give it (a model of object samples)."""
         state = self.states[camera]
         if score > self.threshold:
             state.below = 0
-            what = modality(score_rgb, score_flow)
+            what = what or modality(score_rgb, score_flow)
             if state.event is None:
-                state.above.append((frame, now, score, what))
+                state.above.append((frame, now, score, what, objects))
                 if len(state.above) >= state.open_after:
                     self._open(camera, state)
                 return None
@@ -153,7 +171,7 @@ class EventLog:
             event.last_frame, event.last_time = frame, now
             if score > event.peak_score:
                 event.peak_frame, event.peak_time, event.peak_score = frame, now, score
-                event.modality = what
+                event.modality, event.peak_objects = what, objects
                 if now - event.updated >= self.update_every_s:
                     event.updated = now
                     self.write(event.record("update", self.threshold))
@@ -188,6 +206,7 @@ class EventLog:
             last[0],
             last[1],
             updated=last[1],
+            peak_objects=peak[4],
         )
         state.above.clear()
         self.write(state.event.record("open", self.threshold))

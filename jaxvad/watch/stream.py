@@ -66,7 +66,10 @@ class CameraWindow:
 
     def push(self, number: int, image: np.ndarray) -> None:
         """Adds frame `number` (`[H, W, C]` uint8, RGB or gray) and the flow into it."""
-        small = resize_frame(image, self.size)
+        self.push_resized(number, resize_frame(image, self.size))
+
+    def push_resized(self, number: int, small: np.ndarray) -> None:
+        """`push` of the frame already resized to S × S (`video_io.resize_frame`)."""
         gray = to_gray(small[None])[0]
         if self._gray is None:
             flow = np.zeros((self.size, self.size, 2), np.float32)
@@ -77,6 +80,17 @@ class CameraWindow:
         self.flows.append(flow.astype(np.float16))
         self.numbers.append(number)
         self.count += 1
+
+    wants = True  # It takes its source's next frame every tick (`ObjectCamera` may not).
+    busy = False  # No frame of its source waits in it.
+
+    def take(self, item: tuple[int, np.ndarray] | None, ended: bool) -> bool:
+        """Pushes the source's next frame `item` ((number, image) or None; `ended`: whether
+        the source has ended, unused here); returns whether a frame was pushed."""
+        if item is None:
+            return False
+        self.push(*item)
+        return True
 
     @property
     def frame(self) -> np.ndarray:
@@ -105,13 +119,17 @@ class CameraWindow:
 @dataclasses.dataclass(frozen=True)
 class FrameScore:
     """One scored frame: the camera's `slot`, the frame `number` (from 1 in arrival order),
-    `score`, `score_rgb`, `score_flow` (the normalised components, as `frame_scores.csv`'s)."""
+    `score`, `score_rgb`, `score_flow` (the normalised components, as `frame_scores.csv`'s);
+    in object mode its `objects` (`{"box", "track", "score"}`, highest first) and, for a model
+    of object samples, the `modality` of its top object (`jaxvad.watch.objects`)."""
 
     slot: int
     number: int
     score: float
     score_rgb: float
     score_flow: float
+    objects: list[dict] | None = None
+    modality: str | None = None
 
 
 class StreamScorer:
@@ -147,21 +165,16 @@ class StreamScorer:
         )
 
     @classmethod
-    def of_detector(cls, detector, cameras: Sequence[str]) -> StreamScorer:
+    def of_detector(cls, detector, cameras: Sequence[str], objects: bool = False) -> StreamScorer:
         """The scorer of a frame-level `jaxvad.detector.Detector` (StreamError for a run or
-        score settings that cannot stream)."""
-        settings = detector.settings
-        if settings.object_mode:
+        score settings that cannot stream); `objects`: the frame errors of a frame model in
+        object mode (`jaxvad.watch.objects`, whose scores replace the frames')."""
+        if detector.settings.object_mode and not objects:
             raise StreamError(
-                "this run scores frames from their objects (config.score.components / "
-                "objects.samples): object mode does not stream yet"
+                "this run scores frames from their objects: it streams through "
+                "jaxvad.watch.objects.ObjectScorer"
             )
-        if settings.normalisation == "minmax" or settings.smoothing_sigma > 0:
-            raise StreamError(
-                "watch scores each frame as it arrives: per-video min-max normalisation and "
-                "Gaussian smoothing need the whole video. Use --config.score.normalisation="
-                "train --config.score.smoothing_sigma=0"
-            )
+        check_streamable(detector.settings)
         return cls(
             detector.graphdef,
             detector.params,
@@ -174,8 +187,33 @@ class StreamScorer:
     def score(self, windows: Sequence[CameraWindow], rows: Sequence[int]) -> list[FrameScore]:
         """One tick: the cameras `rows` have a new frame (pushed into `windows`); returns the
         scores of those whose new frame has a full history."""
-        if not rows:
+        errors = self.errors(windows, rows)
+        if not len(errors.video):
             return []
+        scores = self._scores(errors)
+        return [
+            FrameScore(
+                int(errors.video[i]),
+                int(errors.frame[i]),
+                float(scores.score[i]),
+                float(scores.rgb[i]),
+                float(scores.flow[i]),
+            )
+            for i in range(len(errors.video))
+        ]
+
+    def errors(self, windows: Sequence[CameraWindow], rows: Sequence[int]) -> scoring.SplitErrors:
+        """The tick's step (`score`): the errors of the new frames of cameras `rows` that have
+        a full history, one row each (`video`: the camera's slot, `frame`: its number)."""
+        if not rows:
+            return scoring.SplitErrors(
+                names=self.cameras,
+                video=np.zeros(0, np.int32),
+                frame=np.zeros(0, np.int32),
+                scored=np.zeros(0, bool),
+                rgb=np.zeros(0),
+                flow=np.zeros(0),
+            )
         samples = {slot: windows[slot].sample() for slot in rows}
         if self._blank is None:
             self._blank = {k: np.zeros_like(v) for k, v in next(iter(samples.values())).items()}
@@ -190,7 +228,7 @@ class StreamScorer:
         out, self._cache = self._step(self.params, self._cache, sharded)
         out = jax.device_get(out)
         scored = [s for s in rows if windows[s].ready]
-        errors = scoring.SplitErrors(
+        return scoring.SplitErrors(
             names=self.cameras + [""] * (self.slots - len(self.cameras)),
             video=np.array(scored, np.int32),
             frame=np.array([windows[s].numbers[-1] for s in scored], np.int32),
@@ -198,17 +236,6 @@ class StreamScorer:
             rgb=np.asarray(out["rgb"], np.float64)[scored],
             flow=np.asarray(out["flow"], np.float64)[scored],
         )
-        scores = self._scores(errors)
-        return [
-            FrameScore(
-                int(errors.video[i]),
-                int(errors.frame[i]),
-                float(scores.score[i]),
-                float(scores.rgb[i]),
-                float(scores.flow[i]),
-            )
-            for i in range(len(scored))
-        ]
 
     def _empty_cache(self, frame_shape: tuple[int, ...]) -> jax.Array:
         """Zeros `[slots, T, ...]` of the model's `cached_frame`, laid out like the batch."""
@@ -218,6 +245,16 @@ class StreamScorer:
         )
         cache = np.zeros((self.slots, self.history, *shape.shape[1:]), shape.dtype)
         return jax.device_put(cache, self.sharding)
+
+
+def check_streamable(settings: scoring.ScoreSettings) -> None:
+    """StreamError for score settings that need a whole video."""
+    if settings.normalisation == "minmax" or settings.smoothing_sigma > 0:
+        raise StreamError(
+            "watch scores each frame as it arrives: per-video min-max normalisation and "
+            "Gaussian smoothing need the whole video. Use --config.score.normalisation="
+            "train --config.score.smoothing_sigma=0"
+        )
 
 
 def _spec_axes(sharding: jax.sharding.NamedSharding) -> tuple[str, ...]:
