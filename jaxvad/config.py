@@ -249,6 +249,17 @@ def base_config() -> ml_collections.ConfigDict:
     # Pointing game (where masks are known): a map's peak within this distance of the mask,
     # in frame widths, counts as "near" (15 px at 224 px, as usual).
     config.explain.pointing_tolerance = 15 / 224
+    # The "where" map: the heatmap of each record, its overlay and the captioned crop, one of
+    # "anomaly_map" (the error map), "gradcam" (the paper's) or "hirescam"; chosen by the
+    # measurements of --quality (README, "How good each map is"). Object mode: Grad-CAM inside
+    # the top object's box.
+    config.explain.where = "anomaly_map"
+    # --quality (jaxvad/explain/measure.py): every map's quality over the explained anomalies.
+    config.explain.quality_anomalies = 96  # Measured, evenly spaced among them (0: all).
+    config.explain.quality_steps = 10  # Deletion and insertion steps.
+    config.explain.quality_noise = 0.02  # Max-Sensitivity: uniform noise radius, model space.
+    config.explain.quality_draws = 3  # Max-Sensitivity: noise draws per anomaly.
+    config.explain.quality_randomised = 8  # Anomalies of the parameter randomisation test.
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.fsdp = 1  # Devices per parameter shard; the data axis takes the rest.
@@ -455,6 +466,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(e.caption_beams >= 1, "explain.caption_beams", "at least 1 (1: greedy)")
     check(e.caption_tokens >= 1, "explain.caption_tokens", "at least 1")
     check(e.pointing_tolerance >= 0, "explain.pointing_tolerance", "≥ 0")
+    wheres = ("anomaly_map", "gradcam", "hirescam")
+    check(e.where in wheres, "explain.where", f"one of {wheres}")
+    check(e.quality_anomalies >= 0, "explain.quality_anomalies", "≥ 0 (0: all)")
+    check(e.quality_steps >= 1 and e.quality_draws >= 1, "explain.quality_steps", "≥ 1")
+    check(e.quality_noise > 0, "explain.quality_noise", "> 0")
+    check(e.quality_randomised >= 1, "explain.quality_randomised", "at least 1")
     for name in LOSS_WEIGHTS:
         check(config.loss[name] >= 0, f"loss.{name}", "weights are ≥ 0")
     check(

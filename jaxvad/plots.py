@@ -133,3 +133,22 @@ def histogram(path: Path, scores: np.ndarray, labels: np.ndarray | None, thresho
     ax.set(xlabel="anomaly score", ylabel="frames", title="Score distribution")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def deletion_curves(path: Path, curves: dict[str, dict[str, list[float]]]) -> Path:
+    """Per map its mean deletion (solid) and insertion (dashed) curves: the normalised score
+    against the fraction of pixels replaced (`jaxvad.explain.measure`)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, (name, curve) in enumerate(curves.items()):
+        colour = f"C{k}"
+        ax.plot(curve["fractions"], curve["deletion"], color=colour, label=f"{name} deletion")
+        ax.plot(
+            curve["fractions"], curve["insertion"], color=colour, ls="--", label=f"{name} insertion"
+        )
+    ax.set(
+        xlabel="fraction of pixels replaced (most important first)",
+        ylabel="normalised score",
+        title="Deletion (lower is better) and insertion (higher)",
+    )
+    ax.legend(fontsize="small", ncol=2)
+    return _save(fig, path)

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxvad import scoring
 from jaxvad.explain import attribution, images
-from jaxvad.explain.gradcam import explain_step, grad_cam
+from jaxvad.explain import maps as explain_map
+from jaxvad.explain.gradcam import class_activation_maps, explain_step, grad_cam
 from jaxvad.model import Predictor
 
 B, T, h, w, K, S = 2, 3, 4, 4, 5, 32
@@ -64,7 +66,9 @@ def test_weights_are_mean_gradients_and_time_is_averaged():
     np.testing.assert_allclose(np.asarray(heat)[0], expected, atol=1e-6)
 
 
-def test_explain_step_matches_the_model_and_its_errors():
+def tiny_predictor() -> tuple[nnx.GraphDef, nnx.State, dict, np.ndarray, np.ndarray]:
+    """A random tiny predictor (graphdef, params), a random batch of B samples, and each
+    sample's normalisation shift and scale `[B, 2]`."""
     model = Predictor(
         image_size=S,
         channels=1,
@@ -88,6 +92,11 @@ def test_explain_step_matches_the_model_and_its_errors():
     }
     shift = np.array([[0.1, 0.01], [0.2, 0.02]], np.float32)
     scale = np.array([[0.5, 0.05], [0.25, 0.1]], np.float32)
+    return graphdef, params, batch, shift, scale
+
+
+def test_explain_step_matches_the_model_and_its_errors():
+    graphdef, params, batch, shift, scale = tiny_predictor()
     out = jax.jit(lambda p, b, s0, s1: explain_step(p, b, s0, s1, graphdef=graphdef, alpha=2.0))(
         params, batch, shift, scale
     )
@@ -131,3 +140,56 @@ def test_overlay_and_crop():
     np.testing.assert_array_equal(blended[3, 29], np.round(0.25 * 100 + 0.75 * red))
     crop = images.crop_around(frame, heat, 0.5)
     assert crop.shape == (16, 16, 3)  # Moved inside the frame at the top-right corner.
+
+
+def test_hirescam_stays_where_the_score_can_change_and_gradcam_spreads():
+    """S = Σ_t of channel 0 at one cell: HiResCAM (gradient ⊙ activation) is zero outside that
+    cell's pixels and peaks in it; Grad-CAM weights channel 0 by its mean gradient, so it is
+    also hot wherever channel 0 is active (its peak moves to the stronger, unscored bump)."""
+    a = np.full((1, T, h, w, K), 0.1, np.float32)
+    a[0, :, 1, 2, 0] = 1.0  # The scored cell.
+    a[0, :, 3, 0, 0] = 3.0  # Channel 0 is stronger here, where it cannot change S.
+
+    def score(x):
+        return x[:, :, 1, 2, 0].sum(axis=1), None
+
+    maps, _ = class_activation_maps(score, jnp.asarray(a), h)  # The grid is the frame.
+    hires, cam = np.asarray(maps["hirescam"])[0], np.asarray(maps["gradcam"])[0]
+    outside = np.ones((h, w), bool)
+    outside[1, 2] = False
+    np.testing.assert_array_equal(hires[outside], 0.0)
+    assert hires[1, 2] == pytest.approx(1.0)
+    assert images.peak(cam) == (3, 0) and cam[1, 2] < 1.0
+    heat, _ = grad_cam(score, jnp.asarray(a), h)
+    np.testing.assert_array_equal(np.asarray(heat)[0], cam)
+
+
+def test_the_named_maps_are_the_explain_steps_and_the_evaluators_anomaly_map():
+    """`maps.map_step`: Grad-CAM and HiResCAM as `explain_step` gives them, the error map as
+    `scoring.pixel_maps` (scipy's blur) gives it, min–max normalised; its score and
+    `score_step`'s (the forward pass alone) are `explain_step`'s."""
+    graphdef, params, batch, shift, scale = tiny_predictor()
+    sigma = 1.7
+    step = jax.jit(
+        lambda p, b, s0, s1: explain_map.map_step(
+            p, b, s0, s1, graphdef=graphdef, alpha=2.0, sigma=sigma
+        )
+    )
+    out = step(params, batch, shift, scale)
+    reference = explain_step(params, batch, shift, scale, graphdef=graphdef, alpha=2.0)
+    assert explain_map.names("predictor") == ("gradcam", "hirescam", "anomaly_map")
+    for name in ("gradcam", "hirescam"):
+        np.testing.assert_allclose(out[name], reference[name], atol=1e-6)
+    expected = scoring.pixel_maps(
+        {"rgb": np.asarray(reference["rgb_map"]), "flow": np.asarray(reference["flow_map"])},
+        {"rgb": shift[:, 0], "flow": shift[:, 1]},
+        {"rgb": scale[:, 0], "flow": scale[:, 1]},
+        2.0,
+        sigma,
+    )
+    low = expected.min(axis=(1, 2), keepdims=True)
+    expected = (expected - low) / (expected.max(axis=(1, 2), keepdims=True) - low)
+    np.testing.assert_allclose(out["anomaly_map"], expected, atol=1e-5)
+    score = explain_map.score_step(params, batch, shift, scale, graphdef=graphdef, alpha=2.0)
+    np.testing.assert_allclose(score, reference["score"], rtol=1e-5)
+    np.testing.assert_allclose(out["score"], reference["score"], rtol=1e-6)

@@ -12,8 +12,11 @@ stored with it (`jaxvad.scoring`, as `jaxvad.evaluate` does); the frames above t
 the anomalies (`--top=K`: the K highest-scoring of them). For each anomaly:
 
 - attribution: appearance or motion, from the training-normalised errors (`attribution`);
-- where: the Grad-CAM heatmap of the score on the motion features, its overlay on the frame,
-  both decoders' pixel error maps and their combined anomaly map (`gradcam`, `images`);
+- where: the "where" map (`explain.where`: by default the anomaly map, the score's own
+  per-pixel terms, which `--quality` measured as the best; or the paper's Grad-CAM of the score
+  on the motion features, or HiResCAM), its overlay on the frame, and beside it the Grad-CAM,
+  HiResCAM, both decoders' pixel error maps and their combined anomaly map (`gradcam`,
+  `images`); `--quality` measures every map (`measure`, quality.json);
 - what: a BLIP caption of the frame, of the crop around the Grad-CAM peak, of the overlay or
   (object mode) of the top object's box cut from the original-resolution frame
   (`config.explain.caption_source`), with `--blip=DIR` (a Hugging Face
@@ -61,7 +64,7 @@ from jaxvad import config as config_lib
 from jaxvad import detector as detector_lib
 from jaxvad.data import builder, pipeline
 from jaxvad.data.video_io import DataError
-from jaxvad.explain import attribution, images, report
+from jaxvad.explain import attribution, images, measure, report
 from jaxvad.explain import blip as blip_lib
 from jaxvad.explain import objects as object_explain
 from jaxvad.explain.gradcam import explain_step
@@ -114,6 +117,12 @@ class ExplainSettings:
     caption_beams: int
     caption_tokens: int
     pointing_tolerance: float  # In frame widths.
+    where: str  # The "where" map of frame-level runs: "anomaly_map", "gradcam" or "hirescam".
+    quality_anomalies: int  # --quality (`measure`): anomalies measured (0: all).
+    quality_steps: int
+    quality_noise: float
+    quality_draws: int
+    quality_randomised: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,6 +358,7 @@ def explain_crops(
     )
     pasted = (
         "gradcam",
+        "hirescam",
         "rgb_map",
         "flow_map",
         "predicted",
@@ -382,7 +392,8 @@ def render(
             "error_flow": images.colormap(images.unit_range(explained["flow_map"][a])),
             "anomaly_map": images.colormap(images.unit_range(explained["anomaly_map"][a])),
             "gradcam": images.colormap(explained["gradcam"][a]),
-            "overlay": images.overlay(frame, heat, settings.overlay_beta),
+            "hirescam": images.colormap(explained["hirescam"][a]),
+            "overlay": images.overlay(frame, images.unit_range(heat), settings.overlay_beta),
         }
         picture |= {name: images.colormap(explained[name][a]) for name in extra}
         if crop:
@@ -428,14 +439,16 @@ def make_records(
     caption_source: str | None,
     caption_notes: Sequence[str | None],
     objects: object_explain.AnomalyObjects | None = None,
+    where: str = "anomaly_map",
 ) -> list[dict[str, Any]]:
-    """One record per explained anomaly (`RECORD_FIELDS`; `z`: per component `[A]` the
+    """One record per explained anomaly (`RECORD_FIELDS`; `where`: the "where" map of a
+    frame-level run, `explain.where`; `z`: per component `[A]` the
     anomalies' training z, `attribution.training_z`; `caption_source` None: no captioner;
     `caption_notes`: per anomaly how its caption was made, or None; `objects`: in object mode
     the anomalies' objects, else None); `images` holds the paths `write` puts each picture
     at. In object mode the explanation is the top object's (`object_sentence`) and the
     heatmap is the Grad-CAM inside its box (with object samples: its crop's)."""
-    where = "gradcam" if objects is None else "gradcam_in_box"
+    where = where if objects is None else "gradcam_in_box"
     records = []
     for a, i in enumerate(chosen):
         video = int(errors.video[i])
@@ -601,10 +614,12 @@ def write(
     chosen: np.ndarray,
     *,
     extra_titles: Mapping[str, str],
+    quality: Mapping[str, Any] | None = None,
 ) -> Path:
     """The output folder `out` (replacing an earlier one only once complete): the pictures at
     their records' paths, each video's score curve with the explained anomalies marked,
-    records.jsonl, summary.json and report.html."""
+    records.jsonl, summary.json and report.html; with `quality` (`measure.measure`) also
+    quality.json and its deletion curves (images/deletion.png), shown in the report."""
     with atomic.folder(out) as staging:
         for record, picture in zip(records, pictures, strict=True):
             for kind, image in picture.items():
@@ -621,12 +636,20 @@ def write(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         )
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        deletion = None
+        if quality is not None:
+            (staging / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
+            if quality["curves"]:
+                path = plots.deletion_curves(staging / "images" / "deletion.png", quality["curves"])
+                deletion = str(path.relative_to(staging))
         report.write(
             staging / "report.html",
             summary=summary,
             records=records,
             curves={name: str(path.relative_to(staging)) for name, path in curves.items()},
             extra_titles=extra_titles,
+            quality=quality,
+            deletion=deletion,
         )
     return out
 
@@ -639,11 +662,15 @@ def explain(
     split: str | None = None,
     top: int = 0,
     blip: str | Path | None = None,
+    quality: bool = False,
 ) -> Path:
     """Explains the anomalies of `video` (a file or folder of frames) or of the prepared
-    `split`; writes the outputs (on process 0) and returns their folder."""
+    `split`; writes the outputs (on process 0) and returns their folder. `quality`: also
+    measures every map (`measure`, quality.json)."""
     config_lib.validate(config)
     _check_flags(video, split, top)
+    if quality and split is None:
+        raise UsageError("--quality measures maps against a prepared split's masks: use --split")
     distributed.initialize()  # Before any other use of JAX.
     started = time.perf_counter()
     captioner = blip_lib.Captioner.load(blip) if blip else None  # Bad folders fail first.
@@ -657,6 +684,10 @@ def explain(
             "config.explain.caption_source='object' captions the top object: it needs object "
             "mode (config.score.components other than 'error')"
         )
+    if quality and object_mode:
+        raise UsageError(
+            "--quality measures the maps of frame-level runs; object mode's are not measured yet"
+        )
     if video is not None:
         data = config.data
         source = video_input(
@@ -669,7 +700,9 @@ def explain(
     else:
         source = split_input(config, split)
     out = Path(workdir) / "explain" / source.name
-    explain_source(found, source, out, top=top, captioner=captioner, started=started)
+    explain_source(
+        found, source, out, top=top, captioner=captioner, started=started, quality=quality
+    )
     return out
 
 
@@ -681,10 +714,12 @@ def explain_source(
     top: int = 0,
     captioner: blip_lib.Captioner | None = None,
     started: float | None = None,
+    quality: bool = False,
 ) -> list[dict[str, Any]]:
     """Explains the anomalies of `source` with the detector `found` into the folder `out`
     (written by process 0; see the module docstring); returns the records. `started`: when the
-    command started (perf_counter; the summary's total time), default now."""
+    command started (perf_counter; the summary's total time), default now. `quality`: also
+    measures every map of a frame-level run (`measure`), for quality.json."""
     started = time.perf_counter() if started is None else started
     seconds: dict[str, float] = {}
     config, settings = found.config, ExplainSettings(**found.config.explain)
@@ -733,7 +768,7 @@ def explain_source(
     # --- Render: pictures, captions, records.
     extra = model.MODELS[config.model.name].EXTRA_MAPS
     crop = captioner is not None and settings.caption_source == "crop"
-    where = "gradcam" if found_objects is None else "gradcam_in_box"
+    where = settings.where if found_objects is None else "gradcam_in_box"
     pictures = render(explained, settings, count=len(chosen), crop=crop, extra=extra, where=where)
     notes: list[str | None] = [None] * len(chosen)
     if found_objects is not None:
@@ -762,7 +797,38 @@ def explain_source(
         caption_source=settings.caption_source if captioner else None,
         caption_notes=notes,
         objects=found_objects,
+        where=settings.where,
     )
+
+    # --- Measure (--quality): every map, every metric.
+    measured = None
+    if quality:
+        with _timed(seconds, "quality"):
+            measured = measure.measure(
+                found,
+                source.table,
+                chosen,
+                {
+                    c: scoring.Affine(a.shift[chosen], a.scale[chosen])
+                    for c, a in scores.error_affine.items()
+                },
+                z,
+                [r["modality"] for r in records],
+                source.masked,
+                pipeline.open_prepared(
+                    config_lib.dataset_dir(config, needed_for="--quality"), "train"
+                ),
+                measure.QualitySettings(
+                    anomalies=settings.quality_anomalies,
+                    steps=settings.quality_steps,
+                    noise=settings.quality_noise,
+                    draws=settings.quality_draws,
+                    randomised=settings.quality_randomised,
+                    tolerance=settings.pointing_tolerance * config.data.size,
+                    batch_size=settings.batch_size,
+                    seed=config.seed,
+                ),
+            )
 
     # --- Write (process 0): pictures, curves, records, summary, report.
     if jax.process_index() == 0:
@@ -777,7 +843,17 @@ def explain_source(
             captioned=captioner is not None,
             seconds=seconds,
         )
-        write(out, records, pictures, summary, errors, scores, chosen, extra_titles=extra)
+        write(
+            out,
+            records,
+            pictures,
+            summary,
+            errors,
+            scores,
+            chosen,
+            extra_titles=extra,
+            quality=measured,
+        )
         log.info("%s", _log_lines(summary, out))
     return records
 
@@ -850,7 +926,7 @@ def _log_lines(summary: Mapping[str, Any], out: Path) -> str:
 
 USAGE = (
     "python -m jaxvad.explain --config=FILE[:<model>,tiny] --workdir=DIR "
-    "(--video=PATH | --split=NAME) [--top=K] [--blip=BLIP_DIR]"
+    "(--video=PATH | --split=NAME [--quality]) [--top=K] [--blip=BLIP_DIR]"
 )
 
 
@@ -870,6 +946,7 @@ def main() -> None:
     split = flags.DEFINE_string("split", None, "explain this prepared split (e.g. test) instead")
     top = flags.DEFINE_integer("top", 0, "explain the K highest-scoring anomalies (0: all)")
     blip = flags.DEFINE_string("blip", None, "a Hugging Face BlipForConditionalGeneration folder")
+    quality = flags.DEFINE_boolean("quality", False, "measure every map (quality.json)")
     cli.run(
         lambda: explain(
             config.value,
@@ -878,6 +955,7 @@ def main() -> None:
             split=split.value,
             top=top.value,
             blip=blip.value,
+            quality=quality.value,
         ),
         config=config,
         usage=USAGE,

@@ -31,17 +31,27 @@ from jaxvad import model as model_lib
 ScoreFn = Callable[[jax.Array], tuple[jax.Array, Any]]
 
 
-def grad_cam(score_fn: ScoreFn, features: jax.Array, size: int) -> tuple[jax.Array, Any]:
-    """Grad-CAM heatmaps of the scores `score_fn(features)` with respect to `features`.
+def class_activation_maps(
+    score_fn: ScoreFn, features: jax.Array, size: int
+) -> tuple[dict[str, jax.Array], Any]:
+    """Grad-CAM and HiResCAM heatmaps of the scores `score_fn(features)` with respect to
+    `features`, from one gradient.
+
+    Grad-CAM (the module docstring) weights each channel by its gradient's mean over time and
+    space, so a channel counts everywhere it is active, also where it cannot change S.
+    HiResCAM (Draelos & Carin, 2020) keeps the gradient where it is:
+
+        L = ReLU(Σ_k ∂S/∂A^k ⊙ A^k)     `[T, h, w]`, then mean over t, upsampled, min–max
 
     Args:
       score_fn: features `[B, T, h, w, K]` → (scores `[B]`, aux), sample b's score depending on
         sample b's features only.
       features: A^k, `[B, T, h, w, K]`.
-      size: S, the side of the (square) frame the heatmap is upsampled to.
+      size: S, the side of the (square) frame the heatmaps are upsampled to.
 
     Returns:
-      heatmaps `[B, S, S]` float32 in [0, 1] (bilinear upsampling), and `aux`.
+      {"gradcam", "hirescam"}: heatmaps `[B, S, S]` float32 in [0, 1] (bilinear upsampling;
+      0 where L is zero everywhere), and `aux`.
     """
 
     def total(a_k: jax.Array) -> tuple[jax.Array, Any]:
@@ -49,13 +59,32 @@ def grad_cam(score_fn: ScoreFn, features: jax.Array, size: int) -> tuple[jax.Arr
         return scores.sum(), aux
 
     grads, aux = jax.grad(total, has_aux=True)(features)
-    weights = grads.astype(jnp.float32).mean(axis=(1, 2, 3))  # α_k: [B, K]
-    cam = jax.nn.relu(jnp.einsum("bthwk,bk->bthw", features.astype(jnp.float32), weights))
-    cam = cam.mean(axis=1)  # Reduction over time: [B, h, w].
-    cam = jax.image.resize(cam, (cam.shape[0], size, size), "bilinear")
-    low = cam.min(axis=(1, 2), keepdims=True)
-    high = cam.max(axis=(1, 2), keepdims=True)
-    return jnp.where(high > low, (cam - low) / jnp.where(high > low, high - low, 1.0), 0.0), aux
+    grads, activations = grads.astype(jnp.float32), features.astype(jnp.float32)
+    weights = grads.mean(axis=(1, 2, 3))  # α_k: [B, K]
+    cams = {
+        "gradcam": jnp.einsum("bthwk,bk->bthw", activations, weights),
+        "hirescam": (grads * activations).sum(axis=-1),
+    }
+    return {name: _heatmap(cam, size) for name, cam in cams.items()}, aux
+
+
+def grad_cam(score_fn: ScoreFn, features: jax.Array, size: int) -> tuple[jax.Array, Any]:
+    """The Grad-CAM heatmaps `[B, S, S]` of `class_activation_maps` (same arguments), and `aux`."""
+    maps, aux = class_activation_maps(score_fn, features, size)
+    return maps["gradcam"], aux
+
+
+def _heatmap(cam: jax.Array, size: int) -> jax.Array:
+    """`[B, T, h, w]` → ReLU, mean over time, bilinear to `[B, S, S]`, min–max to [0, 1]."""
+    cam = jax.nn.relu(cam).mean(axis=1)
+    return unit_range(jax.image.resize(cam, (cam.shape[0], size, size), "bilinear"))
+
+
+def unit_range(maps: jax.Array) -> jax.Array:
+    """`[B, S, S]` min–max normalised per sample to [0, 1] (a flat map → 0)."""
+    low = maps.min(axis=(1, 2), keepdims=True)
+    high = maps.max(axis=(1, 2), keepdims=True)
+    return jnp.where(high > low, (maps - low) / jnp.where(high > low, high - low, 1.0), 0.0)
 
 
 def explain_step(
@@ -76,9 +105,10 @@ def explain_step(
       alpha: the score's α.
 
     Returns float32 `score` `[B]` (S above), `rgb`, `flow` `[B]` (E_rgb, E_flow), `rgb_map`,
-    `flow_map` `[B, S, S]` (the component maps), `gradcam` `[B, S, S]` in [0, 1] (on the
-    model's Grad-CAM features), `predicted` `[B, S, S, C]` uint8 (the model's predicted or
-    reconstructed frame) and each of the model's `EXTRA_MAPS` `[B, S, S]`.
+    `flow_map` `[B, S, S]` (the component maps), `gradcam` and `hirescam` `[B, S, S]` in
+    [0, 1] (on the model's Grad-CAM features, `class_activation_maps`), `predicted`
+    `[B, S, S, C]` uint8 (the model's predicted or reconstructed frame) and each of the
+    model's `EXTRA_MAPS` `[B, S, S]`.
     """
     inputs = model_lib.model_inputs(batch)
     model = nnx.merge(graphdef, params)
@@ -91,7 +121,7 @@ def explain_step(
         s = normalised[:, 0] + alpha * normalised[:, 1]
         return s, maps | {"score": s, "errors": errors}
 
-    heatmap, aux = grad_cam(score, features, inputs["target_frame"].shape[1])
+    cams, aux = class_activation_maps(score, features, inputs["target_frame"].shape[1])
     predicted = jnp.round((jnp.clip(aux["image"], -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
     return {
         "score": aux["score"],
@@ -99,7 +129,8 @@ def explain_step(
         "flow": aux["errors"][:, 1],
         "rgb_map": aux["rgb"],
         "flow_map": aux["flow"],
-        "gradcam": heatmap,
+        "gradcam": cams["gradcam"],
+        "hirescam": cams["hirescam"],
         "predicted": predicted,
         **{name: aux[name] for name in type(model).EXTRA_MAPS},
     }

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import scipy.ndimage
+
+from jaxvad.explain import quality
 
 
 def as_rgb(frame: np.ndarray) -> np.ndarray:
@@ -41,26 +42,23 @@ def overlay(frame: np.ndarray, heat: np.ndarray, beta: float) -> np.ndarray:
 
 
 def peak(heat: np.ndarray, within: np.ndarray | None = None) -> tuple[int, int]:
-    """(row, column) of the heatmap's maximum; `within` `[S, S]` bool (non-empty): the
-    maximum over those pixels only. Where several pixels share the maximum (a plateau, e.g.
-    an object's score flat over its box), the one nearest their centroid: the box's centre,
-    not its first corner."""
-    if within is not None:
-        heat = np.where(within, heat, -np.inf)
-    top = np.argwhere(heat == heat.max())  # [P, 2]
-    nearest = np.argmin(((top - top.mean(axis=0)) ** 2).sum(axis=1))
-    row, col = top[nearest]
-    return int(row), int(col)
+    """(row, column) of the heatmap's `[S, S]` maximum, over the pixels `within` `[S, S]`
+    bool (non-empty) when given; of a plateau, the pixel nearest its centroid
+    (`quality.peaks`)."""
+    found = quality.peaks(heat[None], None if within is None else within[None])[0]
+    return int(found[0]), int(found[1])
 
 
 def pointing(
     heat: np.ndarray, mask: np.ndarray, within: np.ndarray | None = None
 ) -> dict[str, bool | float]:
-    """The pointing game of one map: is its peak (`peak(heat, within)`) inside the ground-truth
-    `mask` `[S, S]` (non-empty), and how far (pixels) from the nearest mask pixel is it (0
-    inside)."""
-    distance = scipy.ndimage.distance_transform_edt(mask == 0)[peak(heat, within)]
-    return {"inside": bool(distance == 0), "distance": float(distance)}
+    """The pointing game of one map (`quality.pointing`): is its peak (`peak(heat, within)`)
+    inside the ground-truth `mask` `[S, S]` (non-empty), and how far (pixels) from the nearest
+    mask pixel is it (0 inside)."""
+    game = quality.pointing(
+        heat[None], mask[None] > 0, 0.0, None if within is None else within[None]
+    )
+    return {"inside": bool(game["strict"][0]), "distance": float(game["distance"][0])}
 
 
 def restrict(heat: np.ndarray, region: np.ndarray) -> np.ndarray:

@@ -21,7 +21,8 @@ IMAGE_TITLES = {
     "error_flow": "motion map m_flow",
     "anomaly_map": "anomaly map (normalised, blurred)",
     "gradcam": "Grad-CAM (motion features)",
-    "overlay": "Grad-CAM overlay",
+    "hirescam": "HiResCAM (motion features)",
+    "overlay": 'overlay of the "where" map',
     "crop": "captioned crop",
     "object_crop": "captioned object (its box in the original frame)",
 }
@@ -51,16 +52,21 @@ def render(
     records: Sequence[Mapping[str, Any]],
     curves: Mapping[str, str],
     extra_titles: Mapping[str, str],
+    quality: Mapping[str, Any] | None = None,
+    deletion: str | None = None,
 ) -> str:
-    """The page: the summary, each video's score curve (relative path in `curves`), then the
-    video's records in frame order, with the model's extra maps (`extra_titles`: name → title)
-    after the Grad-CAM overlay."""
+    """The page: the summary, with `quality` (`measure.measure`) its table and the deletion
+    curves' picture (relative path `deletion`), each video's score curve (relative path in
+    `curves`), then the video's records in frame order, with the model's extra maps
+    (`extra_titles`: name → title) after the overlay."""
     by_video = {name: [r for r in records if r["video"] == name] for name in curves}
     return (
         _environment()
         .get_template(TEMPLATE)
         .render(
             summary=summary,
+            quality=quality,
+            deletion=deletion,
             curves=curves,
             by_video=by_video,
             titles={k: v for k, v in IMAGE_TITLES.items() if k not in CAPTIONED}

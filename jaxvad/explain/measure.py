@@ -1,0 +1,261 @@
+"""`jaxvad.explain ... --quality`: every heatmap of a frame-level model measured over the
+explained anomalies (`quality.json`; maps: `jaxvad.explain.maps`, metrics:
+`jaxvad.explain.quality`, where each metric's definition is).
+
+The anomalies measured are the explained ones, or `explain.quality_anomalies` of them evenly
+spaced in (video, frame) order (0: all). Per map, per anomaly, in batches of
+`explain.batch_size`:
+- the pointing game, strict and near (`explain.pointing_tolerance`), where the frame's video
+  has masks and its mask is not empty;
+- deletion and insertion over `explain.quality_steps` steps: the most important pixels of the
+  scored frame and of its flow are replaced by a reference, and the score (`maps.score_step`,
+  the frame's own normalisation) is recorded at each step. The frame's reference is the frame
+  the model expected (`maps.expected_frame`: its prediction, where the appearance error is
+  zero); the flow's is the per-pixel median of the training split's flows (`median_flow`: up
+  to 256 frames evenly spaced, the scene's usual motion, about none);
+- Max-Sensitivity: noise uniform in ±`explain.quality_noise` on the model-space inputs (the T
+  past frames and the target frame in [−1, 1], their flows), `explain.quality_draws` draws.
+On the first `explain.quality_randomised` measured anomalies, the model-parameter
+randomisation test: the model's top-level parameter groups randomised one more at a time
+(`quality.top_down_groups`; flax's State sorts its keys, so the order is by name, not from the
+output side: the order changes the steps in between, not the last, where every group is
+random); the map passes when its rank correlation with the trained model's map is ≤ 0.5 after
+the last step. Over every measured anomaly, the modality
+check of the attribution (`quality.modality_check`).
+Each metric: the mean over anomalies and a bootstrap 95 % interval (`quality.bootstrap_interval`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jaxvad import scoring
+from jaxvad.data import pipeline
+from jaxvad.explain import maps as maps_lib
+from jaxvad.explain import quality
+
+REFERENCE_FRAMES = 256  # Training frames whose per-pixel median is the deletion reference.
+INPUTS = ("frames", "flows", "target_frame", "target_flow")
+METRICS = ("pointing_strict", "pointing_near", "deletion_auc", "insertion_auc", "max_sensitivity")
+
+
+@dataclasses.dataclass(frozen=True)
+class QualitySettings:
+    """`config.explain`'s quality fields (the module docstring)."""
+
+    anomalies: int
+    steps: int
+    noise: float
+    draws: int
+    randomised: int
+    tolerance: float  # Pixels: the near pointing game's distance.
+    batch_size: int
+    seed: int
+
+
+def median_flow(train: pipeline.FrameTable) -> np.ndarray:
+    """The flow's deletion reference: per pixel the median of the flows of up to
+    `REFERENCE_FRAMES` training frames evenly spaced over the split, `[S, S, 2]` float32."""
+    ids = train.frame_ids[np.linspace(0, len(train.frame_ids) - 1, REFERENCE_FRAMES).astype(int)]
+    flows = train.read(np.unique(ids), ["flow"])["flow"]
+    return np.median(flows.astype(np.float32), axis=0)
+
+
+def measured(count: int, most: int) -> np.ndarray:
+    """`[M]` indices of the anomalies measured: all `count`, or `most` evenly spaced."""
+    if not most or count <= most:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, most).round().astype(int))
+
+
+def measure(
+    found,
+    table: pipeline.FrameTable,
+    positions: np.ndarray,
+    affine: Mapping[str, scoring.Affine],
+    z: Mapping[str, np.ndarray],
+    modalities: Sequence[str],
+    masked: frozenset[int],
+    train: pipeline.FrameTable,
+    settings: QualitySettings,
+) -> dict[str, Any]:
+    """quality.json's content for the anomalies at `positions` `[A]` of `table` (frames of a
+    frame-level `found` detector; `affine`: per component each anomaly's normalisation `[A]`;
+    `z`, `modalities`: their attribution; `masked`: the videos with pixel masks; `train`: the
+    training split, for the reference)."""
+    started = time.perf_counter()
+    chosen = measured(len(positions), settings.anomalies)
+    names = maps_lib.names(found.config.model.name)
+    alpha = found.settings.alpha
+    sigma = found.config.eval.map_sigma * found.config.data.size
+    map_step = jax.jit(
+        functools.partial(maps_lib.map_step, graphdef=found.graphdef, alpha=alpha, sigma=sigma)
+    )
+    score_step = jax.jit(
+        functools.partial(maps_lib.score_step, graphdef=found.graphdef, alpha=alpha)
+    )
+    expected = jax.jit(functools.partial(maps_lib.expected_frame, graphdef=found.graphdef))
+    flow = median_flow(train)
+    key = jax.random.key(settings.seed)
+    per: dict[str, dict[str, list[np.ndarray]]] = {n: {m: [] for m in METRICS} for n in names}
+    curves: dict[str, dict[str, list[np.ndarray]]] = {
+        n: {"deletion": [], "insertion": []} for n in names
+    }
+    fractions = None
+    for start in tqdm(range(0, len(chosen), settings.batch_size), desc="quality", unit="batch"):
+        rows = chosen[start : start + settings.batch_size]
+        batch = pipeline.eval_samples(
+            table, positions[rows], history=found.scorer.history, channels=found.scorer.channels
+        )
+        shift = np.stack([affine[c].shift[rows] for c in scoring.COMPONENTS], -1).astype(np.float32)
+        scale = np.stack([affine[c].scale[rows] for c in scoring.COMPONENTS], -1).astype(np.float32)
+        inputs = {k: np.asarray(batch[k], np.float32) for k in INPUTS}
+        out = map_step(found.params, inputs, shift, scale)
+        masks = np.asarray(batch["mask"]) > 0
+        video = table.video_index[table.frame_ids[positions[rows]]]
+        has_mask = np.isin(video, list(masked)) & masks.any(axis=(1, 2))
+        scored = {k: inputs[k] for k in ("target_frame", "target_flow")}
+        fixed = {k: inputs[k] for k in ("frames", "flows")}
+        ref = {
+            "target_frame": np.asarray(expected(found.params, inputs)),
+            "target_flow": np.broadcast_to(flow, scored["target_flow"].shape),
+        }
+
+        def map_fn(x, shift=shift, scale=scale):
+            out = map_step(found.params, {k: _stored(k, v) for k, v in x.items()}, shift, scale)
+            return {name: out[name] for name in names}
+
+        key, noise_key = jax.random.split(key)
+        sensitivity = quality.max_sensitivity(
+            map_fn,
+            {k: _model_space(k, v) for k, v in inputs.items()},
+            radius=settings.noise,
+            samples=settings.draws,
+            key=noise_key,
+        )
+
+        def score_fn(x, fixed=fixed, shift=shift, scale=scale):
+            return score_step(found.params, {**fixed, **x}, shift, scale)
+
+        for name in names:
+            key, order_key = jax.random.split(key)
+            game = quality.pointing(out[name], masks, settings.tolerance)
+            strict = np.where(has_mask, np.asarray(game["strict"], np.float64), np.nan)
+            near = np.where(has_mask, np.asarray(game["near"], np.float64), np.nan)
+            curve = quality.deletion_insertion(
+                score_fn, scored, ref, out[name], steps=settings.steps, key=order_key
+            )
+            fractions = np.asarray(curve["fractions"])
+            values = {
+                "pointing_strict": strict,
+                "pointing_near": near,
+                "deletion_auc": np.asarray(curve["deletion_auc"]),
+                "insertion_auc": np.asarray(curve["insertion_auc"]),
+                "max_sensitivity": np.asarray(sensitivity[name]),
+            }
+            for metric, v in values.items():
+                per[name][metric].append(v)
+            curves[name]["deletion"].append(np.asarray(curve["deletion"]))
+            curves[name]["insertion"].append(np.asarray(curve["insertion"]))
+    result = {
+        "anomalies_measured": len(chosen),
+        "anomalies_explained": len(positions),
+        "reference": (
+            "frame: the model's expected frame (its prediction); flow: the per-pixel median "
+            "of up to 256 training flows (evenly spaced)"
+        ),
+        "settings": dataclasses.asdict(settings),
+        "maps": {
+            name: {metric: _summary(np.concatenate(per[name][metric])) for metric in METRICS}
+            for name in names
+        },
+        "curves": {
+            name: {
+                "fractions": [] if fractions is None else fractions.tolist(),
+                **{
+                    kind: np.nanmean(np.concatenate(curves[name][kind]), axis=0).tolist()
+                    for kind in ("deletion", "insertion")
+                },
+            }
+            for name in names
+            if curves[name]["deletion"]
+        },
+    }
+    result["randomisation"] = randomisation(
+        found,
+        table,
+        positions[chosen[: settings.randomised]],
+        affine,
+        chosen[: settings.randomised],
+        names,
+        map_step,
+        key,
+    )
+    checks = quality.modality_check(
+        jnp.asarray(z["rgb"][chosen]),
+        jnp.asarray(z["flow"][chosen]),
+        alpha,
+        [modalities[i] for i in chosen],
+    )
+    result["modality_check"] = _summary(np.asarray(checks, np.float64))
+    seconds = time.perf_counter() - started
+    result["seconds"] = seconds
+    result["seconds_per_anomaly"] = seconds / max(len(chosen), 1)
+    return result
+
+
+def randomisation(found, table, positions, affine, rows, names, map_step, key) -> dict[str, Any]:
+    """The cascading randomisation test of every map on the anomalies at `positions` (`rows`:
+    their indices into `affine`'s arrays), one batch."""
+    if not len(positions):
+        return {}
+    batch = pipeline.eval_samples(
+        table, positions, history=found.scorer.history, channels=found.scorer.channels
+    )
+    inputs = {k: np.asarray(batch[k], np.float32) for k in INPUTS}
+    shift = np.stack([affine[c].shift[rows] for c in scoring.COMPONENTS], -1).astype(np.float32)
+    scale = np.stack([affine[c].scale[rows] for c in scoring.COMPONENTS], -1).astype(np.float32)
+    groups = quality.top_down_groups(found.params)
+    out = {}
+    for name in names:
+        key, draw = jax.random.split(key)
+        test = quality.randomisation_test(
+            lambda p, name=name: map_step(p, inputs, shift, scale)[name],
+            found.params,
+            groups,
+            key=draw,
+        )
+        correlation = np.asarray(test["correlation"])  # [G, B]
+        out[name] = {
+            "correlation_by_step": np.nanmean(correlation, axis=1).tolist(),
+            "passes": _summary(np.asarray(test["passes"], np.float64)),
+        }
+    return {
+        "anomalies": len(positions),
+        "groups": ["/".join(map(str, group)) for group in groups],
+        "maps": out,
+    }
+
+
+def _summary(values: np.ndarray) -> dict[str, float | int]:
+    mean, low, high = quality.bootstrap_interval(values)
+    return {"mean": mean, "low": low, "high": high, "n": int(np.isfinite(values).sum())}
+
+
+def _model_space(key: str, value: np.ndarray) -> np.ndarray:
+    """Frames [0, 255] → [−1, 1] (what the noise is added to); flows unchanged."""
+    return value / 127.5 - 1.0 if key in ("frames", "target_frame") else value
+
+
+def _stored(key: str, value: jax.Array) -> jax.Array:
+    """`_model_space`'s inverse: frames back to [0, 255] floats, as `map_step` reads them."""
+    return (value + 1.0) * 127.5 if key in ("frames", "target_frame") else value
