@@ -548,19 +548,34 @@ def test_watched_object_mode_scores_equal_evaluated_ones_and_events_name_boxes(
         assert [o["score"] for o in listed] == sorted((o["score"] for o in listed), reverse=True)
 
 
-def test_object_mode_refuses_explain_and_mot_boxes_in_one_line(object_run, tmp_path):
-    """Object mode: `--explain` is refused before anything is written, and so is a run whose
-    boxes came from MOT files (watch has only the automatic detector)."""
-    from jaxvad.watch.command import UsageError
+def test_object_mode_explains_events_with_their_objects_and_refuses_mot_boxes(
+    object_run, object_samples_run, tmp_path
+):
+    """Object mode `--explain`: every closed event gets one `explained` record whose folder's
+    record scores the peak frame as the stream did and lists the event's objects; a run whose
+    boxes came from MOT files is refused (watch has only the automatic detector)."""
     from jaxvad.watch.objects import ObjectScorer
     from jaxvad.watch.stream import StreamError
 
-    workdir = copy_run(object_run, tmp_path / "run")
-    clip = str(object_run.source / "Test" / "Test001")
+    workdir = copy_run(object_samples_run, tmp_path / "run")
+    config = object_samples_run.config.copy_and_resolve_references()
+    with config.unlocked():
+        config.score.threshold_quantile = 0.3  # Events on the tiny model's clip.
+        config.watch.open_after = 1
+        config.watch.close_after = 1
     events = tmp_path / "events.jsonl"
-    with pytest.raises(UsageError, match="--explain does not explain object mode"):
-        watch(None, workdir, [clip], events=str(events), explain=True)
-    assert not events.exists() and not (workdir / "watch").exists()
+    clip = str(object_run.source / "Test" / "Test001")
+    watch(config, workdir, [f"cam={clip}"], events=str(events), explain=True)
+    got = records(events)
+    closes = {r["event"]: r for r in got if r["type"] == "close"}
+    explained = {r["event"]: r for r in got if r["type"] == "explained"}
+    assert closes and set(explained) == set(closes)
+    for event, record in explained.items():
+        (explanation,) = records(Path(record["folder"]) / "records.jsonl")
+        assert explanation["score"] == pytest.approx(closes[event]["peak_score"], abs=1e-5)
+        boxes = [o["box"] for o in explanation["objects"]]
+        assert boxes == [o["box"] for o in closes[event]["objects"]]
+        assert explanation["heatmap"] == explanation["images"]["gradcam_in_box"]
     config = object_run.config.copy_and_resolve_references()
     with config.unlocked():
         config.data.objects = f"mot:{tmp_path}"  # A run prepared from a detector's files.

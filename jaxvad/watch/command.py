@@ -21,9 +21,9 @@ record fields and caption of `jaxvad.explain` (`--blip=DIR` for captions), into
 
 A run in object mode (frames scored from their objects) streams too (`jaxvad.watch.objects`):
 each camera's first `config.watch.prime_frames` frames prime the object detector's background
-model before any is scored, and events carry the peak frame's object boxes. Not built yet:
-`--explain` in object mode (refused with one line), and caching motion_mae's and mdsf's
-per-frame work (`jaxvad.watch.stream` says what is recomputed).
+model before any is scored, and events (and `--explain`'s explanations) carry the peak frame's
+objects. Not built yet: caching motion_mae's and mdsf's per-frame work (`jaxvad.watch.stream`
+says what is recomputed).
 """
 
 from __future__ import annotations
@@ -94,11 +94,6 @@ def watch(
     w = found.config.watch
     names = [s.name for s in specs]
     if found.settings.object_mode:
-        if explain:
-            raise UsageError(
-                "--explain does not explain object mode's events yet: watch without it, and "
-                "explain an event's video with python -m jaxvad.explain --video=FILE"
-            )
         scorer = objects_lib.ObjectScorer(found, names)
     else:
         scorer = stream_lib.StreamScorer.of_detector(found, names)
@@ -203,8 +198,13 @@ def _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop, e
                 scored[frame.slot] += 1
                 higher = camera not in peaks or frame.score > peaks[camera].score
                 if explainer is not None and frame.score > event_log.threshold and higher:
+                    slot = cameras[frame.slot]
                     peaks[camera] = explainer_lib.Peak(
-                        frame.score, frame.number, *windows[frame.slot].window()
+                        frame.score,
+                        frame.number,
+                        *windows[frame.slot].window(),
+                        objects=getattr(slot, "objects", None),
+                        frame_size=getattr(slot, "frame_size", None),
                     )
                 closed = event_log.update(
                     camera,

@@ -6,7 +6,10 @@ the window of its highest-scoring frame so far: its T + 1 frames and flows (`Pea
 event closes, that window goes to a thread that explains it as `jaxvad.explain` explains a
 video (`explain.command.explain_source` on a one-video table of those frames and flows) into
 `DIR/watch/explain/<camera>_<n>/`, and writes an `explained` record (the event, the folder, the
-peak frame's stream number and its caption) to the events file. The queue is unbounded but
+peak frame's stream number and its caption) to the events file. In object mode the window
+carries the peak frame's objects, so the explanation names them, as `jaxvad.explain` does; the
+original-resolution frames are not kept, so an object caption is BLIP's on the box cut from the
+stored frame (the explanation's fallback). The queue is unbounded but
 holds one window per closed event; at exit the pending ones are explained before watch returns.
 """
 
@@ -23,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from jaxvad import detector as detector_lib
+from jaxvad import object_scores
 from jaxvad.data import pipeline
+from jaxvad.data.objects import FrameObjects
 from jaxvad.explain import blip as blip_lib
 from jaxvad.explain import command as explain_command
 from jaxvad.explain.video import VideoFrames
@@ -35,12 +40,15 @@ log = logging.getLogger("jaxvad.watch")
 class Peak:
     """A candidate peak: its `score`, stream frame `number`, and window: `frames`
     `[T + 1, S, S, C]` uint8 (the T past frames and the frame) and `flows` `[T + 1, S, S, 2]`
-    float16 (the flow into each)."""
+    float16 (the flow into each); in object mode the frame's `objects` and the stream's
+    original (height, width) `frame_size`, which its boxes are in."""
 
     score: float
     number: int
     frames: np.ndarray
     flows: np.ndarray
+    objects: FrameObjects | None = None
+    frame_size: tuple[int, int] | None = None
 
 
 class Explainer:
@@ -112,9 +120,20 @@ def explain_peak(
             name=name,
             split="watch",
             video_names=[name],
+            frame_sizes=None if peak.frame_size is None else np.array([peak.frame_size]),
         )
         shown = f"event {event}: the window of its peak, stream frame {peak.number}"
-        source = explain_command.Input(table, name, shown, False, frozenset())
+        objects = None
+        if peak.objects is not None:  # Object mode: the peak frame's objects, the window's last.
+            bins = peak.objects.velocity.shape[1]
+            empty = [np.zeros((0, 4), np.float32), np.zeros(0, np.int32), np.zeros((0, bins))]
+            objects = object_scores.SplitObjects.from_frames(
+                [empty[0]] * (n - 1) + [peak.objects.boxes],
+                [empty[1]] * (n - 1) + [peak.objects.tracks],
+                [empty[2]] * (n - 1) + [peak.objects.velocity],
+                [n],
+            )
+        source = explain_command.Input(table, name, shown, False, frozenset(), objects=objects)
         out = root / name
         records = explain_command.explain_source(detector, source, out, top=1, captioner=captioner)
         caption = records[0]["caption"] if records else None
