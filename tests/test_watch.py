@@ -49,17 +49,22 @@ def read_scores(path: Path) -> dict[int, tuple[float, float, float]]:
     }
 
 
+def evaluated_scores(workdir: Path, video: str) -> dict[int, tuple[float, float, float]]:
+    """`frame_scores.csv`'s scored rows of `video`: frame → (score, score_rgb, score_flow)."""
+    with (workdir / "eval" / "frame_scores.csv").open() as f:
+        return {
+            int(r["frame"]): (float(r["score"]), float(r["score_rgb"]), float(r["score_flow"]))
+            for r in csv.DictReader(f)
+            if r["video"] == video and r["scored"] == "1"
+        }
+
+
 def test_watched_scores_of_a_video_equal_its_evaluated_scores(labeled_run, labeled_data, tmp_path):
     """Frame by frame, `--scores` of a test clip equals `frame_scores.csv`'s rows for it
     (within 1e-5), from the workdir alone; frames t ≤ T have no score."""
     workdir = copy_run(labeled_run, tmp_path / "run")
     evaluate.evaluate(labeled_run.config, workdir)
-    with (workdir / "eval" / "frame_scores.csv").open() as f:
-        evaluated = {
-            int(r["frame"]): (float(r["score"]), float(r["score_rgb"]), float(r["score_flow"]))
-            for r in csv.DictReader(f)
-            if r["video"] == "Test001" and r["scored"] == "1"
-        }
+    evaluated = evaluated_scores(workdir, "Test001")
     scores = tmp_path / "scores.csv"
     counters = watch(None, workdir, [str(source_video(labeled_data))], scores=str(scores))
     streamed = read_scores(scores)
@@ -514,12 +519,7 @@ def test_watched_object_mode_scores_equal_evaluated_ones_and_events_name_boxes(
     found = request.getfixturevalue(run)
     workdir = copy_run(found, tmp_path / "run")
     evaluate.evaluate(found.config, workdir)
-    with (workdir / "eval" / "frame_scores.csv").open() as f:
-        evaluated = {
-            int(r["frame"]): (float(r["score"]), float(r["score_rgb"]), float(r["score_flow"]))
-            for r in csv.DictReader(f)
-            if r["video"] == "Test001" and r["scored"] == "1"
-        }
+    evaluated = evaluated_scores(workdir, "Test001")
     config = found.config.copy_and_resolve_references()
     with config.unlocked():
         config.score.threshold_quantile = 0.3  # Events on the tiny model's clip.
