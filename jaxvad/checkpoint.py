@@ -38,6 +38,7 @@ from jaxvad import atomic
 NORMAL_ERRORS = "normal_errors"
 OBJECT_BANK = "object_bank_"  # + a component and k: one .npz per object bank.
 OBJECT_ERRORS = "object_errors"  # The training objects' errors (object samples).
+BACKGROUND = "background"  # The training split's per-pixel median frame.
 COMPONENT_CHOICE = "component_choice_"  # + its settings: one .json per choice of components.
 
 
@@ -156,6 +157,15 @@ class Checkpoints:
         if jax.process_index() == 0:
             with atomic.file(self.directory / str(step) / f"{name}.npz", suffix=".npz") as tmp:
                 np.savez(tmp, **arrays)
+
+    def background(self, step: int) -> np.ndarray | None:
+        """The training split's median frame `[S, S, C]` stored with `step`, or None."""
+        arrays = self._arrays(step, BACKGROUND)
+        return None if arrays is None else arrays["frame"]
+
+    def save_background(self, step: int, frame: np.ndarray) -> None:
+        """Stores the training split's median frame with `step` (process 0 writes; atomic)."""
+        self._save_arrays(step, BACKGROUND, {"frame": frame})
 
     def object_bank(self, step: int, name: str) -> dict[str, np.ndarray] | None:
         """The arrays of the object bank `name` stored with `step`, or None."""

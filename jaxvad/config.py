@@ -26,6 +26,8 @@ SCORE_VARIANTS = ("error", "psnr")
 NORMALISATIONS = ("train", "minmax", "none")
 # "object" (object mode): the top object's box cut from the original-resolution frame.
 CAPTION_SOURCES = ("frame", "crop", "overlay", "object")
+# The "where" maps a record can follow (jaxvad.explain.maps names each).
+WHERE = ("anomaly_map", "anomaly_foreground", "gradcam", "hirescam")
 
 
 # Each model's settings (`config.model`, its constructor's keyword arguments; see
@@ -250,10 +252,12 @@ def base_config() -> ml_collections.ConfigDict:
     # in frame widths, counts as "near" (15 px at 224 px, as usual).
     config.explain.pointing_tolerance = 15 / 224
     # The "where" map: the heatmap of each record, its overlay and the captioned crop, one of
-    # "anomaly_map" (the error map), "gradcam" (the paper's) or "hirescam"; chosen by the
-    # measurements of --quality (README, "How good each map is"). Object mode: Grad-CAM inside
-    # the top object's box.
-    config.explain.where = "anomaly_map"
+    # WHERE: "anomaly_map" (the error map), "anomaly_foreground" (the error map, its motion
+    # term kept where the frame differs from the training background), "gradcam" (the
+    # paper's), "hirescam"; chosen by the measurements of --quality (README, "How good each
+    # map is"). Object mode: the first two give the objects' scores over their boxes, the
+    # others Grad-CAM inside the top box.
+    config.explain.where = "anomaly_foreground"
     # --quality (jaxvad/explain/measure.py): every map's quality over the explained anomalies.
     config.explain.quality_anomalies = 96  # Measured, evenly spaced among them (0: all).
     config.explain.quality_steps = 10  # Deletion and insertion steps.
@@ -466,8 +470,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(e.caption_beams >= 1, "explain.caption_beams", "at least 1 (1: greedy)")
     check(e.caption_tokens >= 1, "explain.caption_tokens", "at least 1")
     check(e.pointing_tolerance >= 0, "explain.pointing_tolerance", "≥ 0")
-    wheres = ("anomaly_map", "gradcam", "hirescam")
-    check(e.where in wheres, "explain.where", f"one of {wheres}")
+    check(e.where in WHERE, "explain.where", f"one of {WHERE}")
     check(e.quality_anomalies >= 0, "explain.quality_anomalies", "≥ 0 (0: all)")
     check(e.quality_steps >= 1 and e.quality_draws >= 1, "explain.quality_steps", "≥ 1")
     check(e.quality_noise > 0, "explain.quality_noise", "> 0")

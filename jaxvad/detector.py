@@ -32,9 +32,10 @@ of the stored shapes (CheckpointMismatchError); other model settings (e.g. `mode
 change.
 
 A checkpoint without normal statistics (a run from before they were stored) gets them once:
-the training split is scored and they are stored with the checkpoint. That is the only case in
-which the training dataset is read; when it is not prepared, MissingNormalStatisticsError gives
-the commands that add them.
+the training split is scored and they are stored with the checkpoint, with the training
+split's median frame (`background`; a run that has the statistics but not it gets it alone).
+That is the only case in which the training dataset is read; when it is not prepared,
+MissingNormalStatisticsError gives the commands that add them.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ class Detector:
     `threshold`: the alarm threshold of those settings (`scoring.training_threshold`);
     `scorer`: the jitted error step on the mesh; `objects`: in object mode (`settings.
     object_mode`) the components' banks (`jaxvad.object_scores`), else None; `choice`: how
-    components `("auto",)` were chosen (`jaxvad.component_choice`), else None.
+    components `("auto",)` were chosen (`jaxvad.component_choice`), else None; `background`:
+    the training split's per-pixel median frame `[S, S, C]` float32 in [0, 255] (the
+    foreground of the explanations' `anomaly_foreground` map, `jaxvad.explain.maps`).
     """
 
     config: ml_collections.ConfigDict
@@ -122,6 +125,7 @@ class Detector:
     scorer: inference.ErrorScorer
     objects: object_scores.ObjectModel | None = None
     choice: component_choice.Choice | None = None
+    background: np.ndarray | None = None
 
     @property
     def threshold_rule(self) -> str:
@@ -223,6 +227,10 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
             normal = store_normal_errors(
                 checkpoints, step, scorer, params, data_dir, samples=config.objects.samples
             )
+        background = checkpoints.background(step)
+        if background is None:
+            data_dir = _training_data(config, where, workdir, BACKGROUND)
+            background = store_background(checkpoints, step, data_dir)
         settings = score_settings(config)
         objects = choice = None
         training_errors = functools.partial(
@@ -283,6 +291,7 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
         scorer,
         objects,
         choice,
+        background,
     )
 
 
@@ -387,7 +396,22 @@ def store_normal_errors(
         errors, _ = scorer.split_errors(params, table, labels=False, maps=False, desc="train")
     arrays = errors.to_arrays()
     checkpoints.save_normal_errors(step, arrays)
+    store_background(checkpoints, step, dataset_dir, table)
     return scoring.SplitErrors.from_arrays(arrays)
+
+
+def store_background(
+    checkpoints: Checkpoints,
+    step: int,
+    dataset_dir: Path,
+    table: pipeline.FrameTable | None = None,
+) -> np.ndarray:
+    """Stores the training split's median frame (`pipeline.median_frame`) of `dataset_dir`
+    (or of its opened training split `table`) with `step`, and returns it."""
+    table = pipeline.open_prepared(dataset_dir, "train") if table is None else table
+    background = pipeline.median_frame(table, "frame")
+    checkpoints.save_background(step, background)
+    return background
 
 
 def object_errors(
@@ -583,6 +607,10 @@ NORMAL_STATISTICS = (
 OBJECT_BANKS = (
     "object banks for config.score.components={components} with k={k} (the training objects' "
     "attributes, fitted the first time a run is scored with a component)"
+)
+BACKGROUND = (
+    "background (the training split's median frame, which the explanations' foreground is "
+    "measured against; runs trained before it was stored lack it)"
 )
 OBJECT_ERRORS = "training objects' errors (the error component's statistics)"
 COMPONENT_CHOICE = (

@@ -43,7 +43,7 @@ errors are stored with each checkpoint (`jaxvad.detector`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -264,14 +264,18 @@ def pixel_maps(
     scale: Mapping[str, np.ndarray],
     alpha: float,
     sigma: float = 0.0,
+    components: Sequence[str] = COMPONENTS,
 ) -> np.ndarray:
     """A = Σ_c w_c·(m_c − shift_c) / scale_c, blurred by a Gaussian of `sigma` pixels.
 
     maps: per component `[M, S, S]` the component maps; shift, scale: per component `[M]`
-    (each frame's error-variant normalisation). Returns `[M, S, S]` float32.
+    (each frame's error-variant normalisation); `components`: the terms summed (all by
+    default). Returns `[M, S, S]` float32.
     """
     out = np.zeros(np.shape(maps["rgb"]), np.float32)
     for name, weight in zip(COMPONENTS, (1.0, alpha), strict=True):
+        if name not in components:
+            continue
         b = np.asarray(shift[name], np.float32)[:, None, None]
         s = np.asarray(scale[name], np.float32)[:, None, None]
         out += np.float32(weight) * (np.asarray(maps[name], np.float32) - b) / s

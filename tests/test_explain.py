@@ -108,8 +108,9 @@ def test_records_of_a_video_cover_its_anomaly_and_point_at_it(explained, clip):
         assert r["explanation"].startswith(
             "Abnormal motion" if r["modality"] == "motion" else "Unusual appearance"
         )
-        # The "where" map is the anomaly map by default (explain.where).
-        assert r["heatmap"] == r["images"]["anomaly_map"]
+        # The "where" map is the anomaly map with its motion term on the frame's foreground
+        # by default (explain.where).
+        assert r["heatmap"] == r["images"]["anomaly_foreground"]
         assert r["overlay"] == r["images"]["overlay"]
         for path in r["images"].values():
             assert cv2.imread(str(explained / path)) is not None, path
@@ -117,15 +118,17 @@ def test_records_of_a_video_cover_its_anomaly_and_point_at_it(explained, clip):
     assert len(inside) > len(records) / 2, "most records should lie inside the anomaly span"
     hits = {
         kind: np.mean([clip["masks"][r["frame"] - 1][tuple(r["peaks"][kind])] > 0 for r in inside])
-        for kind in ("gradcam", "anomaly_map")
+        for kind in ("gradcam", "anomaly_map", "anomaly_foreground")
     }
     print(
         f"\n{len(records)} records, {len(inside)} inside the anomaly span "
         f"{clip['span'].start}-{clip['span'].stop - 1} ({len(inside) / len(records):.2f}); "
         f"pointing game (peak inside the mask): Grad-CAM {hits['gradcam']:.3f}, "
-        f"anomaly map {hits['anomaly_map']:.3f}"
+        f"anomaly map {hits['anomaly_map']:.3f}, "
+        f"anomaly × foreground {hits['anomaly_foreground']:.3f}"
     )
-    assert hits["anomaly_map"] > 0.5  # The default "where" map points at the crossing walker.
+    # The default "where" map points at the crossing walker.
+    assert hits["anomaly_foreground"] > 0.5
 
 
 def test_a_video_is_read_as_the_data_preparation_reads_it(config, clip):
@@ -159,7 +162,7 @@ def test_split_with_top_explains_the_highest_scores_with_labels(config, workdir)
     assert sorted((r["score"] for r in read_records(again)), reverse=True)[:3] == scores
     with_masks = [r for r in records if r["pointing"] is not None]
     for r in with_masks:
-        assert set(r["pointing"]) == {"gradcam", "anomaly_map"}
+        assert set(r["pointing"]) == {"gradcam", "anomaly_map", "anomaly_foreground"}
 
 
 def test_report_opens_in_chromium_and_shows_a_hostile_name_as_text(config, workdir, clip, root):
@@ -253,7 +256,8 @@ def test_quality_measures_every_map_and_agrees_with_the_records(config, workdir,
     rows = measure.measured(len(records), 5)
     assert quality["anomalies_measured"] == len(rows) == 5 < len(records) == 12
     names = maps.names(config.model.name)
-    assert list(quality["maps"]) == list(names) == ["gradcam", "hirescam", "anomaly_map"]
+    assert list(quality["maps"]) == list(names)
+    assert names == ("gradcam", "hirescam", "gradcam_fine", "anomaly_map", "anomaly_foreground")
     for name in names:
         assert list(quality["maps"][name]) == list(measure.METRICS)
         for metric, value in quality["maps"][name].items():
@@ -268,7 +272,7 @@ def test_quality_measures_every_map_and_agrees_with_the_records(config, workdir,
     games = [records[r]["pointing"] for r in rows]
     with_mask = [g for g in games if g is not None]
     assert quality["maps"]["gradcam"]["pointing_strict"]["n"] == len(with_mask) > 0
-    for name in ("gradcam", "anomaly_map"):
+    for name in ("gradcam", "anomaly_map", "anomaly_foreground"):
         inside = np.mean([g[name]["inside"] for g in with_mask])
         assert quality["maps"][name]["pointing_strict"]["mean"] == pytest.approx(inside)
     groups = quality["randomisation"]["groups"]
@@ -281,13 +285,42 @@ def test_quality_measures_every_map_and_agrees_with_the_records(config, workdir,
     assert "How good each map is" in page and (out / "images" / "deletion.png").is_file()
 
 
-def test_quality_needs_a_split_and_a_frame_level_run(config, workdir, object_run, tmp_path):
+def test_quality_needs_a_split(config, workdir, tmp_path):
     with pytest.raises(command.UsageError, match="use --split"):
         command.explain(config, workdir, video=tmp_path, quality=True)
-    run = copy_run(object_run, tmp_path / "objects")
-    with pytest.raises(command.UsageError, match="frame-level runs"):
-        command.explain(object_run.config, run, split="test", quality=True)
-    assert not (run / "explain").exists()
+    assert not (workdir / "explain" / tmp_path.name).exists()
+
+
+def test_quality_of_object_samples_is_measured_on_the_top_crops(object_samples_run, tmp_path):
+    """A model of object samples: its maps are measured on each anomaly's top object's crop
+    (the anomalies without an object are left out), the near distance is a fraction of the
+    crop's side, and the crops' deletion curves run from the full score to the reference."""
+    from jaxvad.explain import maps
+
+    run = copy_run(object_samples_run, tmp_path / "run")
+    quick = object_samples_run.config.copy_and_resolve_references()
+    with quick.unlocked():
+        quick.explain.update(
+            quality_anomalies=4, quality_steps=2, quality_draws=1, quality_randomised=1
+        )
+    out = command.explain(quick, run, split="test", quality=True)
+    quality = json.loads((out / "quality.json").read_text())
+    records = read_records(out)
+    with_object = [r for r in records if r["objects"]]
+    assert quality["anomalies_explained"] == len(with_object) <= len(records)
+    assert quality["anomalies_measured"] == min(4, len(with_object)) > 0
+    side = quick.objects.size
+    assert quality["settings"]["tolerance"] == pytest.approx(
+        quick.explain.pointing_tolerance * side
+    )
+    assert list(quality["maps"]) == list(maps.names(quick.model.name))
+    measured = quality["anomalies_measured"]
+    for name, curve in quality["curves"].items():
+        np.testing.assert_allclose([curve["deletion"][0], curve["deletion"][-1]], [1, 0], atol=1e-5)
+        assert quality["maps"][name]["max_sensitivity"]["n"] == measured
+    found = detector.load(run)
+    assert sorted(quality["randomisation"]["groups"]) == sorted(str(k) for k in found.params)
+    assert quality["modality_check"]["n"] == measured
 
 
 def test_explain_settings_hold_exactly_the_configs_explain_fields():
@@ -361,15 +394,19 @@ def test_object_captions_are_blip_on_the_top_box_cut_from_the_original_frame(
     assert "BLIP on the object" in (object_explained.out / "report.html").read_text()
 
 
-def test_object_mode_heatmap_is_gradcam_inside_the_top_box(object_explained):
+def test_object_mode_heatmap_is_the_box_map_and_gradcam_is_shown_inside_the_top_box(
+    object_explained,
+):
+    """The default "where" of object mode is the anomaly map (the objects' scores over their
+    boxes); the Grad-CAM restricted to the top box is drawn beside it."""
     size = 32
     records, game = object_explained.records, object_explained.summary["pointing_game"]
     for r in records:
         rows, cols = stored_pixels(r["objects"][0]["box"], size, 240, 360)
         row, col = r["peaks"]["gradcam_in_box"]
         assert rows.start <= row < rows.stop and cols.start <= col < cols.stop, r["peaks"]
-        assert r["heatmap"] == r["images"]["gradcam_in_box"]
-        heat = cv2.imread(str(object_explained.out / r["heatmap"]))
+        assert r["heatmap"] == r["images"]["anomaly_map"]
+        heat = cv2.imread(str(object_explained.out / r["images"]["gradcam_in_box"]))
         outside = np.ones((size, size), bool)
         outside[rows, cols] = False
         blue = images.colormap(np.zeros((1, 1)))[0, 0, ::-1]  # BGR of the map's 0.
@@ -459,7 +496,10 @@ def test_object_mode_explains_a_video_finding_its_objects_on_the_fly(
         writer.write(frame[..., 0])
     writer.release()
     workdir = copy_run(object_run, tmp_path / "run")
-    records = read_records(command.explain(object_run.config, workdir, video=path))
+    config = object_run.config.copy_and_resolve_references()
+    with config.unlocked():
+        config.explain.where = "gradcam"  # In object mode: Grad-CAM inside the top box.
+    records = read_records(command.explain(config, workdir, video=path))
     assert records
     decoded = read_frames(path)
     found = objects.video_objects(decoded)
@@ -568,8 +608,8 @@ def test_object_samples_heatmap_is_the_top_crops_gradcam_pasted_into_its_grown_b
         own[max(by0, 0) : by1, max(bx0, 0) : bx1] = True
         assert own.sum() < inside.sum()
         where = images.restrict(expected, own)
-        assert r["heatmap"] == r["images"]["gradcam_in_box"]
-        heat = cv2.imread(str(samples_explained.out / r["heatmap"]))[..., ::-1]
+        assert r["heatmap"] == r["images"]["anomaly_map"]
+        heat = cv2.imread(str(samples_explained.out / r["images"]["gradcam_in_box"]))[..., ::-1]
         np.testing.assert_allclose(heat, images.colormap(where), atol=8)
         assert (heat[~own] == images.colormap(np.zeros((1, 1)))[0, 0]).all()
         row, col = r["peaks"]["gradcam_in_box"]

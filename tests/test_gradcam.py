@@ -7,12 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from scipy.ndimage import gaussian_filter
 
 from jaxvad import scoring
 from jaxvad.explain import attribution, images
 from jaxvad.explain import maps as explain_map
 from jaxvad.explain.gradcam import class_activation_maps, explain_step, grad_cam
-from jaxvad.model import Predictor
+from jaxvad.model import Predictor, model_inputs
+from jaxvad.model.layers import gelu
 
 B, T, h, w, K, S = 2, 3, 4, 4, 5, 32
 CELL = S // h  # Pixels per feature cell.
@@ -170,14 +172,27 @@ def test_the_named_maps_are_the_explain_steps_and_the_evaluators_anomaly_map():
     `score_step`'s (the forward pass alone) are `explain_step`'s."""
     graphdef, params, batch, shift, scale = tiny_predictor()
     sigma = 1.7
+    background = np.random.default_rng(3).uniform(0, 255, (S, S, 1)).astype(np.float32)
     step = jax.jit(
-        lambda p, b, s0, s1: explain_map.map_step(
-            p, b, s0, s1, graphdef=graphdef, alpha=2.0, sigma=sigma
+        lambda p, b, s0, s1, bg: explain_map.map_step(
+            p, b, s0, s1, bg, graphdef=graphdef, alpha=2.0, sigma=sigma
         )
     )
-    out = step(params, batch, shift, scale)
+    out = step(params, batch, shift, scale, background)
     reference = explain_step(params, batch, shift, scale, graphdef=graphdef, alpha=2.0)
-    assert explain_map.names("predictor") == ("gradcam", "hirescam", "anomaly_map")
+    assert explain_map.names("predictor") == (
+        "gradcam",
+        "hirescam",
+        "gradcam_fine",
+        "anomaly_map",
+        "anomaly_foreground",
+    )
+    assert explain_map.names("motion_mae") == (
+        "gradcam",
+        "hirescam",
+        "anomaly_map",
+        "anomaly_foreground",
+    )
     for name in ("gradcam", "hirescam"):
         np.testing.assert_allclose(out[name], reference[name], atol=1e-6)
     expected = scoring.pixel_maps(
@@ -190,6 +205,88 @@ def test_the_named_maps_are_the_explain_steps_and_the_evaluators_anomaly_map():
     low = expected.min(axis=(1, 2), keepdims=True)
     expected = (expected - low) / (expected.max(axis=(1, 2), keepdims=True) - low)
     np.testing.assert_allclose(out["anomaly_map"], expected, atol=1e-5)
+    # The foreground map: A_rgb + (A_flow − min A_flow) ⊙ G / max G, G the blurred
+    # |I_t − B|, min–max normalised (scipy here).
+    difference = np.abs(batch["target_frame"].astype(np.float32) - background).mean(axis=-1)
+    gate = np.stack([gaussian_filter(d, sigma, mode="nearest", truncate=4) for d in difference])
+    gate /= gate.max(axis=(1, 2), keepdims=True)
+    appearance, motion = (
+        scoring.pixel_maps(
+            {"rgb": np.asarray(reference["rgb_map"]), "flow": np.asarray(reference["flow_map"])},
+            {"rgb": shift[:, 0], "flow": shift[:, 1]},
+            {"rgb": scale[:, 0], "flow": scale[:, 1]},
+            2.0,
+            sigma,
+            components=(c,),
+        )
+        for c in ("rgb", "flow")
+    )
+    both = appearance + (motion - motion.min(axis=(1, 2), keepdims=True)) * gate
+    low = both.min(axis=(1, 2), keepdims=True)
+    both = (both - low) / (both.max(axis=(1, 2), keepdims=True) - low)
+    np.testing.assert_allclose(out["anomaly_foreground"], both, atol=1e-5)
     score = explain_map.score_step(params, batch, shift, scale, graphdef=graphdef, alpha=2.0)
     np.testing.assert_allclose(score, reference["score"], rtol=1e-5)
     np.testing.assert_allclose(out["score"], reference["score"], rtol=1e-6)
+
+
+def test_fine_gradcam_is_the_gradient_at_the_motion_encoders_first_stage():
+    """The predictor's finer split (`explained_fine`) gives the maps of the whole forward pass,
+    and `gradcam_fine` is Grad-CAM of the score on the first motion stage's activations
+    `[B, T, S/2, S/2, 4]`, computed here from the model's layers by hand."""
+    graphdef, params, batch, shift, scale = tiny_predictor()
+    model = nnx.merge(graphdef, params)
+    inputs = model_inputs(batch)
+    features, head = model.explained_fine(inputs)
+    assert features.shape == (B, T, S // 2, S // 2, 4)
+    whole = model.maps(inputs)
+    for key in ("image", "rgb", "flow"):
+        np.testing.assert_allclose(head(features)[key], whole[key], atol=1e-5)
+
+    appearance = model.temporal(model.encode_frames(inputs["frames"]))[:, -1]
+    first = gelu(model.motion_convs[0](inputs["flows"]))
+
+    def score(a):
+        for conv in model.motion_convs[1:]:
+            a = gelu(conv(a))
+        frame, flow = model.decode(appearance, a)
+        errors = jnp.stack(
+            [
+                ((frame - inputs["target_frame"]) ** 2).mean(axis=(1, 2, 3)),
+                ((flow - inputs["target_flow"]) ** 2).mean(axis=(1, 2, 3)),
+            ],
+            -1,
+        )
+        normalised = (errors - shift) / scale
+        return normalised[:, 0] + 2.0 * normalised[:, 1], None
+
+    expected, _ = class_activation_maps(score, first, S)
+    background = np.zeros((S, S, 1), np.float32)
+    out = explain_map.map_step(
+        params, batch, shift, scale, background, graphdef=graphdef, alpha=2.0, sigma=0
+    )
+    np.testing.assert_allclose(out["gradcam_fine"], expected["gradcam"], atol=1e-5)
+    assert not np.allclose(out["gradcam_fine"], out["gradcam"], atol=0.05)
+
+
+def test_the_foreground_map_keeps_the_motion_error_where_the_frame_differs_from_the_background():
+    """Two motion-error blobs, the stronger one where the frame shows the background (where a
+    fast object was): the anomaly map peaks there, the foreground map on the blob the frame
+    holds; the appearance term is kept wherever it is."""
+    motion = np.zeros((1, S, S), np.float32)
+    motion[0, 4:8, 4:8] = 3.0  # The frame shows the background there.
+    motion[0, 20:26, 20:26] = 1.0  # The object the frame holds.
+    appearance = np.zeros((1, S, S), np.float32)
+    appearance[0, 10:12, 26:28] = 0.5  # An appearance error, on the background too.
+    background = np.full((S, S, 1), 100.0, np.float32)
+    frame = background.copy()[None]
+    frame[0, 20:26, 20:26] = 180.0
+    blurred = [explain_map.gaussian_blur(jnp.asarray(m), 1.0) for m in (appearance, motion)]
+    gate = explain_map.foreground(jnp.asarray(frame), jnp.asarray(background), 1.0)
+    both = np.asarray(explain_map.gated(*blurred, gate))[0]
+    anomaly = np.asarray(blurred[0] + blurred[1])[0]
+    assert images.peak(anomaly) in {(5, 5), (5, 6), (6, 5), (6, 6)}
+    row, col = images.peak(both)
+    assert 20 <= row < 26 and 20 <= col < 26 and both.max() == pytest.approx(1.0)
+    assert both[:8, :8].max() < 0.02  # No foreground at the motion blob: (almost) no heat.
+    assert both[10:12, 26:28].min() > 0.1  # The appearance error stays.

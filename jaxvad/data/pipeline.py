@@ -724,6 +724,19 @@ def eval_steps(
     return _eval_blocks(items, batch_size, count)[1]
 
 
+MEDIAN_FRAMES = 256  # Frames whose per-pixel median is a split's usual frame (`median_frame`).
+
+
+def median_frame(table: FrameTable, key: str) -> np.ndarray:
+    """Per pixel the median of field `key` ("frame" or "flow") over up to `MEDIAN_FRAMES`
+    frames evenly spaced over `table`: `[S, S, C]` float32 (of a fixed camera's training
+    split, its background, or its usual motion: about none)."""
+    count = min(MEDIAN_FRAMES, len(table.frame_ids))
+    ids = table.frame_ids[np.linspace(0, len(table.frame_ids) - 1, count).astype(int)]
+    values = table.read(np.unique(ids), [key])[key]
+    return np.median(values.astype(np.float32), axis=0)
+
+
 def eval_samples(
     table: FrameTable, positions: np.ndarray, *, history: int, channels: int | None = None
 ) -> dict[str, np.ndarray]:

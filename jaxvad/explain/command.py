@@ -12,11 +12,12 @@ stored with it (`jaxvad.scoring`, as `jaxvad.evaluate` does); the frames above t
 the anomalies (`--top=K`: the K highest-scoring of them). For each anomaly:
 
 - attribution: appearance or motion, from the training-normalised errors (`attribution`);
-- where: the "where" map (`explain.where`: by default the anomaly map, the score's own
-  per-pixel terms, which `--quality` measured as the best; or the paper's Grad-CAM of the score
-  on the motion features, or HiResCAM), its overlay on the frame, and beside it the Grad-CAM,
-  HiResCAM, both decoders' pixel error maps and their combined anomaly map (`gradcam`,
-  `images`); `--quality` measures every map (`measure`, quality.json);
+- where: the "where" map (`explain.where`: by default `anomaly_foreground`, the score's own
+  per-pixel terms with the motion term kept where the frame differs from the training
+  background, which `--quality` measured as the best; or the anomaly map, the paper's Grad-CAM
+  of the score on the motion features, or HiResCAM; `maps`), its overlay on the frame, and
+  beside it the Grad-CAM, HiResCAM, both decoders' pixel error maps and their combined anomaly
+  map (`gradcam`, `images`); `--quality` measures every map (`measure`, quality.json);
 - what: a BLIP caption of the frame, of the crop around the Grad-CAM peak, of the overlay or
   (object mode) of the top object's box cut from the original-resolution frame
   (`config.explain.caption_source`), with `--blip=DIR` (a Hugging Face
@@ -25,8 +26,11 @@ the anomalies (`--top=K`: the K highest-scoring of them). For each anomaly:
 In object mode (`config.score.components` other than "error") frames are scored from their
 objects: a prepared split's stored ones, or a video's found on the fly with the preparation's
 detector (`objects`); each anomaly also lists its frame's objects in numbers against training,
-its explanation is the top object's, and "where" is the Grad-CAM restricted to the top object's
-box (`objects`), measured beside the box itself in the pointing game. A model of object samples
+its explanation is the top object's, and "where" is the anomaly map (for `explain.where`
+"anomaly_map" or "anomaly_foreground", the default: the objects' scores over their boxes, with
+the error map inside them where "error" is a component) or, with any other `explain.where`, the
+Grad-CAM restricted to the top object's box
+(`objects`), measured beside the box itself in the pointing game. A model of object samples
 (`config.objects.samples`) takes crops, not frames: Grad-CAM and the error maps are computed on
 the top object's crop sample (the one it scores) and pasted back into its box grown by the
 margin (`explain_crops`); the attribution compares that crop's errors with the training
@@ -66,6 +70,7 @@ from jaxvad.data import builder, pipeline
 from jaxvad.data.video_io import DataError
 from jaxvad.explain import attribution, images, measure, report
 from jaxvad.explain import blip as blip_lib
+from jaxvad.explain import maps as maps_lib
 from jaxvad.explain import objects as object_explain
 from jaxvad.explain.gradcam import explain_step
 from jaxvad.explain.video import decode, open_video, video_name
@@ -117,7 +122,7 @@ class ExplainSettings:
     caption_beams: int
     caption_tokens: int
     pointing_tolerance: float  # In frame widths.
-    where: str  # The "where" map of frame-level runs: "anomaly_map", "gradcam" or "hirescam".
+    where: str  # The "where" map: one of `config.WHERE` (`heatmap_kind`).
     quality_anomalies: int  # --quality (`measure`): anomalies measured (0: all).
     quality_steps: int
     quality_noise: float
@@ -270,9 +275,9 @@ def explain_frames(
     pixels.
 
     Returns host arrays over the A frames (empty when A = 0): `gradcam`, `rgb_map`,
-    `flow_map`, `anomaly_map` `[A, S, S]` float32, `predicted`, `frame` `[A, S, S, C]` uint8,
-    `mask` `[A, S, S]` uint8, `score` `[A]` (the error variant's score, recomputed by the step)
-    and the model's extra maps.
+    `flow_map`, `anomaly_map`, `anomaly_foreground` (`maps.gated`) `[A, S, S]` float32,
+    `predicted`, `frame` `[A, S, S, C]` uint8, `mask` `[A, S, S]` uint8, `score` `[A]` (the
+    error variant's score, recomputed by the step) and the model's extra maps.
     """
     if not len(positions):
         return {}
@@ -288,6 +293,19 @@ def explain_frames(
         found.settings.alpha,
         map_sigma,
     )
+    terms = [
+        scoring.pixel_maps(
+            {"rgb": result["rgb_map"], "flow": result["flow_map"]},
+            {c: affine[c].shift for c in scoring.COMPONENTS},
+            {c: affine[c].scale for c in scoring.COMPONENTS},
+            found.settings.alpha,
+            map_sigma,
+            components=(c,),
+        )
+        for c in scoring.COMPONENTS
+    ]
+    foreground = maps_lib.foreground(result["frame"], found.background, map_sigma)
+    result[maps_lib.FOREGROUND] = np.asarray(maps_lib.gated(*terms, foreground))
     return result
 
 
@@ -311,8 +329,10 @@ def explain_crops(
     error component), the objects' floor elsewhere. A frame without objects has no crop: zero
     maps (a black `predicted`), the floor as anomaly map, NaN z.
 
-    Returns the keys of `explain_frames` (A = 0: empty) and the top crops' training z
-    (`attribution.training_z` against the training objects' errors) `[A]` per component.
+    Returns the keys of `explain_frames` (A = 0: empty) with `crop_boxes` `[A, 4]` (where
+    each top crop was cut, `ObjectCrops.boxes`) and `has_object` `[A]` bool, and the top
+    crops' training z (`attribution.training_z` against the training objects' errors) `[A]`
+    per component.
     """
     count, error = len(positions), found.objects.error
     attribution_errors = found.objects.attribution  # The training objects' errors.
@@ -325,10 +345,9 @@ def explain_crops(
     boxes = np.zeros((count, 4), np.float32)  # Without an object: a 1-pixel stand-in.
     boxes[has] = scored.objects.boxes[top[has]]
     crops = pipeline.object_crops(table, positions, boxes, size=o.size, margin=o.margin)
-    affine = dict.fromkeys(scoring.COMPONENTS, scoring.Affine(np.zeros(count), np.ones(count)))
-    if attribution_errors is not None:
-        affine = attribution_errors.normalisation(count)
+    affine = crop_affine(found, count)
     result = explain_batches(found, table, positions, affine, batch_size=batch_size, crops=crops)
+    result |= {"crop_boxes": crops.boxes, "has_object": has}
     crop_errors = scoring.SplitErrors(
         names=errors.names,
         video=errors.video[positions],
@@ -369,6 +388,14 @@ def explain_crops(
     return result, z
 
 
+def crop_affine(found: detector_lib.Detector, count: int) -> dict[str, scoring.Affine]:
+    """Per component the normalisation `[count]` of object samples' errors: the training
+    objects' mean and std (`ObjectModel.attribution`), or none (0 and 1) without them."""
+    if found.objects.attribution is None:
+        return dict.fromkeys(scoring.COMPONENTS, scoring.Affine(np.zeros(count), np.ones(count)))
+    return found.objects.attribution.normalisation(count)
+
+
 def render(
     explained: Mapping[str, np.ndarray],
     settings: ExplainSettings,
@@ -395,6 +422,8 @@ def render(
             "hirescam": images.colormap(explained["hirescam"][a]),
             "overlay": images.overlay(frame, images.unit_range(heat), settings.overlay_beta),
         }
+        if maps_lib.FOREGROUND in explained:  # Frame-level runs.
+            picture[maps_lib.FOREGROUND] = images.colormap(explained[maps_lib.FOREGROUND][a])
         picture |= {name: images.colormap(explained[name][a]) for name in extra}
         if crop:
             picture["crop"] = images.crop_around(frame, heat, settings.crop_fraction)
@@ -439,16 +468,15 @@ def make_records(
     caption_source: str | None,
     caption_notes: Sequence[str | None],
     objects: object_explain.AnomalyObjects | None = None,
-    where: str = "anomaly_map",
+    where: str = "anomaly_foreground",
 ) -> list[dict[str, Any]]:
     """One record per explained anomaly (`RECORD_FIELDS`; `where`: the "where" map of a
-    frame-level run, `explain.where`; `z`: per component `[A]` the
+    run, `explain.where`, see `heatmap_kind`; `z`: per component `[A]` the
     anomalies' training z, `attribution.training_z`; `caption_source` None: no captioner;
     `caption_notes`: per anomaly how its caption was made, or None; `objects`: in object mode
     the anomalies' objects, else None); `images` holds the paths `write` puts each picture
-    at. In object mode the explanation is the top object's (`object_sentence`) and the
-    heatmap is the Grad-CAM inside its box (with object samples: its crop's)."""
-    where = where if objects is None else "gradcam_in_box"
+    at. In object mode the explanation is the top object's (`object_sentence`)."""
+    where = heatmap_kind(where, object_mode=objects is not None)
     records = []
     for a, i in enumerate(chosen):
         video = int(errors.video[i])
@@ -485,6 +513,16 @@ def make_records(
     return records
 
 
+def heatmap_kind(where: str, *, object_mode: bool) -> str:
+    """The map of `explained` that the records' heatmap, overlay and crop follow: `where`
+    (`explain.where`); in object mode the anomaly map (the objects' scores over their boxes)
+    for "anomaly_map" or "anomaly_foreground", the Grad-CAM inside the top object's box for
+    the others."""
+    if not object_mode:
+        return where
+    return "anomaly_map" if where in ("anomaly_map", maps_lib.FOREGROUND) else "gradcam_in_box"
+
+
 def peaks_and_pointing(
     explained: Mapping[str, np.ndarray],
     a: int,
@@ -497,7 +535,7 @@ def peaks_and_pointing(
     and `object_box` (the top box holds mask pixels). With object samples a frame without
     objects has no maps at all: every peak is None, every game a miss."""
     mask = explained["mask"][a]
-    kinds = ("gradcam", "anomaly_map")
+    kinds = ("gradcam", "anomaly_map", *[k for k in (maps_lib.FOREGROUND,) if k in explained])
     mapless = objects is not None and objects.samples and not objects.has_box(a)
     peaks = {k: None if mapless else list(images.peak(explained[k][a])) for k in kinds}
     pointing = None
@@ -570,7 +608,11 @@ def pointing_game(
     "near" distance in pixels); `objects`: object mode's games too; `samples`: the maps are
     the top objects' crops' (a model of object samples)."""
     games = [r["pointing"] for r in records if r["pointing"] is not None]
-    kinds = ("gradcam", "anomaly_map", *(("gradcam_in_box",) if objects else ()))
+    kinds = (
+        "gradcam",
+        "anomaly_map",
+        *(("gradcam_in_box",) if objects else (maps_lib.FOREGROUND,)),
+    )
 
     def fraction(hit: Callable[[dict], bool]) -> float | None:
         return sum(map(hit, games)) / len(games) if games else None
@@ -654,6 +696,54 @@ def write(
     return out
 
 
+def measure_maps(
+    found: detector_lib.Detector,
+    source: Input,
+    chosen: np.ndarray,
+    scores: scoring.Scores,
+    explained: Mapping[str, np.ndarray],
+    z: Mapping[str, np.ndarray],
+    records: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """`--quality`: every map of the explained anomalies `chosen` measured (`measure.measure`);
+    a model of object samples is measured on the anomalies' top crops (those with an object),
+    under the training objects' normalisation, with the near distance scaled to the crop."""
+    config, settings = found.config, ExplainSettings(**found.config.explain)
+    modalities = [r["modality"] for r in records]
+    side, crops = config.data.size, None
+    affine = {
+        c: scoring.Affine(a.shift[chosen], a.scale[chosen]) for c, a in scores.error_affine.items()
+    }
+    if config.objects.samples:
+        has = np.asarray(explained.get("has_object", np.zeros(0, bool)), bool)
+        side, chosen = config.objects.size, chosen[has]
+        crops = pipeline.ObjectCrops(chosen, explained["crop_boxes"][has], side)
+        affine = crop_affine(found, len(chosen))
+        z = {c: np.asarray(v)[has] for c, v in z.items()}
+        modalities = [m for m, h in zip(modalities, has, strict=True) if h]
+    return measure.measure(
+        found,
+        source.table,
+        chosen,
+        affine,
+        z,
+        modalities,
+        source.masked,
+        pipeline.open_prepared(config_lib.dataset_dir(config, needed_for="--quality"), "train"),
+        measure.QualitySettings(
+            anomalies=settings.quality_anomalies,
+            steps=settings.quality_steps,
+            noise=settings.quality_noise,
+            draws=settings.quality_draws,
+            randomised=settings.quality_randomised,
+            tolerance=settings.pointing_tolerance * side,
+            batch_size=settings.batch_size,
+            seed=config.seed,
+        ),
+        crops,
+    )
+
+
 def explain(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -683,10 +773,6 @@ def explain(
         raise UsageError(
             "config.explain.caption_source='object' captions the top object: it needs object "
             "mode (config.score.components other than 'error')"
-        )
-    if quality and object_mode:
-        raise UsageError(
-            "--quality measures the maps of frame-level runs; object mode's are not measured yet"
         )
     if video is not None:
         data = config.data
@@ -768,7 +854,7 @@ def explain_source(
     # --- Render: pictures, captions, records.
     extra = model.MODELS[config.model.name].EXTRA_MAPS
     crop = captioner is not None and settings.caption_source == "crop"
-    where = settings.where if found_objects is None else "gradcam_in_box"
+    where = heatmap_kind(settings.where, object_mode=found_objects is not None)
     pictures = render(explained, settings, count=len(chosen), crop=crop, extra=extra, where=where)
     notes: list[str | None] = [None] * len(chosen)
     if found_objects is not None:
@@ -804,31 +890,7 @@ def explain_source(
     measured = None
     if quality:
         with _timed(seconds, "quality"):
-            measured = measure.measure(
-                found,
-                source.table,
-                chosen,
-                {
-                    c: scoring.Affine(a.shift[chosen], a.scale[chosen])
-                    for c, a in scores.error_affine.items()
-                },
-                z,
-                [r["modality"] for r in records],
-                source.masked,
-                pipeline.open_prepared(
-                    config_lib.dataset_dir(config, needed_for="--quality"), "train"
-                ),
-                measure.QualitySettings(
-                    anomalies=settings.quality_anomalies,
-                    steps=settings.quality_steps,
-                    noise=settings.quality_noise,
-                    draws=settings.quality_draws,
-                    randomised=settings.quality_randomised,
-                    tolerance=settings.pointing_tolerance * config.data.size,
-                    batch_size=settings.batch_size,
-                    seed=config.seed,
-                ),
-            )
+            measured = measure_maps(found, source, chosen, scores, explained, z, records)
 
     # --- Write (process 0): pictures, curves, records, summary, report.
     if jax.process_index() == 0:
@@ -914,6 +976,11 @@ def _log_lines(summary: Mapping[str, Any], out: Path) -> str:
             f"near the mask): Grad-CAM {game['gradcam_inside']:.3f} / {game['gradcam_near']:.3f}, "
             f"anomaly map {game['anomaly_map_inside']:.3f} / {game['anomaly_map_near']:.3f}"
         )
+        if "anomaly_foreground_inside" in game:
+            lines[-1] += (
+                f", anomaly × foreground {game['anomaly_foreground_inside']:.3f} / "
+                f"{game['anomaly_foreground_near']:.3f}"
+            )
         if "object_box" in game:
             lines.append(
                 f"object mode: Grad-CAM inside the top box {game['gradcam_in_box_inside']:.3f} "

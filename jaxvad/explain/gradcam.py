@@ -87,6 +87,20 @@ def unit_range(maps: jax.Array) -> jax.Array:
     return jnp.where(high > low, (maps - low) / jnp.where(high > low, high - low, 1.0), 0.0)
 
 
+def head_score(head: model_lib.Head, shift: jax.Array, scale: jax.Array, alpha: float) -> ScoreFn:
+    """The `ScoreFn` of a model's `head`: features → (S `[B]` under `shift`, `scale` `[B, 2]`,
+    the head's maps with `score` and `errors` `[B, 2]` (E_rgb, E_flow))."""
+
+    def score(a_k: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        maps = head(a_k)
+        errors = jnp.stack([maps["rgb"].mean(axis=(1, 2)), maps["flow"].mean(axis=(1, 2))], -1)
+        normalised = (errors - shift) / scale  # [B, 2]
+        s = normalised[:, 0] + alpha * normalised[:, 1]
+        return s, maps | {"score": s, "errors": errors}
+
+    return score
+
+
 def explain_step(
     params: nnx.State,
     batch: Mapping[str, jax.Array],
@@ -113,14 +127,7 @@ def explain_step(
     inputs = model_lib.model_inputs(batch)
     model = nnx.merge(graphdef, params)
     features, head = model.explained(inputs)
-
-    def score(a_k: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        maps = head(a_k)
-        errors = jnp.stack([maps["rgb"].mean(axis=(1, 2)), maps["flow"].mean(axis=(1, 2))], -1)
-        normalised = (errors - shift) / scale  # [B, 2]
-        s = normalised[:, 0] + alpha * normalised[:, 1]
-        return s, maps | {"score": s, "errors": errors}
-
+    score = head_score(head, shift, scale, alpha)
     cams, aux = class_activation_maps(score, features, inputs["target_frame"].shape[1])
     predicted = jnp.round((jnp.clip(aux["image"], -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
     return {

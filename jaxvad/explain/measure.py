@@ -1,6 +1,13 @@
-"""`jaxvad.explain ... --quality`: every heatmap of a frame-level model measured over the
-explained anomalies (`quality.json`; maps: `jaxvad.explain.maps`, metrics:
-`jaxvad.explain.quality`, where each metric's definition is).
+"""`jaxvad.explain ... --quality`: every heatmap of a model measured over the explained
+anomalies (`quality.json`; maps: `jaxvad.explain.maps`, metrics: `jaxvad.explain.quality`,
+where each metric's definition is).
+
+A model of object samples is measured on each anomaly's top object's sample, cut as the
+explanations cut it (`pipeline.crop_samples`; the mask, the background and the flow reference
+cut the same way), under the training objects' normalisation: the maps explain the crop's
+error score. The near pointing game's distance is then a fraction of the crop's side. The
+objects' box map (object mode's anomaly map) is measured by the pointing games of
+`summary.json`.
 
 The anomalies measured are the explained ones, or `explain.quality_anomalies` of them evenly
 spaced in (video, frame) order (0: all). Per map, per anomaly, in batches of
@@ -11,8 +18,9 @@ spaced in (video, frame) order (0: all). Per map, per anomaly, in batches of
   scored frame and of its flow are replaced by a reference, and the score (`maps.score_step`,
   the frame's own normalisation) is recorded at each step. The frame's reference is the frame
   the model expected (`maps.expected_frame`: its prediction, where the appearance error is
-  zero); the flow's is the per-pixel median of the training split's flows (`median_flow`: up
-  to 256 frames evenly spaced, the scene's usual motion, about none);
+  zero); the flow's is the per-pixel median of the training split's flows
+  (`pipeline.median_frame`: up to 256 frames evenly spaced, the scene's usual motion, about
+  none);
 - Max-Sensitivity: noise uniform in ±`explain.quality_noise` on the model-space inputs (the T
   past frames and the target frame in [−1, 1], their flows), `explain.quality_draws` draws.
 On the first `explain.quality_randomised` measured anomalies, the model-parameter
@@ -43,7 +51,6 @@ from jaxvad.data import pipeline
 from jaxvad.explain import maps as maps_lib
 from jaxvad.explain import quality
 
-REFERENCE_FRAMES = 256  # Training frames whose per-pixel median is the deletion reference.
 INPUTS = ("frames", "flows", "target_frame", "target_flow")
 METRICS = ("pointing_strict", "pointing_near", "deletion_auc", "insertion_auc", "max_sensitivity")
 
@@ -60,14 +67,6 @@ class QualitySettings:
     tolerance: float  # Pixels: the near pointing game's distance.
     batch_size: int
     seed: int
-
-
-def median_flow(train: pipeline.FrameTable) -> np.ndarray:
-    """The flow's deletion reference: per pixel the median of the flows of up to
-    `REFERENCE_FRAMES` training frames evenly spaced over the split, `[S, S, 2]` float32."""
-    ids = train.frame_ids[np.linspace(0, len(train.frame_ids) - 1, REFERENCE_FRAMES).astype(int)]
-    flows = train.read(np.unique(ids), ["flow"])["flow"]
-    return np.median(flows.astype(np.float32), axis=0)
 
 
 def measured(count: int, most: int) -> np.ndarray:
@@ -87,16 +86,19 @@ def measure(
     masked: frozenset[int],
     train: pipeline.FrameTable,
     settings: QualitySettings,
+    crops: pipeline.ObjectCrops | None = None,
 ) -> dict[str, Any]:
-    """quality.json's content for the anomalies at `positions` `[A]` of `table` (frames of a
-    frame-level `found` detector; `affine`: per component each anomaly's normalisation `[A]`;
-    `z`, `modalities`: their attribution; `masked`: the videos with pixel masks; `train`: the
-    training split, for the reference)."""
+    """quality.json's content for the anomalies at `positions` `[A]` of `table` (their frames;
+    with `crops`, a model of object samples: each anomaly's top object's sample, cut at
+    `crops.boxes` `[A, 4]`, as the explanations cut it; `affine`: per component each
+    anomaly's normalisation `[A]`; `z`, `modalities`: their attribution; `masked`: the videos
+    with pixel masks; `train`: the training split, for the references)."""
     started = time.perf_counter()
     chosen = measured(len(positions), settings.anomalies)
     names = maps_lib.names(found.config.model.name)
     alpha = found.settings.alpha
-    sigma = found.config.eval.map_sigma * found.config.data.size
+    side = found.config.data.size if crops is None else crops.size
+    sigma = found.config.eval.map_sigma * side
     map_step = jax.jit(
         functools.partial(maps_lib.map_step, graphdef=found.graphdef, alpha=alpha, sigma=sigma)
     )
@@ -104,7 +106,11 @@ def measure(
         functools.partial(maps_lib.score_step, graphdef=found.graphdef, alpha=alpha)
     )
     expected = jax.jit(functools.partial(maps_lib.expected_frame, graphdef=found.graphdef))
-    flow = median_flow(train)
+    references = {
+        "target_flow": pipeline.median_frame(train, "flow"),
+        "target_frame": np.asarray(found.background, np.float32),
+    }
+    samples = functools.partial(_samples, found, table, positions, references, crops)
     key = jax.random.key(settings.seed)
     per: dict[str, dict[str, list[np.ndarray]]] = {n: {m: [] for m in METRICS} for n in names}
     curves: dict[str, dict[str, list[np.ndarray]]] = {
@@ -113,13 +119,12 @@ def measure(
     fractions = None
     for start in tqdm(range(0, len(chosen), settings.batch_size), desc="quality", unit="batch"):
         rows = chosen[start : start + settings.batch_size]
-        batch = pipeline.eval_samples(
-            table, positions[rows], history=found.scorer.history, channels=found.scorer.channels
-        )
+        batch, reference = samples(rows)
+        background = reference["target_frame"]
         shift = np.stack([affine[c].shift[rows] for c in scoring.COMPONENTS], -1).astype(np.float32)
         scale = np.stack([affine[c].scale[rows] for c in scoring.COMPONENTS], -1).astype(np.float32)
         inputs = {k: np.asarray(batch[k], np.float32) for k in INPUTS}
-        out = map_step(found.params, inputs, shift, scale)
+        out = map_step(found.params, inputs, shift, scale, background)
         masks = np.asarray(batch["mask"]) > 0
         video = table.video_index[table.frame_ids[positions[rows]]]
         has_mask = np.isin(video, list(masked)) & masks.any(axis=(1, 2))
@@ -127,11 +132,12 @@ def measure(
         fixed = {k: inputs[k] for k in ("frames", "flows")}
         ref = {
             "target_frame": np.asarray(expected(found.params, inputs)),
-            "target_flow": np.broadcast_to(flow, scored["target_flow"].shape),
+            "target_flow": np.broadcast_to(reference["target_flow"], scored["target_flow"].shape),
         }
 
-        def map_fn(x, shift=shift, scale=scale):
-            out = map_step(found.params, {k: _stored(k, v) for k, v in x.items()}, shift, scale)
+        def map_fn(x, shift=shift, scale=scale, background=background):
+            stored = {k: _stored(k, v) for k, v in x.items()}
+            out = map_step(found.params, stored, shift, scale, background)
             return {name: out[name] for name in names}
 
         key, noise_key = jax.random.split(key)
@@ -191,14 +197,7 @@ def measure(
         },
     }
     result["randomisation"] = randomisation(
-        found,
-        table,
-        positions[chosen[: settings.randomised]],
-        affine,
-        chosen[: settings.randomised],
-        names,
-        map_step,
-        key,
+        found, samples, affine, chosen[: settings.randomised], names, map_step, key
     )
     checks = quality.modality_check(
         jnp.asarray(z["rgb"][chosen]),
@@ -213,14 +212,13 @@ def measure(
     return result
 
 
-def randomisation(found, table, positions, affine, rows, names, map_step, key) -> dict[str, Any]:
-    """The cascading randomisation test of every map on the anomalies at `positions` (`rows`:
-    their indices into `affine`'s arrays), one batch."""
-    if not len(positions):
+def randomisation(found, samples, affine, rows, names, map_step, key) -> dict[str, Any]:
+    """The cascading randomisation test of every map on the anomalies `rows` (indices into
+    `affine`'s arrays; `samples(rows)`: their batch and references, `_samples`), one batch."""
+    if not len(rows):
         return {}
-    batch = pipeline.eval_samples(
-        table, positions, history=found.scorer.history, channels=found.scorer.channels
-    )
+    batch, reference = samples(rows)
+    background = reference["target_frame"]
     inputs = {k: np.asarray(batch[k], np.float32) for k in INPUTS}
     shift = np.stack([affine[c].shift[rows] for c in scoring.COMPONENTS], -1).astype(np.float32)
     scale = np.stack([affine[c].scale[rows] for c in scoring.COMPONENTS], -1).astype(np.float32)
@@ -229,7 +227,7 @@ def randomisation(found, table, positions, affine, rows, names, map_step, key) -
     for name in names:
         key, draw = jax.random.split(key)
         test = quality.randomisation_test(
-            lambda p, name=name: map_step(p, inputs, shift, scale)[name],
+            lambda p, name=name: map_step(p, inputs, shift, scale, background)[name],
             found.params,
             groups,
             key=draw,
@@ -240,10 +238,32 @@ def randomisation(found, table, positions, affine, rows, names, map_step, key) -
             "passes": _summary(np.asarray(test["passes"], np.float64)),
         }
     return {
-        "anomalies": len(positions),
+        "anomalies": len(rows),
         "groups": ["/".join(map(str, group)) for group in groups],
         "maps": out,
     }
+
+
+def _samples(
+    found,
+    table: pipeline.FrameTable,
+    positions: np.ndarray,
+    references: Mapping[str, np.ndarray],
+    crops: pipeline.ObjectCrops | None,
+    rows: np.ndarray,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The samples of the anomalies `rows` (`eval_samples` of their frames at `positions`, or
+    with `crops` their object samples, mask included), and the `references` `[S, S, C]` of
+    the frame (background) and the flow (deletion reference), each `[B, s, s, C]` cut as the
+    sample is (`[S, S, C]` unchanged without crops)."""
+    batch = pipeline.eval_samples(
+        table, positions[rows], history=found.scorer.history, channels=found.scorer.channels
+    )
+    if crops is None:
+        return batch, dict(references)
+    boxes, size = crops.boxes[rows], crops.size
+    whole = {k: np.broadcast_to(v, (len(rows), *v.shape)) for k, v in references.items()}
+    return pipeline.crop_samples(batch, boxes, size), pipeline.crop_samples(whole, boxes, size)
 
 
 def _summary(values: np.ndarray) -> dict[str, float | int]:

@@ -20,6 +20,7 @@ IMAGE_TITLES = {
     "error_rgb": "appearance map m_rgb",
     "error_flow": "motion map m_flow",
     "anomaly_map": "anomaly map (normalised, blurred)",
+    "anomaly_foreground": "anomaly map × foreground (|frame − training background|)",
     "gradcam": "Grad-CAM (motion features)",
     "hirescam": "HiResCAM (motion features)",
     "overlay": 'overlay of the "where" map',

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from jaxvad.model.interface import Maps, VadModel
+from jaxvad.model.interface import Head, Maps, VadModel
 from jaxvad.model.mdsf import Mdsf
 from jaxvad.model.motion_mae import MotionMae
 from jaxvad.model.predictor import Predictor
@@ -72,6 +72,7 @@ def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
 
 __all__ = [
     "MODELS",
+    "Head",
     "Maps",
     "Mdsf",
     "MotionMae",

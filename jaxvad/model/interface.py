@@ -16,6 +16,10 @@ reconstruction model reconstructs it. It supplies:
 - `explained(inputs)` → `(features, head)`: the deterministic forward pass split at the layer
   Grad-CAM explains: `features` `[B, T', h, w, K]` (T' = 1 for single-frame models) and
   `head(features)` → `Maps`, a pure function, so `jax.grad` of a score of `head` gives ∂S/∂A^k.
+- `FINE_LAYER` and `explained_fine(inputs)`: where a model has a layer finer than
+  `explained`'s (more places, fewer channels), its name and the same split there, so that
+  Grad-CAM can also be read at that resolution (`jaxvad.explain.maps`: `gradcam_fine`).
+  `FINE_LAYER = ""` (the default) means the model has none.
 - `maps(inputs)` → `Maps` (= `head(features)`).
 - `features(inputs)` → `[B, D]` float32: a pooled latent of the sample, its deep feature (the
   object component "deep", `jaxvad.object_scores`); by default the mean over (T', h, w) of
@@ -56,6 +60,7 @@ class VadModel(nnx.Module):
 
     LOSS_TERMS: ClassVar[tuple[str, ...]] = ()
     EXTRA_MAPS: ClassVar[dict[str, str]] = {}
+    FINE_LAYER: ClassVar[str] = ""
 
     def loss_terms(
         self, inputs: Mapping[str, jax.Array], *, rngs: nnx.Rngs, vgg: Any = None
@@ -64,6 +69,9 @@ class VadModel(nnx.Module):
 
     def explained(self, inputs: Mapping[str, jax.Array]) -> tuple[jax.Array, Head]:
         raise NotImplementedError
+
+    def explained_fine(self, inputs: Mapping[str, jax.Array]) -> tuple[jax.Array, Head]:
+        raise NotImplementedError(f"{type(self).__name__} has no finer layer (FINE_LAYER)")
 
     def maps(self, inputs: Mapping[str, jax.Array]) -> Maps:
         features, head = self.explained(inputs)

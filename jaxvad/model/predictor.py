@@ -85,6 +85,7 @@ class Predictor(VadModel):
     """
 
     LOSS_TERMS = losses.LOSS_TERMS
+    FINE_LAYER = "motion encoder, first 3D-conv stage (S/2 × S/2)"
 
     def __init__(
         self,
@@ -198,11 +199,12 @@ class Predictor(VadModel):
             x = block(x, rngs=rngs)
         return self.temporal_norm(x).reshape(B, N, T, D).transpose(0, 2, 1, 3)
 
-    def encode_motion(self, flows: jax.Array) -> jax.Array:
+    def encode_motion(self, flows: jax.Array, *, stages: slice = slice(None)) -> jax.Array:
         """flows: `[B, T, H, W, 2]` → motion features `A^k [B, T, h, w, K]` (compute dtype):
-        the last conv layer's GELU activations, Grad-CAM's feature maps."""
+        the last conv layer's GELU activations, Grad-CAM's feature maps. `stages` runs only
+        those conv stages (their input is then the stage before's output)."""
         x = flows
-        for conv in self.motion_convs:
+        for conv in self.motion_convs[stages]:
             x = gelu(conv(x))
         return x
 
@@ -292,10 +294,21 @@ class Predictor(VadModel):
         appearance = self.temporal(self.encode_frames(inputs["frames"]))[:, -1]
         return self.encode_motion(inputs["flows"]), self._head(appearance, inputs)
 
-    def _head(self, appearance: jax.Array, inputs: Mapping[str, jax.Array]) -> Head:
-        """The maps of A_app `[B, N, D]` as a function of the motion features A^k."""
+    def explained_fine(self, inputs: Mapping[str, jax.Array]) -> tuple[jax.Array, Head]:
+        """`explained` split after the motion encoder's first stage: features
+        `[B, T, S/2, S/2, motion_channels[0]]`, and the head runs the other stages first."""
+        appearance = self.temporal(self.encode_frames(inputs["frames"]))[:, -1]
+        head = self._head(appearance, inputs, stages=slice(1, None))
+        return self.encode_motion(inputs["flows"], stages=slice(0, 1)), head
+
+    def _head(
+        self, appearance: jax.Array, inputs: Mapping[str, jax.Array], stages: slice = slice(0, 0)
+    ) -> Head:
+        """The maps of A_app `[B, N, D]` as a function of the motion features A^k (of the
+        stage before `stages`, which the head runs first; none by default)."""
 
         def head(motion_features: jax.Array) -> Maps:
+            motion_features = self.encode_motion(motion_features, stages=stages)
             frame, flow = self.decode(appearance, motion_features)
             return {
                 "image": frame,

@@ -22,8 +22,9 @@ What each frame costs, and what is recomputed (`VadModel.maps_from_cache`):
   the decoders run again for every frame: the temporal position embedding is absolute within
   the window and the 3D convolutions pad the window's ends, so neither a frame's keys and
   values nor its motion features stay the same as the window slides.
-- motion_mae, mdsf: nothing is cached (the cache holds the frames); the whole window is
-  recomputed.
+- motion_mae, mdsf: nothing needs caching. They score frame t from frame t alone (and, for
+  motion_mae, its flow); their window of T = 1 past frame is read by neither, so each frame's
+  work is done once, when it is scored (the cache holds the past frame, unused).
 The first T frames of a camera fill the cache and get no score, as in evaluation.
 Memory per camera: (T + 1)·S²·(C + 4) bytes of frames and flows on the host and T cached
 frames on the device, whatever the stream's length.
