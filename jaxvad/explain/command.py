@@ -535,7 +535,7 @@ def peaks_and_pointing(
     and `object_box` (the top box holds mask pixels). With object samples a frame without
     objects has no maps at all: every peak is None, every game a miss."""
     mask = explained["mask"][a]
-    kinds = ("gradcam", "anomaly_map", *[k for k in (maps_lib.FOREGROUND,) if k in explained])
+    kinds = tuple(k for k in ("gradcam", "anomaly_map", maps_lib.FOREGROUND) if k in explained)
     mapless = objects is not None and objects.samples and not objects.has_box(a)
     peaks = {k: None if mapless else list(images.peak(explained[k][a])) for k in kinds}
     pointing = None

@@ -291,15 +291,18 @@ class Predictor(VadModel):
         )
 
     def explained(self, inputs: Mapping[str, jax.Array]) -> tuple[jax.Array, Head]:
-        appearance = self.temporal(self.encode_frames(inputs["frames"]))[:, -1]
-        return self.encode_motion(inputs["flows"]), self._head(appearance, inputs)
+        return self._split(inputs, len(self.motion_convs))
 
     def explained_fine(self, inputs: Mapping[str, jax.Array]) -> tuple[jax.Array, Head]:
         """`explained` split after the motion encoder's first stage: features
         `[B, T, S/2, S/2, motion_channels[0]]`, and the head runs the other stages first."""
+        return self._split(inputs, 1)
+
+    def _split(self, inputs: Mapping[str, jax.Array], at: int) -> tuple[jax.Array, Head]:
+        """The forward pass split after the motion encoder's first `at` stages."""
         appearance = self.temporal(self.encode_frames(inputs["frames"]))[:, -1]
-        head = self._head(appearance, inputs, stages=slice(1, None))
-        return self.encode_motion(inputs["flows"], stages=slice(0, 1)), head
+        head = self._head(appearance, inputs, stages=slice(at, None))
+        return self.encode_motion(inputs["flows"], stages=slice(0, at)), head
 
     def _head(
         self, appearance: jax.Array, inputs: Mapping[str, jax.Array], stages: slice = slice(0, 0)
