@@ -9,6 +9,7 @@ the same structure (channels, history, losses) on the tiny synthetic dataset and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import ml_collections
 
 from jaxvad import component_choice, object_scores
-from jaxvad.data import builder
+from jaxvad.data import builder, weak, weak_input
 
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adamw")
@@ -67,8 +68,23 @@ MODEL_DEFAULTS = {
         "margin": 1.0,  # Of the fusion ranking loss, in log units.
         "dtype": "float32",
     },
+    # AADC-Net over CLIP snippet features (weak supervision; jaxvad/model/aadc.py). Its width
+    # is the CLIP's projection width; K is config.loss.k (it also pools MIL-Align's scores).
+    "aadc": {
+        # A local HF CLIPModel folder (text tower and tokenizer, frozen); empty: the tiny
+        # random CLIP written under config.data.root (the synthetic_weak set only).
+        "clip": "",
+        "context": 8,  # m learnable context tokens around each class name.
+        "gamma": 1.0,  # γ: class logits = γ·alignment score (the paper's best, Table IX).
+        "mlp_ratio": 4,  # FFN hidden width / D.
+        "dtype": "float32",
+    },
 }
-MODEL_HISTORY = {"predictor": 4, "motion_mae": 1, "mdsf": 1}  # Reconstruction: 1 (unused).
+MODEL_HISTORY = {"predictor": 4, "motion_mae": 1, "mdsf": 1, "aadc": 1}  # 1: unused.
+# Models of weakly labelled videos (snippet features, video labels) and their datasets
+# (jaxvad/data/weak_input.py); every other model trains on prepared frame datasets.
+WEAK_MODELS = ("aadc",)
+WEAK_DATASETS = ("synthetic_weak", "ucf_crime", "xd_violence", "shanghaitech")
 
 # The small models of the CPU configs (`synthetic`, `ped2_cpu*`) and of the tiny variant.
 # CPU predictor: 64×64 or 96×96 frames in 8×8 patches, ~0.65 M parameters, about 0.5 s (64×64)
@@ -94,12 +110,14 @@ TINY_MODELS = {
     },
     "motion_mae": {"widths": (8, 16, 32)},
     "mdsf": {"widths": (8, 16, 32)},
+    "aadc": {"mlp_ratio": 2},
 }
 # Training loss weights (config.loss), per model: its LOSS_TERMS.
 LOSS_WEIGHTS = (
     "rgb", "flow", "perceptual", "ssim", "gradient",  # predictor
     "rec", "motion",  # motion_mae
     "teacher", "student", "distill", "fusion",  # mdsf
+    "bce", "nce",  # aadc
 )  # fmt: skip
 
 
@@ -110,6 +128,7 @@ SIDE_DIVISORS: dict[str, Callable[[ml_collections.ConfigDict], int]] = {
     "predictor": lambda m: m.patch,
     "motion_mae": lambda m: math.lcm(2 ** len(m.widths), m.mask_patch),
     "mdsf": lambda m: math.lcm(2 ** len(m.widths), m.mask_patch),
+    "aadc": lambda m: 1,
 }
 
 
@@ -126,7 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "synthetic"  # One of builder.BUILDERS.
     config.data.root = "data"  # Where `jaxvad.data_prep --output` wrote prepared datasets.
-    config.data.source = ""  # The official archive; only quoted in the "not prepared" error.
+    # The official archive; only quoted in the "not prepared" error. Real weakly labelled
+    # datasets: the folder of the test labels (jaxvad/data/weak_input.py; empty: data.features).
+    config.data.source = ""
     config.data.size = 224
     config.data.flow = "farneback"
     config.data.label_version = "mask"  # Avenue only.
@@ -134,9 +155,17 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.synthetic_seed = 0  # Synthetic only.
     # Per-frame object boxes stored with the dataset (jaxvad/data/objects.py): "none", "auto"
     # (the weight-free motion detector) or "mot:DIR" (MOTChallenge files DIR/<video>.txt).
+    # Weakly labelled datasets: the snippet features' object fusion (jaxvad/data/clip_features.py,
+    # features of width 2E).
     config.data.objects = "none"
     config.data.channels = 1  # Model input channels: stored frames are converted (gray ↔ RGB).
     config.data.read_threads = 4
+    # Weakly labelled datasets (WEAK_DATASETS; jaxvad/data/weak_input.py): snippet features in
+    # VadCLIP's layout (<video>__<k>.npy and train.csv / test.csv); empty: the synthetic set's,
+    # computed under data.root when missing.
+    config.data.features = ""
+    config.data.snippets = 256  # Training length S: longer videos averaged down, shorter padded.
+    config.data.snippet_frames = 16  # Frames per feature snippet (spreads scores over frames).
 
     set_model(config, "predictor")
 
@@ -157,6 +186,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss.student = 1.0
     config.loss.distill = 1.0
     config.loss.fusion = 1.0
+    # aadc (jaxvad/weak_losses.py): L = bce·L_bce + nce·L_nce (nce: the paper's λ), both
+    # pooling each video's K highest snippet values (the paper's K = 5, Table IX).
+    config.loss.bce = 1.0
+    config.loss.nce = 1.0
+    config.loss.k = 5
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"
@@ -292,7 +326,8 @@ def set_model(config: ml_collections.ConfigDict, name: str) -> None:
 def make_tiny(config: ml_collections.ConfigDict) -> None:
     """Shrinks `config` in place to the tiny variant: tiny synthetic data, a small model, a
     few steps. Channels, history, loss weights and the optimizer are kept."""
-    config.data.dataset = "synthetic"
+    weak = config.model.name in WEAK_MODELS
+    config.data.dataset = "synthetic_weak" if weak else "synthetic"
     config.data.synthetic = "tiny"
     config.data.size = 32
     config.data.read_threads = 2
@@ -395,9 +430,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{field}: {problem}")
 
     m, t = config.model, config.train
+    datasets = [*builder.BUILDERS, *WEAK_DATASETS]
+    check(config.data.dataset in datasets, "data.dataset", f"one of {datasets}")
+    weak = m.name in WEAK_MODELS
     check(
-        config.data.dataset in builder.BUILDERS, "data.dataset", f"one of {list(builder.BUILDERS)}"
+        weak == (config.data.dataset in WEAK_DATASETS),
+        "data.dataset",
+        f"the weakly supervised models {list(WEAK_MODELS)} train on the weakly labelled "
+        f"datasets {list(WEAK_DATASETS)}, and only they do (model {m.name!r}, dataset "
+        f"{config.data.dataset!r})",
     )
+    if weak:
+        check(config.loss.k >= 1, "loss.k", "at least 1")
+        check(config.data.snippets >= 1, "data.snippets", "at least 1")
+        check(config.data.snippet_frames >= 1, "data.snippet_frames", "at least 1")
+        check(not config.objects.samples, "objects.samples", f"not for {m.name!r}")
+        check(
+            bool(m.clip) or config.data.dataset == "synthetic_weak",
+            "model.clip",
+            "a local Hugging Face CLIP folder (empty only for synthetic_weak's tiny random one)",
+        )
+        check(
+            bool(config.data.features) or config.data.dataset == "synthetic_weak",
+            "data.features",
+            "the folder of the dataset's snippet features and train.csv / test.csv "
+            "(jaxvad/data/weak_input.py; empty only for synthetic_weak)",
+        )
     check(config.data.channels in (1, 3), "data.channels", "1 (gray) or 3 (RGB)")
     check(config.history >= 1, "history", "at least 1")
     check(m.name in MODEL_DEFAULTS, "model.name", f"one of {list(MODEL_DEFAULTS)}")
@@ -552,4 +610,37 @@ def dataset_dir(config: ml_collections.ConfigDict, *, needed_for: str = "") -> P
         dataset_settings(config),
         source=data.source,
         needed_for=needed_for,
+    )
+
+
+def is_weak(config: ml_collections.ConfigDict) -> bool:
+    """Whether `config`'s model learns from weakly labelled videos (`WEAK_MODELS`)."""
+    return config.model.name in WEAK_MODELS
+
+
+def weak_data(config: ml_collections.ConfigDict) -> weak_input.WeakData:
+    """The features, CLIP and batching of a weakly labelled `config.data`."""
+    data = config.data
+    spec = None
+    if data.dataset == "synthetic_weak":
+        spec = dataclasses.replace(weak.SYNTHETIC_PRESETS[data.synthetic], seed=data.synthetic_seed)
+    clip = config.model.clip
+    return weak_input.WeakData(
+        dataset=data.dataset,
+        features=weak_input.features_folder(
+            data.features,
+            data.root,
+            data.synthetic,
+            data.synthetic_seed,
+            clip,
+            data.snippet_frames,
+            data.objects,
+        ),
+        clip=weak_input.clip_folder(clip, data.root),
+        random_clip=not clip,
+        spec=spec,
+        snippets=data.snippets,
+        snippet_frames=data.snippet_frames,
+        objects=data.objects,
+        labels=Path(data.source) if data.source else None,
     )

@@ -148,8 +148,12 @@ def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.
     """NamedShardings for an (abstract) NNX state from its logical axis annotations."""
     with nnx.logical_axis_rules(tuple(rules)):
         specs = nnx.get_partition_spec(abstract_state)
+    # A variable without arrays (optax's MaskedNode: the state of a frozen parameter) keeps
+    # its empty value.
     return jax.tree.map(
-        lambda spec, x: NamedSharding(mesh, _fit(spec, x.shape, mesh)),
+        lambda spec, x: (
+            NamedSharding(mesh, _fit(spec, x.shape, mesh)) if hasattr(x, "shape") else x
+        ),
         specs,
         abstract_state,
         is_leaf=lambda x: isinstance(x, PartitionSpec),

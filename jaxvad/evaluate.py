@@ -20,6 +20,10 @@ split only. The default path needs no test labels: the checkpoint is the latest 
 normalisation and threshold come from the training split's errors stored with it
 (`jaxvad.scoring`). Test labels are used only to compute the metrics. A test split without
 labels is scored, and its metrics are skipped with a message.
+
+A weakly supervised model (`aadc`) is evaluated by `jaxvad.weak_scoring`: `metrics.json` holds
+frame AUC (UCF-Crime protocol), frame AP (XD-Violence protocol), category accuracy and
+VadCLIP's detection mAP at IoU 0.1…0.5 with their average.
 """
 
 from __future__ import annotations
@@ -39,7 +43,16 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from jaxvad import atomic, cli, component_choice, metrics, object_scores, plots, scoring
+from jaxvad import (
+    atomic,
+    cli,
+    component_choice,
+    metrics,
+    object_scores,
+    plots,
+    scoring,
+    weak_scoring,
+)
 from jaxvad import config as config_lib
 from jaxvad import detector as detector_lib
 from jaxvad.data import builder, pipeline
@@ -384,8 +397,11 @@ def split_metrics(
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Scores the test split with the latest checkpoint of `workdir`; writes `workdir/eval/`
-    (on process 0) and returns the contents of metrics.json."""
+    (on process 0) and returns the contents of metrics.json. A weakly supervised model:
+    `weak_scoring.evaluate` (frame AUC / AP, category accuracy, detection mAP)."""
     config_lib.validate(config)
+    if config_lib.is_weak(config):
+        return weak_scoring.evaluate(config, workdir)
     started = time.perf_counter()
     workdir = Path(workdir)
     found = detector_lib.load(workdir, config_lib.flatten(config))

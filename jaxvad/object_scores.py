@@ -403,11 +403,7 @@ class ErrorComponent:
         spread far more than the objects' scores, and its specks, not its boxes, would rank
         a frame's pixels; bounded, the boxes keep their objects' order and the map places
         the anomaly within its box."""
-        maps = self.maps(errors)
-        deviation = maps - maps.mean(axis=(1, 2), keepdims=True)
-        largest = np.abs(deviation).max(axis=(1, 2), keepdims=True)
-        scale = np.where(largest > 0, DETAIL / np.where(largest > 0, largest, 1.0), 0.0)
-        return (deviation * scale).astype(np.float32)
+        return scaled_detail(self.maps(errors))
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], alpha: float) -> ErrorComponent:
@@ -567,6 +563,16 @@ def score(
     total = sum(components.values(), np.zeros(len(objects.boxes)))
     frame = frame_maximum(total, objects.frame_position, objects.num_frames, model.floor)
     return ObjectScores(objects, total, components, frame, objects.counts() > 0, detail)
+
+
+def scaled_detail(maps: np.ndarray) -> np.ndarray:
+    """`[M, s, s]` float32: each map of `maps` `[M, s, s]` less its mean, scaled so that its
+    largest deviation is `DETAIL` (a map without deviation gives 0): the pattern an object's
+    map adds to its score over its box (`box_maps`)."""
+    deviation = maps - maps.mean(axis=(1, 2), keepdims=True)
+    largest = np.abs(deviation).max(axis=(1, 2), keepdims=True)
+    scale = np.where(largest > 0, DETAIL / np.where(largest > 0, largest, 1.0), 0.0)
+    return (deviation * scale).astype(np.float32)
 
 
 def box_maps(

@@ -19,6 +19,12 @@ errors (`jaxvad.detector.training_object_errors`). The synthetic dataset is gene
 under `config.data.root` when missing (the embedded default); a real one must be prepared
 (`jaxvad.data_prep`), and the error says how. The loop reads top to bottom in
 `train`: mesh, input, model, shard, step, restore, loop.
+
+A model of weakly labelled videos (`config_lib.WEAK_MODELS`, e.g. `aadc`) goes through the
+same loop on snippet features (`jaxvad.data.weak_input`: videos at a fixed length with their
+labels; the synthetic set's features are computed under `config.data.root` when missing);
+steps and epochs count videos (and crops), and there are no frame statistics to store. Its
+frozen parameters (`FROZEN`, e.g. the CLIP text tower) are left unchanged by the optimizer.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from jaxvad import (
 )
 from jaxvad import config as config_lib
 from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints
-from jaxvad.data import builder, pipeline
+from jaxvad.data import builder, pipeline, weak_input
 from jaxvad.data.video_io import DataError
 from jaxvad.metric_writer import MetricWriter
 
@@ -72,7 +78,14 @@ class NonFiniteLossError(FloatingPointError):
 
 def training_dataset(config: ml_collections.ConfigDict) -> Path:
     """The prepared dataset of `config.data`; the synthetic one is prepared when missing (the
-    embedded default), a real one is an error naming the command that prepares it."""
+    embedded default), a real one is an error naming the command that prepares it. A weakly
+    labelled dataset: its features folder (the synthetic set's is computed when missing)."""
+    if config_lib.is_weak(config):
+        data = config_lib.weak_data(config)
+        if jax.process_index() == 0:
+            data.ensure(seed=config.data.synthetic_seed)
+        multihost_utils.sync_global_devices("weak features ready")
+        return data.features
     try:
         return config_lib.dataset_dir(config, needed_for="training")
     except builder.DatasetNotPreparedError:
@@ -109,6 +122,21 @@ def make_optimizer(
     if opt.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
     return tx, schedule
+
+
+def freeze(
+    tx: optax.GradientTransformation, names: tuple[str, ...]
+) -> optax.GradientTransformation:
+    """`tx` for every parameter but those under an attribute in `names` (a model's `FROZEN`),
+    whose updates are zero: no step, no weight decay, no optimizer state."""
+
+    def labels(params: nnx.State) -> nnx.State:
+        def label(path: tuple, _: Any) -> str:
+            return "frozen" if any(getattr(k, "key", None) in names for k in path) else "trained"
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def train_step(
@@ -202,10 +230,20 @@ def training_crops(
 
 def training_input(
     config: ml_collections.ConfigDict, data_path: Path
-) -> tuple[pipeline.FrameTable, Any, pipeline.ObjectCrops | None]:
+) -> tuple[pipeline.FrameTable | weak_input.WeakSplit, Any, pipeline.ObjectCrops | None]:
     """The frame table of the training split of the prepared dataset at `data_path`, this
     process's shuffled windows (object samples with `config.objects.samples`): batches of
-    `config.train.batch_size / processes`, and the object crops (or None)."""
+    `config.train.batch_size / processes`, and the object crops (or None). A weakly labelled
+    dataset: its training split, this process's shuffled video batches, None."""
+    if config_lib.is_weak(config):
+        split = config_lib.weak_data(config).split("train")
+        dataset = weak_input.train_dataset(
+            split,
+            snippets=config.data.snippets,
+            batch_size=config.train.batch_size // jax.process_count(),
+            seed=config.seed,
+        )
+        return split, dataset, None
     table = pipeline.open_prepared(data_path, "train")
     crops = training_crops(config, table)
     dataset = pipeline.train_dataset(
@@ -222,12 +260,20 @@ def training_input(
 
 def total_steps(
     config: ml_collections.ConfigDict,
-    table: pipeline.FrameTable,
+    table: pipeline.FrameTable | weak_input.WeakSplit,
     crops: pipeline.ObjectCrops | None = None,
 ) -> int:
-    """`config.train.num_steps`, or its epochs' steps (of windows, or of object `crops`)."""
+    """`config.train.num_steps`, or its epochs' steps (of windows, of object `crops`, or of a
+    weak split's videos)."""
     if config.train.num_steps > 0:
         return config.train.num_steps
+    if isinstance(table, weak_input.WeakSplit):
+        per_epoch = weak_input.steps_per_epoch(
+            table,
+            batch_size=config.train.batch_size // jax.process_count(),
+            shard_count=jax.process_count(),
+        )
+        return config.train.num_epochs * per_epoch
     per_epoch = pipeline.steps_per_epoch(
         table,
         history=config.history,
@@ -276,6 +322,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, steps: int
     rules = tuple(tuple(rule) for rule in config.mesh.rules)
     distributed.check_batch_size(config.train.batch_size, mesh, rules)
     tx, schedule = make_optimizer(config, steps)
+    if model.MODELS[config.model.name].FROZEN:
+        tx = freeze(tx, model.MODELS[config.model.name].FROZEN)
     key_params = jax.random.fold_in(jax.random.key(config.seed), 0)  # Dropout: fold_in 1.
 
     def init() -> State:
@@ -307,6 +355,59 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, steps: int
         jitted_step=step,
         vgg=vgg,
     )
+
+
+def store_statistics(
+    config: ml_collections.ConfigDict,
+    checkpoints: Checkpoints,
+    steps: int,
+    run: Run,
+    mesh: jax.sharding.Mesh,
+    params: nnx.State,
+    data_path: Path,
+) -> None:
+    """What a frame model's detector needs beside its parameters, stored with the last
+    checkpoint (`steps`): the training split's errors, and the object banks in object mode."""
+    # The final model's errors on the training split: what scores are normalised and
+    # thresholded with (stored with the last checkpoint; kept when already there). A
+    # model of object samples: its training objects' errors (and frames without errors).
+    scorer = detector.error_scorer(config, run.graphdef, mesh)
+    if not checkpoints.has_normal_errors(steps):
+        detector.store_normal_errors(
+            checkpoints,
+            steps,
+            scorer,
+            params,
+            data_path,
+            samples=config.objects.samples,
+        )
+    training_errors = functools.partial(
+        detector.training_object_errors,
+        checkpoints,
+        steps,
+        scorer,
+        params,
+        lambda: data_path,
+        size=config.objects.size,
+        margin=config.objects.margin,
+        holdout=config.objects.holdout,
+        seed=config.seed,
+    )
+    if config.objects.samples:
+        training_errors()
+    settings = detector.score_settings(config)
+    # The memory banks of the object components; ("auto",) chooses the components, and
+    # fits their banks, at the run's first load (`detector.load`).
+    if settings.object_mode and settings.components != (component_choice.AUTO,):
+        detector.object_model(
+            checkpoints,
+            steps,
+            settings,
+            config.objects.k,
+            config.objects.nearby,
+            lambda: data_path,
+            training_errors,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,47 +481,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                 last_good = step
         bar.update(steps - bar.n)
         bar.close()
-        # The final model's errors on the training split: what scores are normalised and
-        # thresholded with (stored with the last checkpoint; kept when already there). A
-        # model of object samples: its training objects' errors (and frames without errors).
         checkpoints.manager.wait_until_finished()
-        scorer = detector.error_scorer(config, run.graphdef, mesh)
-        if not checkpoints.has_normal_errors(steps):
-            detector.store_normal_errors(
-                checkpoints,
-                steps,
-                scorer,
-                state["params"],
-                data_path,
-                samples=config.objects.samples,
-            )
-        training_errors = functools.partial(
-            detector.training_object_errors,
-            checkpoints,
-            steps,
-            scorer,
-            state["params"],
-            lambda: data_path,
-            size=config.objects.size,
-            margin=config.objects.margin,
-            holdout=config.objects.holdout,
-            seed=config.seed,
-        )
-        if config.objects.samples:
-            training_errors()
-        settings = detector.score_settings(config)
-        # The memory banks of the object components; ("auto",) chooses the components, and
-        # fits their banks, at the run's first load (`detector.load`).
-        if settings.object_mode and settings.components != (component_choice.AUTO,):
-            detector.object_model(
-                checkpoints,
-                steps,
-                settings,
-                config.objects.k,
-                config.objects.nearby,
-                lambda: data_path,
-                training_errors,
-            )
+        if not config_lib.is_weak(config):
+            store_statistics(config, checkpoints, steps, run, mesh, state["params"], data_path)
     finally:
         bar.close()
         writer.close()

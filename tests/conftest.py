@@ -14,6 +14,8 @@ conftest import load_config`), never from each other.
   object samples on `object_run`'s data) and `explain_run` (Ped2-like synthetic clips at
   64×64, 600 steps: Grad-CAM has something to find), each trained once per session.
 - BLIP: tiny random `BlipForConditionalGeneration` folders with their tokenizer (`blip_saved`).
+- CLIP: tiny random `CLIPModel` folders with their tokenizer and image processor (`clip_saved`,
+  `CLIP_SIZES`).
 - A headless browser for the HTML report (`open_page`, `require_chromium`).
 """
 
@@ -37,7 +39,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-if TYPE_CHECKING:  # torch and transformers load only for the tests that use BLIP.
+if TYPE_CHECKING:  # torch and transformers load only for the tests that use BLIP or CLIP.
     import torch
     import transformers
 
@@ -603,6 +605,149 @@ def blip_saved(tmp_path_factory) -> dict[str, BlipTorch]:
 
 
 # ---------------------------------------------------------------------------------------------
+# CLIP: tiny random models saved as Hugging Face folders (the parity tests' references and
+# the feature extractor's model).
+
+CLIP_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+CLIP_MERGES = [
+    ("c", "a"),
+    ("ca", "t</w>"),
+    ("d", "o"),
+    ("do", "g</w>"),
+    ("r", "u"),
+    ("ru", "n</w>"),
+]
+
+CLIP_SIZES = {  # CLIPVisionConfig / CLIPTextConfig fields, CLIPConfig's, and max_shard_size
+    "small": {
+        "vision": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 16,
+            "patch_size": 4,
+            "hidden_act": "quick_gelu",
+        },
+        "text": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "hidden_act": "quick_gelu",
+        },
+        "projection_dim": 24,
+        "legacy_eos": False,
+        "shard": None,
+    },
+    "large": {
+        "vision": {
+            "hidden_size": 48,
+            "intermediate_size": 80,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "image_size": 24,
+            "patch_size": 8,
+            "hidden_act": "gelu",
+        },
+        "text": {
+            "hidden_size": 40,
+            "intermediate_size": 72,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 20,
+            "hidden_act": "gelu",
+        },
+        "projection_dim": 32,
+        "legacy_eos": True,
+        "shard": "60KB",
+    },
+}
+
+
+@dataclasses.dataclass
+class ClipTorch:
+    """A saved folder with its PyTorch model and processor."""
+
+    folder: Path
+    model: transformers.CLIPModel
+    processor: transformers.CLIPProcessor
+
+    def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def image_embeds(self, pixels: torch.Tensor) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.model.get_image_features(pixel_values=pixels).pooler_output.numpy()
+
+    def text_embeds(self, input_ids: torch.Tensor, attention_mask=None) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            output = self.model.get_text_features(
+                input_ids=input_ids, attention_mask=attention_mask
+            )
+        return output.pooler_output.numpy()
+
+
+def make_clip_tokenizer() -> transformers.CLIPTokenizer:
+    """CLIP's BPE layout in small: characters, characters ending a word, merges, then
+    `<|startoftext|>` and `<|endoftext|>` (the largest id, also the padding)."""
+    import transformers
+
+    tokens = [*CLIP_LETTERS, *(c + "</w>" for c in CLIP_LETTERS), ".", ".</w>"]
+    tokens += [a + b for a, b in CLIP_MERGES] + ["<|startoftext|>", "<|endoftext|>"]
+    return transformers.CLIPTokenizer(
+        vocab={t: i for i, t in enumerate(tokens)}, merges=CLIP_MERGES
+    )
+
+
+def save_clip_folder(folder: Path, size: str, seed: int) -> ClipTorch:
+    """A random CLIP of `CLIP_SIZES[size]` saved with `save_pretrained` (and its processor)."""
+    import torch
+    import transformers
+
+    spec = CLIP_SIZES[size]
+    tokenizer = make_clip_tokenizer()
+    eos = 2 if spec["legacy_eos"] else tokenizer.eos_token_id
+    config = transformers.CLIPConfig(
+        vision_config=spec["vision"],
+        text_config=dict(
+            spec["text"],
+            vocab_size=len(tokenizer) + 4,  # ids after eos, as tokens added to CLIP's
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        projection_dim=spec["projection_dim"],
+        # Larger than CLIP's 1.0, so that random embeddings are not all near zero.
+        initializer_factor=5.0,
+        logit_scale_init_value=2.0,
+    )
+    torch.manual_seed(seed)
+    model = transformers.CLIPModel(config).eval()
+    kwargs = {"max_shard_size": spec["shard"]} if spec["shard"] else {}
+    model.save_pretrained(folder, safe_serialization=True, **kwargs)
+    image_size = spec["vision"]["image_size"]
+    image_processor = transformers.CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = transformers.CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    return ClipTorch(folder, model, transformers.CLIPProcessor.from_pretrained(folder))
+
+
+@pytest.fixture(scope="session")
+def clip_saved(tmp_path_factory) -> dict[str, ClipTorch]:
+    """Each of `CLIP_SIZES` saved (seeds 0, 1) with its PyTorch model and processor."""
+    root = tmp_path_factory.mktemp("clip")
+    return {size: save_clip_folder(root / size, size, seed) for seed, size in enumerate(CLIP_SIZES)}
+
+
+# ---------------------------------------------------------------------------------------------
 # A browser: opens a local HTML file in headless Chromium (Debian's `chromium`, driven by
 # Playwright) and reports what a person would see.
 
@@ -647,3 +792,50 @@ def open_page(path: Path) -> dict[str, Any]:
         finally:
             browser.close()
     return {**seen, "images": images, "text": text, "scripts": scripts}
+
+
+# ---------------------------------------------------------------------------------------------
+# Weak supervision: the aadc model on the weakly labelled synthetic set.
+
+
+@pytest.fixture(scope="session")
+def weak_run(tmp_path_factory) -> types.SimpleNamespace:
+    """The tiny variant of configs/synthetic_weak.py trained 6 steps (checkpoints at 3 and 6;
+    its tiny random CLIP and features written under `root`): `config`, `workdir`, `root`.
+    Copy the workdir before changing it."""
+    from jaxvad import train
+
+    root = tmp_path_factory.mktemp("weak_data")
+    config = load_config("synthetic_weak", **{"data.root": str(root)})
+    workdir = tmp_path_factory.mktemp("weak_run") / "run"
+    train.train(config, workdir)
+    return types.SimpleNamespace(config=config, workdir=workdir, root=root)
+
+
+@pytest.fixture(scope="session")
+def weak_full_run(tmp_path_factory) -> types.SimpleNamespace:
+    """configs/synthetic_weak.py as it stands (no variant: its full synthetic set, features
+    from the tiny random CLIP, 300 steps) trained and evaluated, and its untrained model (the
+    trainer's initial parameters, seed `config.seed`) scored on the same test split:
+    `trained`, `untrained` (the metrics of `weak_scoring.split_metrics`)."""
+    import jax
+    from flax import nnx
+
+    from jaxvad import config as config_lib
+    from jaxvad import evaluate, model, train, weak_scoring
+
+    root = tmp_path_factory.mktemp("weak_full_data")
+    config = load_config("synthetic_weak", variant=None, **{"data.root": str(root)})
+    workdir = tmp_path_factory.mktemp("weak_full_run") / "run"
+    train.train(config, workdir)
+    trained = evaluate.evaluate(config, workdir)
+    split = config_lib.weak_data(config).split("test")
+    key = jax.random.fold_in(jax.random.key(config.seed), 0)  # train.build's parameter key
+    graphdef, params = nnx.split(model.make_model(config, rngs=nnx.Rngs(params=key)))
+    predictions = weak_scoring.predict(
+        graphdef, params, split, snippets=config.data.snippets, batch_size=config.eval.batch_size
+    )
+    untrained = weak_scoring.split_metrics(
+        predictions, split, snippet_frames=config.data.snippet_frames
+    )
+    return types.SimpleNamespace(config=config, trained=trained, untrained=untrained)

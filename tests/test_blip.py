@@ -1,4 +1,4 @@
-"""BLIP captioning port (`jaxvad.explain.blip`) against transformers' PyTorch BLIP.
+"""BLIP captioning port (`jaxvad.vlm.blip`) against transformers' PyTorch BLIP.
 
 Two tiny randomly initialised `BlipForConditionalGeneration` models of different shapes are saved
 with `save_pretrained` (one as sharded safetensors) next to a tiny WordPiece tokenizer and a BLIP
@@ -27,7 +27,7 @@ from conftest import SEP, SIZES, BlipTorch
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from jaxvad.explain import blip
+from jaxvad.vlm import blip
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,10 @@ from jaxvad import config as config_lib
 from jaxvad import detector, object_scores
 from jaxvad.data import objects, pipeline, preprocess, synthetic
 from jaxvad.data.video_io import read_frames, resize_masks
-from jaxvad.explain import blip, command, images
+from jaxvad.explain import command, images, maps, measure
 from jaxvad.explain import objects as object_explain
-from jaxvad.explain.gradcam import explain_step
 from jaxvad.explain.video import VideoFrames, open_video
+from jaxvad.vlm import blip
 
 pytestmark = pytest.mark.slow
 
@@ -242,7 +242,6 @@ def test_quality_measures_every_map_and_agrees_with_the_records(config, workdir,
     explained); the pointing game of Grad-CAM and of the error map is the records' own, frame
     by frame; the mean deletion curves fall from 1 to 0 and insertion rises from 0 to 1; every
     top-level parameter group is randomised; the report shows the table and the curves."""
-    from jaxvad.explain import maps, measure
 
     run = copy_run(types.SimpleNamespace(workdir=workdir), tmp_path / "run")
     quick = config.copy_and_resolve_references()
@@ -295,7 +294,6 @@ def test_quality_of_object_samples_is_measured_on_the_top_crops(object_samples_r
     """A model of object samples: its maps are measured on each anomaly's top object's crop
     (the anomalies without an object are left out), the near distance is a fraction of the
     crop's side, and the crops' deletion curves run from the full score to the reference."""
-    from jaxvad.explain import maps
 
     run = copy_run(object_samples_run, tmp_path / "run")
     quick = object_samples_run.config.copy_and_resolve_references()
@@ -313,7 +311,7 @@ def test_quality_of_object_samples_is_measured_on_the_top_crops(object_samples_r
     assert quality["settings"]["tolerance"] == pytest.approx(
         quick.explain.pointing_tolerance * side
     )
-    assert list(quality["maps"]) == list(maps.names(quick.model.name))
+    assert list(quality["maps"]) == [*maps.names(quick.model.name), measure.IN_BOX]
     measured = quality["anomalies_measured"]
     for name, curve in quality["curves"].items():
         np.testing.assert_allclose([curve["deletion"][0], curve["deletion"][-1]], [1, 0], atol=1e-5)
@@ -321,6 +319,46 @@ def test_quality_of_object_samples_is_measured_on_the_top_crops(object_samples_r
     found = detector.load(run)
     assert sorted(quality["randomisation"]["groups"]) == sorted(str(k) for k in found.params)
     assert quality["modality_check"]["n"] == measured
+    boxes = quality["object_randomisation"]
+    assert boxes["groups"] == [f"model/{k}" for k in reversed(list(found.params))] + ["banks"]
+    assert set(boxes["maps"]) == {"anomaly_map", "anomaly_foreground"} and boxes["anomalies"] == 1
+    for m in boxes["maps"].values():
+        assert len(m["correlation_by_step"]) == len(boxes["groups"]) and m["passes"]["n"] == 1
+
+
+def test_box_maps_randomisation_rescores_the_objects_and_reexplains_the_top_crop(
+    object_samples_run, samples_explained
+):
+    """With a score that reads no model (`speed`), randomising the crop model leaves the box
+    map without a pattern (`anomaly_map`) exactly as it was, and changes the box map with
+    the crop's foreground pattern; `with_region` keeps the crop's anomaly_foreground inside the
+    object's own box only."""
+    config = object_samples_run.config
+    overrides = config_lib.flatten(config) | {"score.components": ("speed",)}
+    found = detector.load(samples_explained.workdir, overrides)
+    table = pipeline.open_prepared(config_lib.dataset_dir(config), "test")
+    scored = found.score_objects(object_scores.read_objects(table), table)
+    records = [r for r in samples_explained.records if r["objects"]][:2]
+    positions = record_positions(table, records)
+    result = command.object_randomisation(
+        found,
+        table,
+        found.errors(table, labels=False, maps=False)[0],
+        positions,
+        scored,
+        batch_size=config.explain.batch_size,
+        key=jax.random.key(0),
+    )
+    steps = len(found.params)
+    box, pattern = (result["maps"][k]["correlation_by_step"] for k in command.BOX_MAPS)
+    assert box[:steps] == pytest.approx([1.0] * steps, abs=1e-6), "the boxes read no model"
+    # The pattern moves only the box's few pixels' ranks (the rest is the floor, tied in
+    # both maps); unchanged maps would correlate to 1 within float rounding (< 1e-7).
+    assert min(pattern[:steps]) < 1 - 1e-6, "the crop's pattern follows the model"
+    region = np.zeros((1, 4, 4), bool)
+    region[0, 1:3, 1:3] = True
+    inside = measure.with_region({"anomaly_foreground": np.ones((1, 4, 4))}, region)
+    np.testing.assert_array_equal(inside[measure.IN_BOX], region.astype(float))
 
 
 def test_explain_settings_hold_exactly_the_configs_explain_fields():
@@ -394,18 +432,18 @@ def test_object_captions_are_blip_on_the_top_box_cut_from_the_original_frame(
     assert "BLIP on the object" in (object_explained.out / "report.html").read_text()
 
 
-def test_object_mode_heatmap_is_the_box_map_and_gradcam_is_shown_inside_the_top_box(
+def test_object_mode_heatmap_is_where_and_gradcam_is_shown_inside_the_top_box(
     object_explained,
 ):
-    """The default "where" of object mode is the anomaly map (the objects' scores over their
-    boxes); the Grad-CAM restricted to the top box is drawn beside it."""
+    """The default "where" of object mode on a frame model (no object samples) is the frame
+    model's anomaly_foreground; the Grad-CAM restricted to the top box is drawn beside it."""
     size = 32
     records, game = object_explained.records, object_explained.summary["pointing_game"]
     for r in records:
         rows, cols = stored_pixels(r["objects"][0]["box"], size, 240, 360)
         row, col = r["peaks"]["gradcam_in_box"]
         assert rows.start <= row < rows.stop and cols.start <= col < cols.stop, r["peaks"]
-        assert r["heatmap"] == r["images"]["anomaly_map"]
+        assert r["heatmap"] == r["images"]["anomaly_foreground"]
         heat = cv2.imread(str(object_explained.out / r["images"]["gradcam_in_box"]))
         outside = np.ones((size, size), bool)
         outside[rows, cols] = False
@@ -413,7 +451,7 @@ def test_object_mode_heatmap_is_the_box_map_and_gradcam_is_shown_inside_the_top_
         assert (heat[outside] == blue).all(), "the map is zero outside the box"
     games = [r["pointing"] for r in records if r["pointing"] is not None]
     assert games and game["frames_with_mask"] == len(games)
-    for kind in ("gradcam", "anomaly_map", "gradcam_in_box"):
+    for kind in ("gradcam", "anomaly_map", "anomaly_foreground", "gradcam_in_box"):
         assert game[f"{kind}_inside"] == np.mean([g[kind]["inside"] for g in games])
     assert game["object_box"] == np.mean([g["object_box"] for g in games])
     print(
@@ -532,23 +570,40 @@ def samples_explained(object_samples_run, tmp_path_factory) -> types.SimpleNames
     return found
 
 
-def crop_gradcam(found: detector.Detector, table, position: int, region: np.ndarray) -> np.ndarray:
-    """`[s, s]` the Grad-CAM of the frame at `position`'s sample cut at `region` (stored
-    pixels), normalised with the training objects' errors: computed here, step by step."""
+def record_positions(table, records: list[dict]) -> np.ndarray:
+    """`[R]` the positions in `table` of the records' frames (1-based per video)."""
+    starts = [table.video_starts[table.video_names.index(r["video"])] for r in records]
+    return np.array([s + r["frame"] - 1 for s, r in zip(starts, records, strict=True)])
+
+
+def crop_maps(
+    found: detector.Detector, table, position: int, region: np.ndarray
+) -> dict[str, np.ndarray]:
+    """`maps.map_step`'s maps `[s, s]` of the frame at `position`'s sample cut at `region`
+    (stored pixels; the training background cut the same way), normalised with the training
+    objects' errors: computed here, step by step."""
     o = found.config.objects
     sample = pipeline.eval_samples(
         table, np.array([position]), history=found.config.history, channels=found.scorer.channels
     )
     sample = pipeline.crop_samples(sample, region[None], o.size)
+    background = pipeline.crop_samples(
+        {"target_frame": found.background[None]}, region[None], o.size
+    )["target_frame"]
     train = found.objects.attribution.train
     shift = [[train.rgb[train.scored].mean(), train.flow[train.scored].mean()]]
     scale = [[train.rgb[train.scored].std(), train.flow[train.scored].std()]]
     step = jax.jit(
-        functools.partial(explain_step, graphdef=found.graphdef, alpha=found.settings.alpha)
+        functools.partial(
+            maps.map_step,
+            graphdef=found.graphdef,
+            alpha=found.settings.alpha,
+            sigma=found.config.eval.map_sigma * o.size,
+        )
     )
-    batch = {k: sample[k] for k in pipeline.TRAIN_KEYS}
-    out = step(found.params, batch, np.float32(shift), np.float32(scale))
-    return np.asarray(out["gradcam"][0])
+    batch = {k: np.asarray(sample[k], np.float32) for k in pipeline.TRAIN_KEYS}
+    out = step(found.params, batch, np.float32(shift), np.float32(scale), background)
+    return {k: np.asarray(v[0]) for k, v in out.items()}
 
 
 def test_object_samples_heatmap_is_the_top_crops_gradcam_pasted_into_its_grown_box(
@@ -566,9 +621,7 @@ def test_object_samples_heatmap_is_the_top_crops_gradcam_pasted_into_its_grown_b
     assert records and samples_explained.summary["explained"] == len(records)
     size, margin = config.data.size, config.objects.margin
     picked = records[:: max(1, len(records) // 3)][:3]  # A few, spread over the split.
-    positions = np.array(
-        [table.video_starts[table.video_names.index(r["video"])] + r["frame"] - 1 for r in picked]
-    )
+    positions = record_positions(table, picked)
     explained, z = command.explain_crops(
         found,
         table,
@@ -586,7 +639,8 @@ def test_object_samples_heatmap_is_the_top_crops_gradcam_pasted_into_its_grown_b
             found_objects.boxes[top : top + 1], table.frame_sizes[[video]], size, margin
         )[0]
         x0, y0, x1, y1 = region
-        grown = cv2.resize(crop_gradcam(found, table, position, region), (x1 - x0, y1 - y0))
+        by_hand = crop_maps(found, table, position, region)
+        grown = cv2.resize(by_hand["gradcam"], (x1 - x0, y1 - y0))
         expected = np.zeros((size, size), np.float32)
         top_, left = max(y0, 0), max(x0, 0)
         expected[top_:y1, left:x1] = grown[top_ - y0 :, left - x0 :][: size - top_, : size - left]
@@ -608,7 +662,19 @@ def test_object_samples_heatmap_is_the_top_crops_gradcam_pasted_into_its_grown_b
         own[max(by0, 0) : by1, max(bx0, 0) : bx1] = True
         assert own.sum() < inside.sum()
         where = images.restrict(expected, own)
-        assert r["heatmap"] == r["images"]["anomaly_map"]
+        # "where" (anomaly_foreground): the top object's score plus its crop's foreground
+        # pattern, the map of `maps.map_step`, over the object's own box; the floor elsewhere.
+        pattern = object_scores.scaled_detail(by_hand["anomaly_foreground"][None])[0]
+        assert np.abs(pattern).max() == pytest.approx(object_scores.DETAIL)
+        grown_where = np.full((size, size), np.nan, np.float32)
+        grown_where[top_:y1, left:x1] = (
+            scored.score[top] + pipeline.uncrop(pattern, region, size)[1]
+        )
+        expected_where = np.where(own, np.maximum(grown_where, floor), np.float32(floor))
+        np.testing.assert_allclose(explained["anomaly_foreground"][a], expected_where, atol=1e-4)
+        assert r["heatmap"] == r["images"]["anomaly_foreground"]
+        row, col = r["peaks"]["anomaly_foreground"]
+        assert own[row, col], "the peak of 'where' is inside the object's own box"
         heat = cv2.imread(str(samples_explained.out / r["images"]["gradcam_in_box"]))[..., ::-1]
         np.testing.assert_allclose(heat, images.colormap(where), atol=8)
         assert (heat[~own] == images.colormap(np.zeros((1, 1)))[0, 0]).all()

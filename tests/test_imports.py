@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-ENTRY_POINTS = ("jaxvad.train", "jaxvad.evaluate", "jaxvad.explain.command", "jaxvad.data_prep")
+ENTRY_POINTS = (
+    "jaxvad.train",
+    "jaxvad.evaluate",
+    "jaxvad.explain.command",
+    "jaxvad.data_prep",
+    "jaxvad.features",
+)
 
 
 def module_path(name: str) -> Path:

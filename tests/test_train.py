@@ -68,11 +68,15 @@ def test_tiny_variant_of_every_config_traces_a_train_step(name, synthetic_root):
     tests (`tiny_run`, test_detectors' losses-fall tests), and colour input below."""
     config = load_config(name, **{"data.root": str(synthetic_root)})
     config_lib.validate(config)
+    data = train_lib.training_dataset(config)  # First: a weak config's CLIP is written there.
     run = train_lib.build(config, distributed.make_mesh(config.mesh.fsdp), steps=2)
-    _, loader, _ = train_lib.training_input(config, train_lib.training_dataset(config))
+    _, loader, _ = train_lib.training_input(config, data)
     batch = next(iter(loader))
-    t, s, c = config.history, model.image_size(config), config.data.channels
-    assert batch["frames"].shape == (config.train.batch_size, t, s, s, c)
+    if config_lib.is_weak(config):  # Snippet features of whole videos (test_aadc).
+        assert batch["features"].shape[:2] == (config.train.batch_size, config.data.snippets)
+    else:
+        t, s, c = config.history, model.image_size(config), config.data.channels
+        assert batch["frames"].shape == (config.train.batch_size, t, s, s, c)
     state, metrics = jax.eval_shape(run.step, run.abstract, batch, jax.random.key(0))
     assert jax.tree.map(lambda a: (a.shape, a.dtype), state) == jax.tree.map(
         lambda a: (a.shape, a.dtype), run.abstract

@@ -575,7 +575,7 @@ def test_object_mode_explains_events_with_their_objects_and_refuses_mot_boxes(
         assert explanation["score"] == pytest.approx(closes[event]["peak_score"], abs=1e-5)
         boxes = [o["box"] for o in explanation["objects"]]
         assert boxes == [o["box"] for o in closes[event]["objects"]]
-        assert explanation["heatmap"] == explanation["images"]["anomaly_map"]
+        assert explanation["heatmap"] == explanation["images"]["anomaly_foreground"]
     config = object_run.config.copy_and_resolve_references()
     with config.unlocked():
         config.data.objects = f"mot:{tmp_path}"  # A run prepared from a detector's files.

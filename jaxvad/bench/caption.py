@@ -1,4 +1,4 @@
-"""Captioning benchmark: seconds per image of BLIP greedy and beam search (`jaxvad.explain.blip`).
+"""Captioning benchmark: seconds per image of BLIP greedy and beam search (`jaxvad.vlm.blip`).
 
     python -m jaxvad.bench.caption [--config=base] [--batch=1,4] [--tokens=20] [--beams=1,3]
 
@@ -23,7 +23,7 @@ import numpy as np
 import transformers
 from absl import app, flags
 
-from jaxvad.explain import blip
+from jaxvad.vlm import blip
 
 CONFIGS = {
     "base": {},

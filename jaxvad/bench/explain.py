@@ -30,7 +30,8 @@ from absl import flags
 
 from jaxvad import cli
 from jaxvad.bench.caption import CONFIGS, time_generate
-from jaxvad.explain import blip, command
+from jaxvad.explain import command
+from jaxvad.vlm import blip
 
 
 def benchmark(

@@ -69,11 +69,12 @@ from jaxvad import detector as detector_lib
 from jaxvad.data import builder, pipeline
 from jaxvad.data.video_io import DataError
 from jaxvad.explain import attribution, images, measure, report
-from jaxvad.explain import blip as blip_lib
 from jaxvad.explain import maps as maps_lib
 from jaxvad.explain import objects as object_explain
+from jaxvad.explain import quality as quality_lib
 from jaxvad.explain.gradcam import explain_step
 from jaxvad.explain.video import decode, open_video, video_name
+from jaxvad.vlm import blip as blip_lib
 
 log = logging.getLogger("jaxvad.explain")
 
@@ -293,20 +294,38 @@ def explain_frames(
         found.settings.alpha,
         map_sigma,
     )
+    result[maps_lib.FOREGROUND] = gated_map(
+        result, affine, found.settings.alpha, map_sigma, result["frame"], found.background
+    )
+    return result
+
+
+def gated_map(
+    explained: Mapping[str, np.ndarray],
+    affine: Mapping[str, scoring.Affine],
+    alpha: float,
+    map_sigma: float,
+    frames: np.ndarray,
+    background: np.ndarray,
+) -> np.ndarray:
+    """`anomaly_foreground` `[A, s, s]` in [0, 1] (`maps.gated`) of A samples' error maps
+    `explained["rgb_map"]`, `["flow_map"]` `[A, s, s]` under `affine` (per component `[A]`):
+    the anomaly map's appearance term, plus its motion term where the `frames`
+    `[A, s, s, C]` differ from the `background` (`[s, s, C]`, or `[A, s, s, C]` one per
+    sample, both in [0, 255]; `maps.foreground`); `map_sigma`: the blur in pixels."""
     terms = [
         scoring.pixel_maps(
-            {"rgb": result["rgb_map"], "flow": result["flow_map"]},
+            {"rgb": explained["rgb_map"], "flow": explained["flow_map"]},
             {c: affine[c].shift for c in scoring.COMPONENTS},
             {c: affine[c].scale for c in scoring.COMPONENTS},
-            found.settings.alpha,
+            alpha,
             map_sigma,
             components=(c,),
         )
         for c in scoring.COMPONENTS
     ]
-    foreground = maps_lib.foreground(result["frame"], found.background, map_sigma)
-    result[maps_lib.FOREGROUND] = np.asarray(maps_lib.gated(*terms, foreground))
-    return result
+    foreground = maps_lib.foreground(frames, background, map_sigma)
+    return np.asarray(maps_lib.gated(*terms, foreground))
 
 
 def explain_crops(
@@ -326,11 +345,15 @@ def explain_crops(
     the margin in the stored S × S frame (`object_explain.paste`; zeros outside). The anomaly
     map is the top object's score plus its crop's error pattern (`ErrorComponent.detail`) (as
     `jaxvad.evaluate`'s object maps, `ObjectScores.detail`; the score over the box without the
-    error component), the objects' floor elsewhere. A frame without objects has no crop: zero
-    maps (a black `predicted`), the floor as anomaly map, NaN z.
+    error component), the objects' floor elsewhere. `anomaly_foreground` is the top object's
+    score plus its crop's `anomaly_foreground` pattern (`gated_map` of the crop against the
+    background cut as the crop is, `object_scores.scaled_detail`) over the object's own box
+    (not grown: the object), the floor elsewhere. A frame without objects has no crop: zero
+    maps (a black `predicted`), the floor as anomaly maps, NaN z.
 
     Returns the keys of `explain_frames` (A = 0: empty) with `crop_boxes` `[A, 4]` (where
-    each top crop was cut, `ObjectCrops.boxes`) and `has_object` `[A]` bool, and the top
+    each top crop was cut, `ObjectCrops.boxes`), `has_object` `[A]` bool and
+    `object_region` `[A, S, S]` bool (the top object's own box), and the top
     crops' training z (`attribution.training_z` against the training objects' errors) `[A]`
     per component.
     """
@@ -365,16 +388,41 @@ def explain_crops(
             c: np.where(has, v, np.nan)
             for c, v in attribution.training_z(crop_errors, attribution_errors.train).items()
         }
-    size = result["frame"].shape[1]
+    size, floor = result["frame"].shape[1], found.objects.floor
+    top_boxes = object_explain.top_boxes(scored, top)
     result["anomaly_map"] = object_scores.box_maps(
-        object_explain.top_boxes(scored, top),
+        top_boxes,
         scored.score[top[has]],
-        found.objects.floor,
+        floor,
         table.frame_sizes,
         size,
         detail,
         o.margin if detail is not None else 0.0,
     )
+    # The crop's anomaly_foreground as the top box's pattern, inside the box itself.
+    frames = pipeline.crop_samples({"target_frame": result["frame"]}, crops.boxes, o.size)
+    whole = np.broadcast_to(found.background, result["frame"].shape)
+    background = pipeline.crop_samples({"target_frame": whole}, crops.boxes, o.size)
+    gated = gated_map(
+        result,
+        affine,
+        found.settings.alpha,
+        found.config.eval.map_sigma * o.size,
+        frames["target_frame"],
+        background["target_frame"],
+    )
+    boxed = object_scores.box_maps(
+        top_boxes,
+        scored.score[top[has]],
+        floor,
+        table.frame_sizes,
+        size,
+        object_scores.scaled_detail(gated[has]),
+        o.margin,
+    )
+    own = object_scores.box_maps(top_boxes, np.ones(has.sum()), 0.0, table.frame_sizes, size) > 0
+    result[maps_lib.FOREGROUND] = np.where(own, boxed, np.float32(floor))
+    result["object_region"] = own
     pasted = (
         "gradcam",
         "hirescam",
@@ -408,7 +456,7 @@ def render(
     """The RGB images of each of the `count` explained frames: kind (those of
     `report.IMAGE_TITLES`; "crop" only with `crop`; the model's `extra` maps, in [0, 1]) →
     `[S, S, 3]` uint8. Error maps are each scaled to their own min–max; the overlay and the
-    crop follow the heatmap `explained[where]` (object mode: "gradcam_in_box")."""
+    crop follow the heatmap `explained[where]` (`heatmap_kind`)."""
     pictures = []
     for a in range(count):
         frame, heat = explained["frame"][a], explained[where][a]
@@ -418,12 +466,13 @@ def render(
             "error_rgb": images.colormap(images.unit_range(explained["rgb_map"][a])),
             "error_flow": images.colormap(images.unit_range(explained["flow_map"][a])),
             "anomaly_map": images.colormap(images.unit_range(explained["anomaly_map"][a])),
+            "anomaly_foreground": images.colormap(
+                images.unit_range(explained[maps_lib.FOREGROUND][a])
+            ),
             "gradcam": images.colormap(explained["gradcam"][a]),
             "hirescam": images.colormap(explained["hirescam"][a]),
             "overlay": images.overlay(frame, images.unit_range(heat), settings.overlay_beta),
         }
-        if maps_lib.FOREGROUND in explained:  # Frame-level runs.
-            picture[maps_lib.FOREGROUND] = images.colormap(explained[maps_lib.FOREGROUND][a])
         picture |= {name: images.colormap(explained[name][a]) for name in extra}
         if crop:
             picture["crop"] = images.crop_around(frame, heat, settings.crop_fraction)
@@ -515,12 +564,12 @@ def make_records(
 
 def heatmap_kind(where: str, *, object_mode: bool) -> str:
     """The map of `explained` that the records' heatmap, overlay and crop follow: `where`
-    (`explain.where`); in object mode the anomaly map (the objects' scores over their boxes)
-    for "anomaly_map" or "anomaly_foreground", the Grad-CAM inside the top object's box for
-    the others."""
-    if not object_mode:
+    (`explain.where`); in object mode "anomaly_map" (the objects' scores over their boxes)
+    and "anomaly_foreground" (the top box with its crop's foreground pattern,
+    `explain_crops`) as they are, the Grad-CAM inside the top object's box for the others."""
+    if not object_mode or where in ("anomaly_map", maps_lib.FOREGROUND):
         return where
-    return "anomaly_map" if where in ("anomaly_map", maps_lib.FOREGROUND) else "gradcam_in_box"
+    return "gradcam_in_box"
 
 
 def peaks_and_pointing(
@@ -608,11 +657,7 @@ def pointing_game(
     "near" distance in pixels); `objects`: object mode's games too; `samples`: the maps are
     the top objects' crops' (a model of object samples)."""
     games = [r["pointing"] for r in records if r["pointing"] is not None]
-    kinds = (
-        "gradcam",
-        "anomaly_map",
-        *(("gradcam_in_box",) if objects else (maps_lib.FOREGROUND,)),
-    )
+    kinds = ("gradcam", "anomaly_map", maps_lib.FOREGROUND, *(("gradcam_in_box",) * objects))
 
     def fraction(hit: Callable[[dict], bool]) -> float | None:
         return sum(map(hit, games)) / len(games) if games else None
@@ -633,13 +678,15 @@ def pointing_game(
             "; object samples: Grad-CAM and every map are the top object's crop's, pasted into "
             "its box grown by config.objects.margin (zero, or the floor, elsewhere), and "
             "gradcam_in_box is that Grad-CAM restricted to the top object's own box, its peak "
-            "searched there; a frame without objects has no maps: a miss in every game"
+            "searched there; anomaly_foreground is the top object's score plus its crop's "
+            "anomaly_foreground pattern over the object's own box, the floor elsewhere; a "
+            "frame without objects has no maps: a miss in every game"
         )
     game: dict[str, Any] = {"frames_with_mask": len(games), "rule": rule}
     for kind in kinds:
-        game[f"{kind}_inside"] = fraction(lambda g, k=kind: g[k] is not None and g[k]["inside"])
+        game[f"{kind}_inside"] = fraction(lambda g, k=kind: g.get(k) is not None and g[k]["inside"])
         game[f"{kind}_near"] = fraction(
-            lambda g, k=kind: g[k] is not None and g[k]["distance"] <= tolerance
+            lambda g, k=kind: g.get(k) is not None and g[k]["distance"] <= tolerance
         )
     if objects:
         game["object_box"] = fraction(lambda g: g["object_box"])
@@ -699,18 +746,22 @@ def write(
 def measure_maps(
     found: detector_lib.Detector,
     source: Input,
+    errors: scoring.SplitErrors,
     chosen: np.ndarray,
     scores: scoring.Scores,
+    scored: object_scores.ObjectScores | None,
     explained: Mapping[str, np.ndarray],
     z: Mapping[str, np.ndarray],
     records: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
     """`--quality`: every map of the explained anomalies `chosen` measured (`measure.measure`);
     a model of object samples is measured on the anomalies' top crops (those with an object),
-    under the training objects' normalisation, with the near distance scaled to the crop."""
+    under the training objects' normalisation, with the near distance scaled to the crop,
+    and its "where" also by `object_randomisation` (`errors`: the frames', `scored`: their
+    objects')."""
     config, settings = found.config, ExplainSettings(**found.config.explain)
     modalities = [r["modality"] for r in records]
-    side, crops = config.data.size, None
+    side, crops, regions = config.data.size, None, None
     affine = {
         c: scoring.Affine(a.shift[chosen], a.scale[chosen]) for c, a in scores.error_affine.items()
     }
@@ -718,10 +769,11 @@ def measure_maps(
         has = np.asarray(explained.get("has_object", np.zeros(0, bool)), bool)
         side, chosen = config.objects.size, chosen[has]
         crops = pipeline.ObjectCrops(chosen, explained["crop_boxes"][has], side)
+        regions = explained["object_region"][has]
         affine = crop_affine(found, len(chosen))
         z = {c: np.asarray(v)[has] for c, v in z.items()}
         modalities = [m for m, h in zip(modalities, has, strict=True) if h]
-    return measure.measure(
+    result = measure.measure(
         found,
         source.table,
         chosen,
@@ -741,7 +793,80 @@ def measure_maps(
             seed=config.seed,
         ),
         crops,
+        regions,
     )
+    if crops is not None and scored is not None:
+        rows = chosen[measure.measured(len(chosen), settings.quality_anomalies)]
+        result["object_randomisation"] = object_randomisation(
+            found,
+            source.table,
+            errors,
+            rows[: settings.quality_randomised],
+            scored,
+            batch_size=settings.batch_size,
+            key=jax.random.key(config.seed),
+        )
+    return result
+
+
+BOX_MAPS = ("anomaly_map", maps_lib.FOREGROUND)  # Object mode's box maps (`explain_crops`).
+
+
+def object_randomisation(
+    found: detector_lib.Detector,
+    table: pipeline.FrameTable,
+    errors: scoring.SplitErrors,
+    positions: np.ndarray,
+    scored: object_scores.ObjectScores,
+    *,
+    batch_size: int,
+    key: jax.Array,
+) -> dict[str, Any]:
+    """The cascading randomisation test (`quality.randomisation_test`) of object mode's box
+    maps `BOX_MAPS` as the records show them (`explain_crops`: the top object's score over
+    its box, with its crop's error or foreground pattern, in the S × S frame), for the
+    frames at `positions` `[R]`: everything the map learned is randomised, the crop model's
+    parameter groups one more at a time (`quality.top_down_groups`), then the components'
+    memory banks (`Bank.bank`, each redrawn from the normal of its own mean and std). Each
+    step re-scores the frames' objects (the top object can change) and re-explains the top
+    crop. The box detector is not learned and is not randomised."""
+    if not len(positions):
+        return {}
+    keep = np.flatnonzero(np.isin(scored.objects.frame_position, positions))
+    objects = scored.objects.take(keep)
+    banks = found.objects.banks
+
+    def map_fn(params: Mapping[str, Any]) -> jax.Array:
+        model = dataclasses.replace(
+            found.objects,
+            banks={
+                n: dataclasses.replace(b, bank=np.asarray(params["banks"][n]))
+                for n, b in banks.items()
+            },
+        )
+        trial = dataclasses.replace(found, params=params["model"], objects=model)
+        rescored = trial.score_objects(objects, table)
+        explained, _ = explain_crops(
+            trial, table, errors, positions, rescored, batch_size=batch_size
+        )
+        return jax.numpy.concatenate([explained[name] for name in BOX_MAPS])  # [M·R, S, S]
+
+    params = {"model": found.params, "banks": {n: b.bank for n, b in banks.items()}}
+    groups = [("model", *g) for g in quality_lib.top_down_groups(found.params)] + [("banks",)]
+    test = quality_lib.randomisation_test(map_fn, params, groups, key=key)
+    correlation = np.asarray(test["correlation"]).reshape(len(groups), len(BOX_MAPS), -1)
+    passes = np.asarray(test["passes"], np.float64).reshape(len(BOX_MAPS), -1)
+    return {
+        "anomalies": len(positions),
+        "groups": ["/".join(map(str, g)) for g in groups],
+        "maps": {
+            name: {
+                "correlation_by_step": np.nanmean(correlation[:, m], axis=1).tolist(),
+                "passes": measure.summary(passes[m]),
+            }
+            for m, name in enumerate(BOX_MAPS)
+        },
+    }
 
 
 def explain(
@@ -890,7 +1015,9 @@ def explain_source(
     measured = None
     if quality:
         with _timed(seconds, "quality"):
-            measured = measure_maps(found, source, chosen, scores, explained, z, records)
+            measured = measure_maps(
+                found, source, errors, chosen, scores, scored, explained, z, records
+            )
 
     # --- Write (process 0): pictures, curves, records, summary, report.
     if jax.process_index() == 0:

@@ -73,7 +73,8 @@ def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
 
 def foreground(frames: jax.Array, background: jax.Array, sigma: float) -> jax.Array:
     """G `[B, S, S]`: the mean over channels of |I − B| of frames `[B, S, S, C]` against the
-    background `[S, S, C]` (both in [0, 255]), blurred by `gaussian_blur(sigma)`."""
+    background `[S, S, C]`, or one per frame `[B, S, S, C]` (both in [0, 255]), blurred by
+    `gaussian_blur(sigma)`."""
     difference = jnp.abs(frames.astype(jnp.float32) - background.astype(jnp.float32))
     return gaussian_blur(difference.mean(axis=-1), sigma)
 

@@ -52,6 +52,7 @@ from jaxvad.explain import maps as maps_lib
 from jaxvad.explain import quality
 
 INPUTS = ("frames", "flows", "target_frame", "target_flow")
+IN_BOX = "anomaly_foreground_in_box"  # Object mode's "where" on the crop (`with_region`).
 METRICS = ("pointing_strict", "pointing_near", "deletion_auc", "insertion_auc", "max_sensitivity")
 
 
@@ -87,21 +88,28 @@ def measure(
     train: pipeline.FrameTable,
     settings: QualitySettings,
     crops: pipeline.ObjectCrops | None = None,
+    regions: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """quality.json's content for the anomalies at `positions` `[A]` of `table` (their frames;
     with `crops`, a model of object samples: each anomaly's top object's sample, cut at
-    `crops.boxes` `[A, 4]`, as the explanations cut it; `affine`: per component each
+    `crops.boxes` `[A, 4]`, as the explanations cut it, and with `regions` `[A, S, S]` bool
+    each top object's own box in the stored frame, which adds the map `IN_BOX`,
+    `with_region`; `affine`: per component each
     anomaly's normalisation `[A]`; `z`, `modalities`: their attribution; `masked`: the videos
     with pixel masks; `train`: the training split, for the references)."""
     started = time.perf_counter()
     chosen = measured(len(positions), settings.anomalies)
-    names = maps_lib.names(found.config.model.name)
+    names = maps_lib.names(found.config.model.name) + ((IN_BOX,) if regions is not None else ())
     alpha = found.settings.alpha
     side = found.config.data.size if crops is None else crops.size
     sigma = found.config.eval.map_sigma * side
-    map_step = jax.jit(
+    step = jax.jit(
         functools.partial(maps_lib.map_step, graphdef=found.graphdef, alpha=alpha, sigma=sigma)
     )
+
+    def map_step(params, inputs, shift, scale, background, region):
+        return with_region(step(params, inputs, shift, scale, background), region)
+
     score_step = jax.jit(
         functools.partial(maps_lib.score_step, graphdef=found.graphdef, alpha=alpha)
     )
@@ -110,7 +118,7 @@ def measure(
         "target_flow": pipeline.median_frame(train, "flow"),
         "target_frame": np.asarray(found.background, np.float32),
     }
-    samples = functools.partial(_samples, found, table, positions, references, crops)
+    samples = functools.partial(_samples, found, table, positions, references, crops, regions)
     key = jax.random.key(settings.seed)
     per: dict[str, dict[str, list[np.ndarray]]] = {n: {m: [] for m in METRICS} for n in names}
     curves: dict[str, dict[str, list[np.ndarray]]] = {
@@ -124,7 +132,8 @@ def measure(
         shift = np.stack([affine[c].shift[rows] for c in scoring.COMPONENTS], -1).astype(np.float32)
         scale = np.stack([affine[c].scale[rows] for c in scoring.COMPONENTS], -1).astype(np.float32)
         inputs = {k: np.asarray(batch[k], np.float32) for k in INPUTS}
-        out = map_step(found.params, inputs, shift, scale, background)
+        region = batch.get("region")
+        out = map_step(found.params, inputs, shift, scale, background, region)
         masks = np.asarray(batch["mask"]) > 0
         video = table.video_index[table.frame_ids[positions[rows]]]
         has_mask = np.isin(video, list(masked)) & masks.any(axis=(1, 2))
@@ -135,9 +144,9 @@ def measure(
             "target_flow": np.broadcast_to(reference["target_flow"], scored["target_flow"].shape),
         }
 
-        def map_fn(x, shift=shift, scale=scale, background=background):
+        def map_fn(x, shift=shift, scale=scale, background=background, region=region):
             stored = {k: _stored(k, v) for k, v in x.items()}
-            out = map_step(found.params, stored, shift, scale, background)
+            out = map_step(found.params, stored, shift, scale, background, region)
             return {name: out[name] for name in names}
 
         key, noise_key = jax.random.split(key)
@@ -181,7 +190,7 @@ def measure(
         ),
         "settings": dataclasses.asdict(settings),
         "maps": {
-            name: {metric: _summary(np.concatenate(per[name][metric])) for metric in METRICS}
+            name: {metric: summary(np.concatenate(per[name][metric])) for metric in METRICS}
             for name in names
         },
         "curves": {
@@ -205,7 +214,7 @@ def measure(
         alpha,
         [modalities[i] for i in chosen],
     )
-    result["modality_check"] = _summary(np.asarray(checks, np.float64))
+    result["modality_check"] = summary(np.asarray(checks, np.float64))
     seconds = time.perf_counter() - started
     result["seconds"] = seconds
     result["seconds_per_anomaly"] = seconds / max(len(chosen), 1)
@@ -218,7 +227,7 @@ def randomisation(found, samples, affine, rows, names, map_step, key) -> dict[st
     if not len(rows):
         return {}
     batch, reference = samples(rows)
-    background = reference["target_frame"]
+    background, region = reference["target_frame"], batch.get("region")
     inputs = {k: np.asarray(batch[k], np.float32) for k in INPUTS}
     shift = np.stack([affine[c].shift[rows] for c in scoring.COMPONENTS], -1).astype(np.float32)
     scale = np.stack([affine[c].scale[rows] for c in scoring.COMPONENTS], -1).astype(np.float32)
@@ -227,7 +236,7 @@ def randomisation(found, samples, affine, rows, names, map_step, key) -> dict[st
     for name in names:
         key, draw = jax.random.split(key)
         test = quality.randomisation_test(
-            lambda p, name=name: map_step(p, inputs, shift, scale, background)[name],
+            lambda p, name=name: map_step(p, inputs, shift, scale, background, region)[name],
             found.params,
             groups,
             key=draw,
@@ -235,7 +244,7 @@ def randomisation(found, samples, affine, rows, names, map_step, key) -> dict[st
         correlation = np.asarray(test["correlation"])  # [G, B]
         out[name] = {
             "correlation_by_step": np.nanmean(correlation, axis=1).tolist(),
-            "passes": _summary(np.asarray(test["passes"], np.float64)),
+            "passes": summary(np.asarray(test["passes"], np.float64)),
         }
     return {
         "anomalies": len(rows),
@@ -250,12 +259,14 @@ def _samples(
     positions: np.ndarray,
     references: Mapping[str, np.ndarray],
     crops: pipeline.ObjectCrops | None,
+    regions: np.ndarray | None,
     rows: np.ndarray,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The samples of the anomalies `rows` (`eval_samples` of their frames at `positions`, or
-    with `crops` their object samples, mask included), and the `references` `[S, S, C]` of
-    the frame (background) and the flow (deletion reference), each `[B, s, s, C]` cut as the
-    sample is (`[S, S, C]` unchanged without crops)."""
+    with `crops` their object samples, mask included, and with `regions` their `region`
+    `[B, s, s]` bool cut as the mask is), and the `references` `[S, S, C]` of the frame
+    (background) and the flow (deletion reference), each `[B, s, s, C]` cut as the sample is
+    (`[S, S, C]` unchanged without crops)."""
     batch = pipeline.eval_samples(
         table, positions[rows], history=found.scorer.history, channels=found.scorer.channels
     )
@@ -263,10 +274,24 @@ def _samples(
         return batch, dict(references)
     boxes, size = crops.boxes[rows], crops.size
     whole = {k: np.broadcast_to(v, (len(rows), *v.shape)) for k, v in references.items()}
-    return pipeline.crop_samples(batch, boxes, size), pipeline.crop_samples(whole, boxes, size)
+    cut = pipeline.crop_samples(batch, boxes, size)
+    if regions is not None:
+        own = {"mask": regions[rows].astype(np.uint8)}
+        cut["region"] = pipeline.crop_samples(own, boxes, size)["mask"] > 0
+    return cut, pipeline.crop_samples(whole, boxes, size)
 
 
-def _summary(values: np.ndarray) -> dict[str, float | int]:
+def with_region(maps: Mapping[str, jax.Array], region: np.ndarray | None) -> dict[str, jax.Array]:
+    """`maps` (`maps.map_step`'s), with `region` `[B, s, s]` bool (each crop's object's own
+    box) also `IN_BOX`: the crop's `anomaly_foreground` inside the box, 0 outside (object
+    mode's "where" as the crop sees it: `explain_crops`'s box map less the object's score)."""
+    if region is None:
+        return dict(maps)
+    return {**maps, IN_BOX: jnp.where(region, maps[maps_lib.FOREGROUND], 0.0)}
+
+
+def summary(values: np.ndarray) -> dict[str, float | int]:
+    """The mean of `values` `[N]` and its bootstrap 95 % interval, and N (finite ones)."""
     mean, low, high = quality.bootstrap_interval(values)
     return {"mean": mean, "low": low, "high": high, "n": int(np.isfinite(values).sum())}
 

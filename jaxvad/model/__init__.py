@@ -17,14 +17,23 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from jaxvad.data.weak_input import CLASSES, clip_folder, feature_width
+from jaxvad.model.aadc import Aadc
 from jaxvad.model.interface import Head, Maps, VadModel
 from jaxvad.model.mdsf import Mdsf
 from jaxvad.model.motion_mae import MotionMae
 from jaxvad.model.predictor import Predictor
 
-MODELS: dict[str, type[VadModel]] = {"predictor": Predictor, "motion_mae": MotionMae, "mdsf": Mdsf}
-# From `image_size(config)`, config.data.channels and config.history.
-DATA_ARGUMENTS = ("image_size", "channels", "history")
+MODELS: dict[str, type[VadModel]] = {
+    "predictor": Predictor,
+    "motion_mae": MotionMae,
+    "mdsf": Mdsf,
+    "aadc": Aadc,
+}
+# From `image_size(config)`, config.data.channels, config.history; for the models of weakly
+# labelled videos, the dataset's class names, config.loss.k and the features' width
+# (`data_arguments`).
+DATA_ARGUMENTS = ("image_size", "channels", "history", "classes", "k", "feature_width")
 
 
 def model_settings(name: str) -> tuple[str, ...]:
@@ -53,14 +62,33 @@ def make_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> VadModel
             f"{list(takes)}); switch models with jaxvad.config.set_model or "
             "--config=FILE:<model name>"
         )
-    data = {"image_size": image_size(config), "channels": config.data.channels}
-    if "history" in inspect.signature(MODELS[name].__init__).parameters:
-        data["history"] = config.history  # Only models that read past frames take T.
-    return MODELS[name](**data, **settings, rngs=rngs)
+    if "clip" in settings:  # A CLIP folder; empty: the synthetic set's tiny random one.
+        settings["clip"] = str(clip_folder(settings["clip"], config.data.root))
+    return MODELS[name](**data_arguments(config, name), **settings, rngs=rngs)
+
+
+def data_arguments(config: ml_collections.ConfigDict, name: str) -> dict[str, object]:
+    """The `DATA_ARGUMENTS` model `name`'s constructor takes, from `config`."""
+    values = {
+        "image_size": lambda: image_size(config),
+        "channels": lambda: config.data.channels,
+        "history": lambda: config.history,  # Only models that read past frames take T.
+        "classes": lambda: CLASSES[config.data.dataset],
+        "k": lambda: config.loss.k,
+        "feature_width": lambda: feature_width(
+            clip_folder(config.model.clip, config.data.root), config.data.objects
+        ),
+    }
+    takes = inspect.signature(MODELS[name].__init__).parameters
+    return {key: value() for key, value in values.items() if key in takes}
 
 
 def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """Stored batch → model space: frames uint8 → [-1, 1] float32, flows float16 → float32."""
+    """Stored batch → model space: frames uint8 → [-1, 1] float32, flows float16 → float32.
+    A batch of weakly labelled videos (`features`, `jaxvad.data.weak_input`) is already in
+    model space and passes unchanged."""
+    if "features" in batch:
+        return dict(batch)
     frames = lambda x: x.astype(jnp.float32) / 127.5 - 1.0  # noqa: E731
     return {
         "frames": frames(batch["frames"]),
@@ -72,12 +100,14 @@ def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
 
 __all__ = [
     "MODELS",
+    "Aadc",
     "Head",
     "Maps",
     "Mdsf",
     "MotionMae",
     "Predictor",
     "VadModel",
+    "data_arguments",
     "image_size",
     "make_model",
     "model_inputs",

@@ -9,6 +9,8 @@ reconstruction model reconstructs it. It supplies:
 
 - `LOSS_TERMS`: the names of its training loss terms; the trainer weights term k by
   `config.loss[k]` (`jaxvad.losses.total_loss`).
+- `FROZEN`: attribute names whose parameters (anywhere in the model) the optimizer leaves
+  unchanged, e.g. a pretrained tower (`jaxvad.train.freeze`); empty by default.
 - `EXTRA_MAPS`: `{name: title}` of model-specific heatmaps that explanations show.
 - `loss_terms(inputs, *, rngs, vgg)` → `{term: float32 scalar}`: the training forward pass.
   `rngs` has a `dropout` and a `masking` stream (any training randomness draws from them);
@@ -61,6 +63,7 @@ class VadModel(nnx.Module):
     LOSS_TERMS: ClassVar[tuple[str, ...]] = ()
     EXTRA_MAPS: ClassVar[dict[str, str]] = {}
     FINE_LAYER: ClassVar[str] = ""
+    FROZEN: ClassVar[tuple[str, ...]] = ()
 
     def loss_terms(
         self, inputs: Mapping[str, jax.Array], *, rngs: nnx.Rngs, vgg: Any = None

@@ -45,7 +45,7 @@ from jaxvad import cli
 from jaxvad import config as config_lib
 from jaxvad import detector as detector_lib
 from jaxvad.data.video_io import DataError
-from jaxvad.explain import blip as blip_lib
+from jaxvad.vlm import blip as blip_lib
 from jaxvad.watch import events as events_lib
 from jaxvad.watch import explainer as explainer_lib
 from jaxvad.watch import objects as objects_lib

@@ -29,9 +29,9 @@ from jaxvad import detector as detector_lib
 from jaxvad import object_scores
 from jaxvad.data import pipeline
 from jaxvad.data.objects import FrameObjects
-from jaxvad.explain import blip as blip_lib
 from jaxvad.explain import command as explain_command
 from jaxvad.explain.video import VideoFrames
+from jaxvad.vlm import blip as blip_lib
 
 log = logging.getLogger("jaxvad.watch")
 

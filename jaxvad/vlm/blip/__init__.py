@@ -7,10 +7,10 @@ parity to transformers' greedy and beam search.
 * `captioner`: `Captioner`, images → captions through the folder's `BlipProcessor`.
 """
 
-from jaxvad.explain.blip.captioner import Captioner
-from jaxvad.explain.blip.generate import beam_search, generate, greedy_search
-from jaxvad.explain.blip.model import CaptionModel, ModelConfig, TextConfig, VisionConfig
-from jaxvad.explain.blip.weights import BlipWeightsError, load_model, read_config
+from jaxvad.vlm.blip.captioner import Captioner
+from jaxvad.vlm.blip.generate import beam_search, generate, greedy_search
+from jaxvad.vlm.blip.model import CaptionModel, ModelConfig, TextConfig, VisionConfig
+from jaxvad.vlm.blip.weights import BlipWeightsError, load_model, read_config
 
 __all__ = [
     "BlipWeightsError",

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxvad.explain.blip.model import CaptionModel, LayerCache, TextConfig
+from jaxvad.vlm.blip.model import CaptionModel, LayerCache, TextConfig
 
 NEG = -1.0e9  # HF's "impossible" score
 

@@ -23,9 +23,9 @@ import numpy as np
 import transformers
 from flax import nnx
 
-from jaxvad.explain.blip import generate as generate_lib
-from jaxvad.explain.blip.model import CaptionModel, Dtype, ModelConfig
-from jaxvad.explain.blip.weights import BlipWeightsError, load_model
+from jaxvad.vlm.blip import generate as generate_lib
+from jaxvad.vlm.blip.model import CaptionModel, Dtype, ModelConfig
+from jaxvad.vlm.blip.weights import BlipWeightsError, load_model
 
 
 class Captioner:

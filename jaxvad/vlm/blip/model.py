@@ -5,7 +5,7 @@ text widths, H heads, hd = width/H, V vocabulary, L new tokens in a call, T cach
 
 * `VisionEncoder` (HF `BlipVisionModel`): P×P stride-P patch convolution (with bias) of
   channels-last pixels `[B, S, S, 3]`, a class token, a learnt `[N + 1, Dv]` position embedding,
-  pre-LN ViT layers (`x + attn(LN(x))`, `x + mlp(LN(x))`) and a final LayerNorm → image
+  pre-LN ViT layers (`vlm.layers.EncoderLayer`) and a final LayerNorm → image
   embeddings `[B, N + 1, Dv]`.
   HF's fused `qkv` projection is split into `query`/`key`/`value` at load time, so one `Attention`
   module serves the vision self-attention and the text self- and cross-attention.
@@ -28,7 +28,6 @@ names of `jaxvad.model.layers`; the vocabulary axis is unnamed.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -37,7 +36,6 @@ from flax import nnx
 
 from jaxvad.model.layers import (
     EMBED,
-    HEADS,
     MLP,
     PARAM_DTYPE,
     POSITION_INIT,
@@ -46,14 +44,7 @@ from jaxvad.model.layers import (
     partitioned,
     position_embedding,
 )
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-}
+from jaxvad.vlm.layers import ACTIVATIONS, Attention, EncoderLayer, embedding, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,93 +136,6 @@ class ModelConfig:
             raise ValueError("the text config needs a bos_token_id and a sep_token_id to generate")
 
 
-def layer_norm(dim: int, epsilon: float, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """LayerNorm over the last axis with HF's `epsilon`; statistics in float32."""
-    return nnx.LayerNorm(
-        dim,
-        epsilon=epsilon,
-        dtype=dtype,
-        param_dtype=PARAM_DTYPE,
-        scale_init=partitioned(nnx.initializers.ones_init(), (EMBED,)),
-        bias_init=partitioned(nnx.initializers.zeros_init(), (EMBED,)),
-        rngs=rngs,
-    )
-
-
-def embedding(count: int, dim: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.Embed:
-    """`[count, dim]` lookup table, N(0, 0.02) init, axes `(None, "embed")`."""
-    return nnx.Embed(
-        count,
-        dim,
-        dtype=dtype,
-        param_dtype=PARAM_DTYPE,
-        embedding_init=partitioned(POSITION_INIT, (None, EMBED)),
-        rngs=rngs,
-    )
-
-
-class Attention(nnx.Module):
-    """Multi-head attention: `query` from x `[B, L, D]`, `key`/`value` from a context `[Bc, S, Dc]`
-    (`context_dim` Dc, default D), then the `out` projection. HF's BLIP vision `qkv`/`projection`
-    and text `self.query/key/value` + `output.dense` both map onto it."""
-
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        *,
-        context_dim: int | None = None,
-        dtype: Dtype = jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        context_dim = dim if context_dim is None else context_dim
-        self.heads = heads
-        self.head_dim = dim // heads
-        self.query = linear(dim, dim, (EMBED, HEADS), dtype=dtype, rngs=rngs)
-        self.key = linear(context_dim, dim, (EMBED, HEADS), dtype=dtype, rngs=rngs)
-        self.value = linear(context_dim, dim, (EMBED, HEADS), dtype=dtype, rngs=rngs)
-        self.out = linear(dim, dim, (HEADS, EMBED), dtype=dtype, rngs=rngs)
-
-    def keys_values(self, context: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """context `[Bc, S, Dc]` → keys, values `[Bc, S, H, hd]` (compute dtype)."""
-        shape = (*context.shape[:2], self.heads, self.head_dim)
-        return self.key(context).reshape(shape), self.value(context).reshape(shape)
-
-    def __call__(
-        self, x: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array | None = None
-    ) -> jax.Array:
-        """x `[B, L, D]`; keys, values `[Bc, S, H, hd]` with B = r·Bc: rows r·c … r·c + r − 1 of x
-        (e.g. the beams of image c) attend to context c, with no copy of the context. mask:
-        `[L, S]` bool, True where query i may attend to key j (None: everything). → `[B, L, D]`."""
-        B, L, D = x.shape
-        Bc = keys.shape[0]
-        r = B // Bc
-        q = self.query(x).reshape(Bc, r * L, self.heads, self.head_dim)
-        if mask is not None:
-            mask = jnp.tile(mask, (r, 1))[None, None]  # [1, 1, r·L, S]
-        y = jax.nn.dot_product_attention(q, keys, values, mask=mask)
-        return self.out(y.reshape(B, L, D))
-
-
-class VisionLayer(nnx.Module):
-    """Pre-LN ViT layer (HF `BlipEncoderLayer`): `x + attn(LN(x))`, then `x + mlp(LN(x))`."""
-
-    def __init__(self, config: VisionConfig, *, dtype: Dtype, rngs: nnx.Rngs):
-        d, eps = config.hidden_size, config.layer_norm_eps
-        self.act = ACTIVATIONS[config.hidden_act]
-        self.norm1 = layer_norm(d, eps, dtype=dtype, rngs=rngs)
-        self.attention = Attention(d, config.num_attention_heads, dtype=dtype, rngs=rngs)
-        self.norm2 = layer_norm(d, eps, dtype=dtype, rngs=rngs)
-        self.fc1 = linear(d, config.intermediate_size, (EMBED, MLP), dtype=dtype, rngs=rngs)
-        self.fc2 = linear(config.intermediate_size, d, (MLP, EMBED), dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x `[B, N + 1, Dv]` → `[B, N + 1, Dv]`."""
-        h = self.norm1(x)
-        x = x + self.attention(h, *self.attention.keys_values(h))
-        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
-
-
 class VisionEncoder(nnx.Module):
     """HF `BlipVisionModel`: pixels `[B, S, S, 3]` → image embeddings `[B, N + 1, Dv]`."""
 
@@ -257,7 +161,18 @@ class VisionEncoder(nnx.Module):
         )
         self.position_embedding = position_embedding(tokens, d, rngs=rngs)
         self.layers = nnx.List(
-            [VisionLayer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers)]
+            [
+                EncoderLayer(
+                    d,
+                    config.num_attention_heads,
+                    config.intermediate_size,
+                    act=config.hidden_act,
+                    eps=config.layer_norm_eps,
+                    dtype=dtype,
+                    rngs=rngs,
+                )
+                for _ in range(config.num_hidden_layers)
+            ]
         )
         self.post_norm = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)
 
