@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from jaxvad.model import MODELS, Mdsf, MotionMae, Predictor
+from jaxvad.model.aadc import Aadc
 from jaxvad.model.layers import ConvDecoder, MultiHeadAttention, TemporalConv, TransformerBlock
 
 B, T, S, C = 2, 3, 32, 3
@@ -138,7 +139,7 @@ def test_conv_decoder_shape():
 
 
 def test_models_mapping():
-    assert {"predictor": Predictor, "motion_mae": MotionMae, "mdsf": Mdsf} == MODELS
+    assert {"predictor": Predictor, "motion_mae": MotionMae, "mdsf": Mdsf, "aadc": Aadc} == MODELS
 
 
 def test_method_shapes(model, inputs):
