@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +35,7 @@ INDEX_FILE = "model.safetensors.index.json"
 
 Path_ = tuple[str | int, ...]  # a parameter's path in the model's state
 ModuleT = TypeVar("ModuleT", bound=nnx.Module)
+T = TypeVar("T")
 
 
 class Rule(NamedTuple):
@@ -152,6 +153,38 @@ def convert(
     for rule in rules:
         state.update(rule.convert(checkpoint.read(aliases.get(rule.name, rule.name))))
     return state
+
+
+def read_config(
+    folder: str | Path, load: Callable[[Path], T], error: type[ValueError], model: str
+) -> T:
+    """`load(folder)` of `folder/config.json` (e.g. `ModelConfig.from_hf` of the HF config
+    class's `from_pretrained`), its failures raised as `error` naming the file; `model`: the
+    port's name in the messages."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise error(f"{folder}: no such folder")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise error(f"{path}: missing (a {model} model folder needs its config.json)")
+    try:
+        return load(folder)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise error(f"{path}: not a valid {model} config: {_one_line(e)}") from e
+
+
+def load_processor(folder: str | Path, processor_class: Any, error: type[ValueError]) -> Any:
+    """`processor_class.from_pretrained` of the local `folder` (no network), its failures
+    raised as `error` naming the folder and the class."""
+    try:
+        return processor_class.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        name = processor_class.__name__
+        raise error(f"{folder}: cannot load the {name}: {_one_line(e)}") from e
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
 def assemble(build: Callable[[], ModuleT], arrays: Mapping[Path_, np.ndarray]) -> ModuleT:

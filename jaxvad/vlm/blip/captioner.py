@@ -26,6 +26,7 @@ from flax import nnx
 from jaxvad.vlm.blip import generate as generate_lib
 from jaxvad.vlm.blip.model import CaptionModel, Dtype, ModelConfig
 from jaxvad.vlm.blip.weights import BlipWeightsError, load_model
+from jaxvad.vlm.hf_weights import load_processor
 
 
 class Captioner:
@@ -47,11 +48,7 @@ class Captioner:
         (config.json, safetensors weights, tokenizer and preprocessor files); no network.
         Raises `BlipWeightsError` for a folder that cannot be loaded."""
         model = load_model(folder, dtype=dtype)
-        try:
-            processor = transformers.BlipProcessor.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            message = " ".join(str(e).split())
-            raise BlipWeightsError(f"{folder}: cannot load the BlipProcessor: {message}") from e
+        processor = load_processor(folder, transformers.BlipProcessor, BlipWeightsError)
         _check_processor(folder, processor, model.config)
         return cls(model, processor)
 

@@ -146,18 +146,13 @@ def _rules(config: ModelConfig) -> list[Rule]:
 
 def read_config(folder: str | Path) -> ModelConfig:
     """`folder/config.json`, read by `transformers.BlipConfig` (no network)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BlipWeightsError(f"{folder}: no such folder")
-    path = folder / "config.json"
-    if not path.is_file():
-        raise BlipWeightsError(f"{path}: missing (a BLIP model folder needs its config.json)")
-    try:
-        hf_config = transformers.BlipConfig.from_pretrained(folder, local_files_only=True)
-        return ModelConfig.from_hf(hf_config)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        message = " ".join(str(e).split())
-        raise BlipWeightsError(f"{path}: not a valid BLIP config: {message}") from e
+
+    def load(path: Path) -> ModelConfig:
+        return ModelConfig.from_hf(
+            transformers.BlipConfig.from_pretrained(path, local_files_only=True)
+        )
+
+    return hf_weights.read_config(folder, load, BlipWeightsError, "BLIP")
 
 
 def _resolve_head(

@@ -30,6 +30,7 @@ from flax import nnx
 from jaxvad.model.layers import Dtype
 from jaxvad.vlm.clip.model import LEGACY_EOS_TOKEN_ID, ClipModel, ModelConfig
 from jaxvad.vlm.clip.weights import ClipWeightsError, load_model
+from jaxvad.vlm.hf_weights import load_processor
 
 
 def _image_embeds(graphdef: nnx.GraphDef, state: nnx.State, pixels: jax.Array) -> jax.Array:
@@ -65,11 +66,7 @@ class Clip:
         safetensors weights, tokenizer and preprocessor files); no network. Raises
         `ClipWeightsError` for a folder that cannot be loaded."""
         model = load_model(folder, dtype=dtype)
-        try:
-            processor = transformers.CLIPProcessor.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            message = " ".join(str(e).split())
-            raise ClipWeightsError(f"{folder}: cannot load the CLIPProcessor: {message}") from e
+        processor = load_processor(folder, transformers.CLIPProcessor, ClipWeightsError)
         _check_processor(folder, processor, model.config)
         return cls(model, processor)
 

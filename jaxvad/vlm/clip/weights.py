@@ -99,18 +99,13 @@ def _patch_conv(name: str, dim: int, channels: int, patch: int) -> Rule:
 
 def read_config(folder: str | Path) -> ModelConfig:
     """`folder/config.json`, read by `transformers.CLIPConfig` (no network)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ClipWeightsError(f"{folder}: no such folder")
-    path = folder / "config.json"
-    if not path.is_file():
-        raise ClipWeightsError(f"{path}: missing (a CLIP model folder needs its config.json)")
-    try:
-        hf_config = transformers.CLIPConfig.from_pretrained(folder, local_files_only=True)
-        return ModelConfig.from_hf(hf_config)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        message = " ".join(str(e).split())
-        raise ClipWeightsError(f"{path}: not a valid CLIP config: {message}") from e
+
+    def load(path: Path) -> ModelConfig:
+        return ModelConfig.from_hf(
+            transformers.CLIPConfig.from_pretrained(path, local_files_only=True)
+        )
+
+    return hf_weights.read_config(folder, load, ClipWeightsError, "CLIP")
 
 
 def load_state(folder: str | Path, config: ModelConfig) -> dict[Path_, np.ndarray]:
