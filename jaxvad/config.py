@@ -166,6 +166,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.features = ""
     config.data.snippets = 256  # Training length S: longer videos averaged down, shorter padded.
     config.data.snippet_frames = 16  # Frames per feature snippet (spreads scores over frames).
+    # Frames per second of the source videos, for the times in explanations (0: read from a
+    # video file where there is one, else times are given in frames only).
+    config.data.fps = 0.0
 
     set_model(config, "predictor")
 
@@ -298,6 +301,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.explain.quality_noise = 0.02  # Max-Sensitivity: uniform noise radius, model space.
     config.explain.quality_draws = 3  # Max-Sensitivity: noise draws per anomaly.
     config.explain.quality_randomised = 8  # Anomalies of the parameter randomisation test.
+    # Weakly supervised models (jaxvad/explain/weak_alarms.py): an alarm is a run of snippets
+    # whose anomaly score σ(logit) is at least this (0.5: the MIL classifier's own boundary).
+    config.explain.alarm_score = 0.5
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.fsdp = 1  # Devices per parameter shard; the data axis takes the rest.
@@ -433,12 +439,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     datasets = [*builder.BUILDERS, *WEAK_DATASETS]
     check(config.data.dataset in datasets, "data.dataset", f"one of {datasets}")
     weak = m.name in WEAK_MODELS
-    check(
-        weak == (config.data.dataset in WEAK_DATASETS),
+    check(  # ShanghaiTech is both: frames for the other models, its weak split for these.
+        config.data.dataset in (WEAK_DATASETS if weak else builder.BUILDERS),
         "data.dataset",
         f"the weakly supervised models {list(WEAK_MODELS)} train on the weakly labelled "
-        f"datasets {list(WEAK_DATASETS)}, and only they do (model {m.name!r}, dataset "
-        f"{config.data.dataset!r})",
+        f"datasets {list(WEAK_DATASETS)}, the others on {list(builder.BUILDERS)} "
+        f"(model {m.name!r}, dataset {config.data.dataset!r})",
     )
     if weak:
         check(config.loss.k >= 1, "loss.k", "at least 1")
@@ -533,6 +539,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(e.quality_steps >= 1 and e.quality_draws >= 1, "explain.quality_steps", "≥ 1")
     check(e.quality_noise > 0, "explain.quality_noise", "> 0")
     check(e.quality_randomised >= 1, "explain.quality_randomised", "at least 1")
+    check(0 < e.alarm_score < 1, "explain.alarm_score", "in (0, 1)")
+    check(config.data.fps >= 0, "data.fps", "≥ 0 (0: from the video file)")
     for name in LOSS_WEIGHTS:
         check(config.loss[name] >= 0, f"loss.{name}", "weights are ≥ 0")
     check(

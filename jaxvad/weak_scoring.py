@@ -46,14 +46,21 @@ log = logging.getLogger("jaxvad.weak_scoring")
 @dataclasses.dataclass(frozen=True)
 class Predictions:
     """Per test video v: `scores[v]` `[t_v]` snippet anomaly scores in [0, 1],
-    `class_probs[v]` `[t_v, C]` per-snippet class probabilities; `class_logits` `[V, C]`."""
+    `similarity[v]` `[t_v, C]` per-snippet cosine similarities with the class texts,
+    `class_probs[v]` `[t_v, C]` per-snippet class probabilities softmax(γ·similarity);
+    `class_logits` `[V, C]` the videos' class logits."""
 
     scores: list[np.ndarray]
+    similarity: list[np.ndarray]
     class_probs: list[np.ndarray]
     class_logits: np.ndarray
 
 
-def _forward(graphdef: nnx.GraphDef, params: nnx.State, features, length):
+def forward(
+    graphdef: nnx.GraphDef, params: nnx.State, features: jax.Array, length: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """features `[B, T, D]`, length `[B]` → snippet scores `[B, T]` and similarities with the
+    class texts `[B, T, C]` (`Aadc.forward`)."""
     out = nnx.merge(graphdef, params).forward(features, length)
     return out["scores"], out["similarity"]
 
@@ -77,18 +84,18 @@ def predict(
         lengths.append(n)
         owner += [v] * len(c)
     chunks, lengths, owner = np.concatenate(chunks), np.concatenate(lengths), np.array(owner)
-    forward = jax.jit(_forward, static_argnums=0)
+    forward_step = jax.jit(forward, static_argnums=0)
     scores, similarity = [], []
     for start in range(0, len(chunks), batch_size):
         f, n = chunks[start : start + batch_size], lengths[start : start + batch_size]
         pad = batch_size - len(f)
         f = np.concatenate([f, np.zeros((pad, *f.shape[1:]), f.dtype)])
         n = np.concatenate([n, np.ones(pad, n.dtype)])
-        s, sim = jax.device_get(forward(graphdef, params, jnp.asarray(f), jnp.asarray(n)))
+        s, sim = jax.device_get(forward_step(graphdef, params, jnp.asarray(f), jnp.asarray(n)))
         scores.append(s[: len(f) - pad])
         similarity.append(sim[: len(f) - pad])
     scores, similarity = np.concatenate(scores), np.concatenate(similarity)
-    result = Predictions([], [], np.zeros((len(split.videos), len(split.classes)), np.float32))
+    result = Predictions([], [], [], np.zeros((len(split.videos), len(split.classes)), np.float32))
     for v in range(len(split.videos)):
         mine = np.flatnonzero(owner == v)
         score = np.concatenate([scores[i, : lengths[i]] for i in mine])
@@ -98,6 +105,7 @@ def predict(
         logits = gamma * sim
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         result.scores.append(score)
+        result.similarity.append(sim)
         result.class_probs.append(probs / probs.sum(axis=1, keepdims=True))
     return result
 
@@ -145,23 +153,33 @@ def split_metrics(
     }
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """The latest checkpoint of `workdir` on the test split → `workdir/eval/metrics.json`
-    (process 0), also returned."""
-    started = time.perf_counter()
+def load(
+    config: ml_collections.ConfigDict | None, workdir: Path
+) -> tuple[ml_collections.ConfigDict, weak_input.WeakData, nnx.GraphDef, nnx.State, int]:
+    """The latest checkpoint of `workdir`: the run's config (`config`'s overrides applied;
+    None: none), its data, graphdef, parameters and step. Starts JAX's distributed runtime
+    first."""
     distributed.initialize()
-    workdir = Path(workdir)
     checkpoints, step = detector_lib.latest_checkpoint(workdir)
     try:
         where = checkpoints.directory / str(step)
         config = detector_lib.run_config(
-            checkpoints.config(step), config_lib.flatten(config), where
+            checkpoints.config(step), {} if config is None else config_lib.flatten(config), where
         )
         mesh = distributed.setup(config.mesh.fsdp)
         data = config_lib.weak_data(config)
         graphdef, params = detector_lib.load_params(config, checkpoints, step, mesh)
     finally:
         checkpoints.close()
+    return config, data, graphdef, params, step
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """The latest checkpoint of `workdir` on the test split → `workdir/eval/metrics.json`
+    (process 0), also returned."""
+    started = time.perf_counter()
+    workdir = Path(workdir)
+    config, data, graphdef, params, step = load(config, workdir)
     split = data.split("test")
     predictions = predict(
         graphdef,

@@ -20,6 +20,7 @@ from jaxvad import config as config_lib
 from jaxvad import evaluate, model
 from jaxvad import train as train_lib
 from jaxvad.data import weak, weak_input
+from jaxvad.explain import command as explain_command
 from jaxvad.metric_writer import read_jsonl
 from jaxvad.model.aadc import prompt_layout
 from jaxvad.vlm.clip.random_folder import write_random_clip
@@ -104,6 +105,27 @@ def test_evaluate_reports_the_weak_metrics(weak_run, tmp_path):
         assert 0.0 <= written[key] <= 1.0 and written[key] == result[key], key
     assert list(written["map_per_iou"]) == ["0.1", "0.2", "0.3", "0.4", "0.5"]
     assert written["checkpoint_step"] == 6
+
+
+@pytest.mark.parametrize("name", ["ucf_crime", "xd_violence", "shanghaitech_weak"])
+def test_each_real_dataset_config_names_what_it_needs_and_validates_once_given(name):
+    """The real datasets' configs: frame-only features of 16-frame snippets, 256 long; their
+    CLIP folder and features come from the command line (configs/ucf_crime.py trains and
+    evaluates on the `ucf` fixture below; the tiny variants are the synthetic set's)."""
+    config = load_config(name, variant=None)
+    assert config.data.dataset in config_lib.WEAK_DATASETS and config.model.name == "aadc"
+    assert (config.data.snippet_frames, config.data.snippets, config.data.objects) == (
+        16, 256, "none"
+    )  # fmt: skip
+    with pytest.raises(config_lib.ConfigError, match=r"config\.model\.clip"):
+        config_lib.validate(config)
+    with config.unlocked():
+        config.model.clip = "clip-vit-base-patch16"
+    with pytest.raises(config_lib.ConfigError, match=r"config\.data\.features"):
+        config_lib.validate(config)
+    with config.unlocked():
+        config.data.features = "features"
+    config_lib.validate(config)
 
 
 def test_weak_models_and_datasets_go_together():
@@ -192,23 +214,25 @@ RoadAccidents001_x264.mp4  RoadAccidents  210  300  -1  -1
 @pytest.fixture(scope="module")
 def ucf(weak_run, tmp_path_factory):
     """UCF-Crime features in VadCLIP's layout, the official annotation file under `labels`,
-    and the tiny config pointed at them (the tiny random CLIP of `weak_run`)."""
+    and configs/ucf_crime.py's tiny variant pointed at them (the tiny random CLIP of
+    `weak_run`)."""
     root = tmp_path_factory.mktemp("ucf")
     features = write_features(root / "features", UCF_ROWS, width=32)
     (root / "labels").mkdir()
     (root / "labels" / weak_input.TEST_LABELS["ucf_crime"]).write_text(UCF_ANNOTATIONS)
     config = load_config(
-        "synthetic_weak",
+        "ucf_crime",
+        variant=None,  # The tiny variant is the synthetic set's.
         **{
-            "data.dataset": "ucf_crime",
             "data.features": str(features),
             "data.source": str(root / "labels"),
             "data.root": str(weak_run.root),
-            "data.snippet_frames": 16,
-            "data.objects": "none",  # published features: the frame's CLIP embedding only
             "model.clip": str(weak_run.root / weak_input.TINY_CLIP),
+            "train.batch_size": 4,
             "train.num_steps": 2,
+            "train.log_every": 1,
             "train.checkpoint_every": 2,
+            "eval.batch_size": 4,
         },
     )
     return types.SimpleNamespace(root=root, features=features, config=config)
@@ -229,6 +253,16 @@ def test_ucf_crime_features_train_and_evaluate_through_the_one_trainer(ucf, tmp_
     result = evaluate.evaluate(ucf.config, workdir)
     assert result["dataset"] == "ucf_crime" and result["videos"] == 3
     assert 0.0 <= result["frame_auc"] <= 1.0 and 0.0 <= result["category_accuracy"] <= 1.0
+    # Explained without the videos (data.source holds the labels only): no pictures, no
+    # captions, and the reason says so.
+    with ucf.config.unlocked():
+        ucf.config.explain.alarm_score = 0.01
+    out = explain_command.explain(ucf.config, workdir, split="test")
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert records and all(r["image"] is None and r["caption"] is None for r in records)
+    assert all("config.data.source does not hold the dataset's videos" in r["caption_note"]
+               for r in records)  # fmt: skip
+    assert {r["category"] for r in records} <= set(test.classes[1:])
 
 
 def test_bad_real_inputs_are_the_readers_named_errors(ucf, tmp_path):
@@ -249,14 +283,13 @@ def test_a_listed_video_without_features_is_one_line_at_the_command(ucf, tmp_pat
     (features / "train" / "Vandalism050_x264__1.npy").unlink()
     done = run_module(
         "jaxvad.train",
-        "--config=configs/synthetic_weak.py:tiny",
+        "--config=configs/ucf_crime.py",
         f"--workdir={tmp_path / 'run'}",
-        "--config.data.dataset=ucf_crime",
+        "--config.train.batch_size=4",
         f"--config.data.features={features}",
         f"--config.data.source={ucf.root / 'labels'}",
         f"--config.data.root={tmp_path}",
         f"--config.model.clip={ucf.config.model.clip}",
-        "--config.data.objects=none",
         timeout=120,
     )
     assert done.returncode == 1, done.stderr

@@ -37,6 +37,10 @@ margin (`explain_crops`); the attribution compares that crop's errors with the t
 objects'. A video's table then carries the video's own frame size, so its objects are cut as a
 prepared split's are.
 
+A weakly supervised model (`aadc`) explains a split of its snippet features (`--split`):
+alarms named by their category with its text similarity, and a description of every video
+(`weak_alarms`).
+
 Writes `WORKDIR/explain/<video name>/` (`WORKDIR/explain/<split>/` with `--split`), replacing
 an earlier one only once complete: `records.jsonl` (one line per anomaly, fields in
 `RECORD_FIELDS`), `summary.json`, `images/` (PNG) and `report.html` (opens offline).
@@ -68,7 +72,7 @@ from jaxvad import config as config_lib
 from jaxvad import detector as detector_lib
 from jaxvad.data import builder, pipeline
 from jaxvad.data.video_io import DataError
-from jaxvad.explain import attribution, images, measure, report
+from jaxvad.explain import attribution, images, measure, report, weak_alarms
 from jaxvad.explain import maps as maps_lib
 from jaxvad.explain import objects as object_explain
 from jaxvad.explain import quality as quality_lib
@@ -129,6 +133,7 @@ class ExplainSettings:
     quality_noise: float
     quality_draws: int
     quality_randomised: int
+    alarm_score: float  # Weakly supervised models: snippet score of an alarm.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -889,6 +894,15 @@ def explain(
     distributed.initialize()  # Before any other use of JAX.
     started = time.perf_counter()
     captioner = blip_lib.Captioner.load(blip) if blip else None  # Bad folders fail first.
+    if config_lib.is_weak(config):
+        if video is not None or quality:
+            raise UsageError(
+                "a weakly supervised model explains a split of its features: use --split "
+                "(no --video, no --quality)"
+            )
+        return weak_alarms.explain_weak(
+            config, workdir, split=split, top=top, captioner=captioner, started=started
+        )
 
     # --- Load: the detector (from the workdir alone), then the input.
     found = detector_lib.load(workdir, config_lib.flatten(config))

@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 
 TEMPLATE = "report.html.j2"
+WEAK_TEMPLATE = "weak_report.html.j2"  # A weakly supervised model's alarms.
 
 # What each image of an anomaly shows, in the order of the page.
 IMAGE_TITLES = {
@@ -80,4 +81,25 @@ def render(
 def write(path: Path, **context: Any) -> Path:
     """Renders the page (`render`'s keyword arguments) into `path`."""
     path.write_text(render(**context), encoding="utf-8")
+    return path
+
+
+def write_weak(
+    path: Path,
+    *,
+    summary: Mapping[str, Any],
+    videos: Sequence[Mapping[str, Any]],
+    records: Sequence[Mapping[str, Any]],
+    curves: Mapping[str, str],
+) -> Path:
+    """A weakly supervised model's page into `path`: the summary, then per video its
+    description, score curve (relative path in `curves`) and alarms (`jaxvad.explain.
+    weak_alarms`)."""
+    by_video = {v["video"]: [r for r in records if r["video"] == v["video"]] for v in videos}
+    page = (
+        _environment()
+        .get_template(WEAK_TEMPLATE)
+        .render(summary=summary, videos=videos, by_video=by_video, curves=curves)
+    )
+    path.write_text(page, encoding="utf-8")
     return path

@@ -24,6 +24,11 @@ each camera's first `config.watch.prime_frames` frames prime the object detector
 model before any is scored, and events (and `--explain`'s explanations) carry the peak frame's
 objects. Not built yet: caching motion_mae's and mdsf's per-frame work (`jaxvad.watch.stream`
 says what is recomputed).
+
+A weakly supervised run (`aadc`) streams through `jaxvad.watch.weak`: each frame's CLIP
+features once, each new snippet scored from the snippets up to it, its frames' `score_rgb` and
+`score_flow` written as nan, events above `config.explain.alarm_score` naming their peak's
+category with its text similarity; `--explain` is refused.
 """
 
 from __future__ import annotations
@@ -46,12 +51,14 @@ from jaxvad import config as config_lib
 from jaxvad import detector as detector_lib
 from jaxvad.data.video_io import DataError
 from jaxvad.vlm import blip as blip_lib
+from jaxvad.vlm.clip import ClipWeightsError
 from jaxvad.watch import events as events_lib
 from jaxvad.watch import explainer as explainer_lib
 from jaxvad.watch import objects as objects_lib
 from jaxvad.watch import sinks as sinks_lib
 from jaxvad.watch import sources as sources_lib
 from jaxvad.watch import stream as stream_lib
+from jaxvad.watch import weak as weak_lib
 
 log = logging.getLogger("jaxvad.watch")
 
@@ -89,14 +96,20 @@ def watch(
         raise UsageError("--blip captions explanations: give --explain too")
     captioner = blip_lib.Captioner.load(blip) if blip else None  # A bad folder fails first.
     specs = sources_lib.parse_sources(sources)
-    overrides = {} if config is None else config_lib.flatten(config)
-    found = detector_lib.load(workdir, overrides)
-    w = found.config.watch
     names = [s.name for s in specs]
-    if found.settings.object_mode:
-        scorer = objects_lib.ObjectScorer(found, names)
+    found = None  # A frame or object run's detector (--explain).
+    if weak_lib.is_weak_run(Path(workdir)):
+        if explain:
+            raise UsageError(
+                "--explain explains the peaks of a frame or object run; a weakly supervised "
+                "run's events name their category: explain its videos with jaxvad.explain"
+            )
+        run = weak_lib.load(config, Path(workdir), names)
     else:
-        scorer = stream_lib.StreamScorer.of_detector(found, names)
+        overrides = {} if config is None else config_lib.flatten(config)
+        found = detector_lib.load(workdir, overrides)
+        run = _frame_run(found, names)
+    w = run.config.watch
     built = [sinks_lib.parse_sink(s) for s in sinks]
     readers: list[sources_lib.Reader] = []
     stop = stop if stop is not None else [False]
@@ -119,8 +132,8 @@ def watch(
             )
         event_log = events_lib.EventLog(
             events_path,
-            [s.name for s in specs],
-            threshold=found.threshold,
+            names,
+            threshold=run.threshold,
             open_after=w.open_after,
             close_after=w.close_after,
             update_every_s=w.update_every_s,
@@ -140,7 +153,7 @@ def watch(
             explainer = explainer_lib.Explainer(
                 explainer_lib.explain_peak(found, root, captioner=captioner), event_log.write
             )
-        _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop, explainer)
+        _loop(run, names, readers, event_log, writer, log_file, stop, explainer)
     finally:
         for reader in readers:
             reader.stop()
@@ -157,25 +170,32 @@ def watch(
     return {r.spec.name: r.counters for r in readers}
 
 
-def _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop, explainer) -> None:
-    """Ticks until every source ended or `stop[0]`: take each camera's next frame, push it
-    (flow, in a thread pool), score the ready ones in one call, write scores and events; with
-    an `explainer`, keep each pending event's peak window and hand it over when it closes."""
-    data = found.config.data
+def _frame_run(found: detector_lib.Detector, names: list[str]) -> stream_lib.Run:
+    """A frame-level or object run's scorer and cameras (`jaxvad.watch.stream`, `objects`)."""
+    data, w = found.config.data, found.config.watch
     windows = [
         stream_lib.CameraWindow(
             size=data.size, history=found.config.history, channels=data.channels, flow=data.flow
         )
-        for _ in specs
+        for _ in names
     ]
-    cameras = windows
     if found.settings.object_mode:
+        scorer = objects_lib.ObjectScorer(found, names)
         cameras = [objects_lib.ObjectCamera(window, w.prime_frames) for window in windows]
-    names = [s.name for s in specs]
+    else:
+        scorer, cameras = stream_lib.StreamScorer.of_detector(found, names), windows
+    return stream_lib.Run(found.config, found.threshold, scorer, cameras, windows)
+
+
+def _loop(run, names, readers, event_log, writer, log_file, stop, explainer) -> None:
+    """Ticks until every source ended or `stop[0]`: take each camera's next frame, push it
+    (flow, in a thread pool), score the ready ones in one call, write scores and events; with
+    an `explainer`, keep each pending event's peak window and hand it over when it closes."""
+    cameras, windows, scorer, w = run.cameras, run.windows, run.scorer, run.config.watch
     peaks: dict[str, explainer_lib.Peak] = {}
-    scored = [0] * len(specs)
+    scored = [0] * len(names)
     last_status, last_scored = time.monotonic(), list(scored)
-    with concurrent.futures.ThreadPoolExecutor(max(1, len(specs))) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(names))) as pool:
         while not stop[0]:
             items = [r.get() if c.wants else None for r, c in zip(readers, cameras, strict=True)]
             ended = [item is None and r.finished for item, r in zip(items, readers, strict=True)]
@@ -215,6 +235,7 @@ def _loop(found, specs, readers, scorer, event_log, writer, log_file, w, stop, e
                     now,
                     objects=frame.objects,
                     what=frame.modality,
+                    details=frame.details,
                 )
                 if explainer is not None:
                     if closed is not None:
@@ -261,6 +282,7 @@ USER_ERRORS = (
     stream_lib.StreamError,
     events_lib.EventsFileError,
     blip_lib.BlipWeightsError,
+    ClipWeightsError,
     DataError,
     UsageError,
 )

@@ -13,9 +13,10 @@ Records (`EventLog`, one JSON object per line, flushed and fsynced as it is writ
   ("motion" when the peak's normalised flow error is the larger, else "appearance",
   `jaxvad.explain.attribution`; in object mode with a model of object samples, the peak's top
   object's), `threshold`, in object mode `objects` (the peak frame's boxes, tracks and
-  scores, highest first), and for `close` a `reason`: "scores fell"
-  (the hysteresis), "stopped" (SIGINT/SIGTERM or the sources ended) or "restart" (a run that
-  died before closing it, closed by the next run that opens the file);
+  scores, highest first), for a weakly supervised run (`jaxvad.watch.weak`) the peak's
+  `category` and its text `similarity` (its modality "n/a"), and for `close` a `reason`:
+  "scores fell" (the hysteresis), "stopped" (SIGINT/SIGTERM or the sources ended) or
+  "restart" (a run that died before closing it, closed by the next run that opens the file);
 - `outage`: a network source that dropped and came back, `camera`, `started`, `ended`,
   `seconds`, `error`;
 - `explained` (`--explain`, `jaxvad.watch.explainer`): a closed event's peak explained.
@@ -66,9 +67,11 @@ class Event:
     last_time: float
     updated: float = 0.0
     peak_objects: list[dict[str, Any]] | None = None
+    peak_details: dict[str, Any] | None = None  # Fields of the peak (a weak run's category).
 
     def record(self, kind: str, threshold: float, **extra: Any) -> dict[str, Any]:
         objects = {} if self.peak_objects is None else {"objects": self.peak_objects}
+        objects |= self.peak_details or {}
         return {
             "type": kind,
             "event": self.id,
@@ -90,11 +93,11 @@ class Event:
 @dataclasses.dataclass
 class Hysteresis:
     """One camera's state: the run of frames above (`above`: (frame, time, score, modality,
-    objects) of each) or below the threshold, and its open `event`."""
+    objects, details) of each) or below the threshold, and its open `event`."""
 
     open_after: int
     close_after: int
-    above: list[tuple[int, float, float, str, list | None]] = dataclasses.field(
+    above: list[tuple[int, float, float, str, list | None, dict | None]] = dataclasses.field(
         default_factory=list
     )
     below: int = 0
@@ -153,6 +156,7 @@ class EventLog:
         *,
         objects: list[dict[str, Any]] | None = None,
         what: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> str | None:
         """Feeds one scored frame of `camera` (its wall-clock time `now`); returns the id of
         the event it closed, if it closed one. In object mode `objects`: the frame's (box,
@@ -163,7 +167,7 @@ class EventLog:
             state.below = 0
             what = what or modality(score_rgb, score_flow)
             if state.event is None:
-                state.above.append((frame, now, score, what, objects))
+                state.above.append((frame, now, score, what, objects, details))
                 if len(state.above) >= state.open_after:
                     self._open(camera, state)
                 return None
@@ -172,6 +176,7 @@ class EventLog:
             if score > event.peak_score:
                 event.peak_frame, event.peak_time, event.peak_score = frame, now, score
                 event.modality, event.peak_objects = what, objects
+                event.peak_details = details
                 if now - event.updated >= self.update_every_s:
                     event.updated = now
                     self.write(event.record("update", self.threshold))
@@ -207,6 +212,7 @@ class EventLog:
             last[1],
             updated=last[1],
             peak_objects=peak[4],
+            peak_details=peak[5],
         )
         state.above.clear()
         self.write(state.event.record("open", self.threshold))

@@ -36,9 +36,11 @@ import collections
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -122,7 +124,9 @@ class FrameScore:
     """One scored frame: the camera's `slot`, the frame `number` (from 1 in arrival order),
     `score`, `score_rgb`, `score_flow` (the normalised components, as `frame_scores.csv`'s);
     in object mode its `objects` (`{"box", "track", "score"}`, highest first) and, for a model
-    of object samples, the `modality` of its top object (`jaxvad.watch.objects`)."""
+    of object samples, the `modality` of its top object (`jaxvad.watch.objects`); `details`:
+    fields events record of a peak (a weak run's category and similarity, `jaxvad.watch.
+    weak`)."""
 
     slot: int
     number: int
@@ -131,6 +135,21 @@ class FrameScore:
     score_flow: float
     objects: list[dict] | None = None
     modality: str | None = None
+    details: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What `jaxvad.watch` streams: the run's `config`, its alarm `threshold`, the `scorer`
+    (`score(cameras, rows)` → the `FrameScore`s of a tick), one camera per source (`take`,
+    `wants`, `busy`, as `CameraWindow`) and their `CameraWindow`s for `--explain` (None: a
+    weakly supervised run, `jaxvad.watch.weak`)."""
+
+    config: ml_collections.ConfigDict
+    threshold: float
+    scorer: Any
+    cameras: list
+    windows: list[CameraWindow] | None
 
 
 class StreamScorer:
