@@ -71,7 +71,12 @@ def test_a_config_survives_the_checkpoints_json():
     assert config.model.motion_channels == (4, 8, 16) and config.score.alpha == 2.0
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+# The tiny variants of the real weakly labelled datasets' configs are synthetic_weak's (traced
+# below); the configs themselves train and evaluate in tests/test_aadc.py.
+SAME_TINY = ("ucf_crime", "xd_violence", "shanghaitech_weak")
+
+
+@pytest.mark.parametrize("name", [c for c in CONFIGS if c not in SAME_TINY])
 def test_tiny_variant_of_every_config_traces_a_train_step(name, synthetic_root):
     """Every config's tiny variant validates, builds its model, optimizer and shardings, reads a
     batch from its input pipeline and traces the whole train step to the right shapes (no XLA

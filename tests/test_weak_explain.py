@@ -100,6 +100,7 @@ def explained(weak_run, blip_saved, tmp_path_factory):
     threshold = float(np.median(np.concatenate(predictions.scores)))
     with config.unlocked():
         config.explain.alarm_score = threshold
+        config.explain.caption_beams = 1  # Greedy: one small program to compile.
     out = command.explain(config, workdir, split="test", blip=blip_saved["small"].folder)
     read = lambda name: [json.loads(line) for line in (out / name).read_text().splitlines()]  # noqa: E731
     return types.SimpleNamespace(
@@ -171,3 +172,14 @@ def test_a_weak_run_explains_splits_only(explained, tmp_path):
     with pytest.raises(config_lib.ConfigError, match=r"explain\.alarm_score"):
         config = load_config("synthetic_weak", **{"explain.alarm_score": 1.0})
         config_lib.validate(config)
+
+
+def test_top_keeps_the_alarms_of_highest_peak_score(explained, tmp_path):
+    workdir = shutil.copytree(explained.workdir, tmp_path / "run")
+    out = command.explain(explained.config, workdir, split="test", top=2)
+    kept = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    highest = sorted(explained.records, key=lambda r: -r["peak_score"])[:2]
+    assert sorted((r["video"], r["start"]) for r in kept) == sorted(
+        (r["video"], r["start"]) for r in highest
+    )
+    assert all(r["caption"] is None and "no captioner" in r["caption_note"] for r in kept)

@@ -42,6 +42,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from tqdm import tqdm
 
 from jaxvad import atomic, plots, weak_scoring
 from jaxvad.data import weak, weak_input, weak_sources
@@ -95,7 +96,9 @@ def _frames(video: weak.WeakVideo, snippets: int, per_snippet: int) -> int:
     return video.frames or snippets * per_snippet
 
 
-def segment_facts(alarm: Alarm, classes: Sequence[str], frames: int, per_snippet: int):
+def segment_facts(
+    alarm: Alarm, classes: Sequence[str], frames: int, per_snippet: int
+) -> description.SegmentFacts:
     """The alarm as a description's `SegmentFacts` (caption None)."""
     return description.SegmentFacts(
         start=alarm.first * per_snippet,
@@ -192,8 +195,12 @@ def explain_weak(
     captions: list[str | None] = [None] * len(alarms)
     if captioner is None:
         note = note or "no captioner: run with --blip=DIR"
-    elif read is not None and alarms:
-        captions = captioner.caption(peaks, beams=e.caption_beams, max_new_tokens=e.caption_tokens)
+    elif read is not None:
+        b = e.batch_size
+        for i in tqdm(range(0, len(peaks), b), desc="caption", unit="batch"):
+            captions[i : i + b] = captioner.caption(
+                peaks[i : i + b], beams=e.caption_beams, max_new_tokens=e.caption_tokens, pad_to=b
+            )
     segments = [dataclasses.replace(s, caption=c) for s, c in zip(segments, captions, strict=True)]
 
     fps = float(config.data.fps)
