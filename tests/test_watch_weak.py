@@ -8,11 +8,10 @@ import csv
 import json
 import shutil
 
-import cv2
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import load_config, write_images
 
 from jaxvad import weak_scoring
 from jaxvad.data import weak, weak_input
@@ -53,9 +52,7 @@ def watched(weak_run, tmp_path_factory):
     assert len(features) > data.snippets == 8
     scores, similarity = causal_reference(data, graphdef, params, features)
     folder = tmp / video.name
-    folder.mkdir()
-    for i, frame in enumerate(frames):
-        cv2.imwrite(str(folder / f"{i:04d}.png"), frame)
+    write_images(folder, frames, [f"{i:04d}.png" for i in range(len(frames))])
     with config.unlocked():
         config.explain.alarm_score = float(np.median(scores))
         config.watch.open_after = 1
