@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import time
@@ -218,6 +217,11 @@ def pick(
     return chosen, len(above)
 
 
+# One compilation per model and batch shape, shared by every call (the randomisation test
+# explains the same frames once per randomised parameter set).
+_explain_step = jax.jit(explain_step, static_argnames=("graphdef", "alpha"))
+
+
 def explain_batches(
     found: detector_lib.Detector,
     table: pipeline.FrameTable,
@@ -238,8 +242,6 @@ def explain_batches(
     `[A, S, S]` uint8.
     """
     count, index = jax.process_count(), jax.process_index()
-    alpha = found.settings.alpha
-    step = jax.jit(functools.partial(explain_step, graphdef=found.graphdef, alpha=alpha))
     parts = []
     for start in tqdm(
         range(0, len(positions), batch_size), desc="explain", unit="batch", disable=index != 0
@@ -260,7 +262,14 @@ def explain_batches(
         batch = distributed.global_batch(
             {k: np.asarray(samples[k]) for k in keys}, found.scorer.data_sharding
         )
-        out = step(found.params, batch, batch["shift"], batch["scale"])
+        out = _explain_step(
+            found.params,
+            batch,
+            batch["shift"],
+            batch["scale"],
+            graphdef=found.graphdef,
+            alpha=found.settings.alpha,
+        )
         out = distributed.to_host(out | {"frame": batch["frame"], "mask": batch["mask"]})
         parts.append({k: np.asarray(v)[: len(chunk)] for k, v in out.items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -303,14 +303,21 @@ def top_down_groups(params: Mapping[Hashable, Any]) -> list[Path]:
     return [(name,) for name in reversed(list(params))]
 
 
-def _randomised(leaf: jax.Array, key: jax.Array) -> jax.Array:
+def _randomised(leaf: Any, key: jax.Array) -> Any:
     """A floating `leaf` redrawn from the normal of its own mean and standard deviation
-    (`ZERO_STD` where that is 0); other dtypes (e.g. counters, PRNG keys) unchanged."""
+    (`ZERO_STD` where that is 0), drawn on the host (on the device one draw per leaf would
+    compile once per shape) and placed as the leaf was; other dtypes (e.g. counters, PRNG keys)
+    unchanged. The leaf must be readable on the host (one process, or fully replicated)."""
     if not jnp.issubdtype(leaf.dtype, jnp.floating):
         return leaf
-    std = leaf.std()
-    std = jnp.where(std > 0, std, ZERO_STD)
-    return leaf.mean() + std * jax.random.normal(key, leaf.shape, leaf.dtype)
+    values = np.asarray(leaf)
+    std = values.std(dtype=np.float64)
+    std = std if std > 0 else ZERO_STD
+    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    draw = np.random.default_rng(seed).standard_normal(values.shape)
+    redrawn = (values.mean(dtype=np.float64) + std * draw).astype(values.dtype)
+    # Placed as the leaf was: the jitted map compiles once for the whole cascade.
+    return jax.device_put(redrawn, leaf.sharding) if isinstance(leaf, jax.Array) else redrawn
 
 
 def _cascade(params: Any, layers: Sequence[Path], key: jax.Array) -> Iterator[Any]:
