@@ -18,8 +18,9 @@ snippet score vs. the video label) of the trained model on the training videos, 
 frame-only features 0.789 / 0.772, object-fused 0.944 / 0.926; a 64×64-input random CLIP
 (8×8 patches) 0.701 / 0.743 frame-only, 0.895 / 0.911 object-fused. Test numbers played no part.
 
-Measured on the 2-core CPU from an empty data root: features of 200 videos ≈ 40 s, 300 steps
-and evaluation ≈ 20 s. Test split (seed 0 / 1 / 2): frame AUC 0.634 / 0.686 / 0.646 (the
+Measured on the 2-core CPU from an empty data root: features of 200 videos ≈ 26 s (≈ 40 s
+before object boxes skipped their velocities, 2026-12-05), 300 steps and evaluation ≈ 20 s.
+Test split (seed 0 / 1 / 2): frame AUC 0.634 / 0.686 / 0.646 (the
 untrained model, the trainer's initial parameters: 0.427 / 0.551 / 0.652), frame AP 0.619 /
 0.688 / 0.650, category accuracy 0.15 / 0.15 / 0.20, mAP average 0.103 / 0.122 / 0.079.
 Frame-only features give 0.631 / 0.712 (untrained 0.542 / 0.476), category accuracy 0.0 /

@@ -17,6 +17,11 @@ model of object samples, the training objects' errors as `object_errors.npz`, an
 of components made without test labels (`jaxvad.component_choice`) as
 `component_choice_<settings>.json`.
 
+A step may carry a selection metric (`SELECTION_METRIC`, Orbax's per-step metrics): a weakly
+supervised run scores its held-out training videos at each checkpoint (`jaxvad.train`).
+`selected_step` is then the best such step, kept through `keep` (Orbax's `BestN` beside
+`LatestN`); without metrics it is the latest step.
+
 `changed` is the one "X in the checkpoint, Y now" diff of a checkpoint's config against a
 config, used wherever a run must match its checkpoint.
 """
@@ -40,6 +45,8 @@ OBJECT_BANK = "object_bank_"  # + a component and k: one .npz per object bank.
 OBJECT_ERRORS = "object_errors"  # The training objects' errors (object samples).
 BACKGROUND = "background"  # The training split's per-pixel median frame.
 COMPONENT_CHOICE = "component_choice_"  # + its settings: one .json per choice of components.
+# The held-out training videos' video-level ROC-AUC of a step (weakly supervised runs).
+SELECTION_METRIC = "holdout_video_auc"
 
 
 class CheckpointMismatchError(ValueError):
@@ -56,11 +63,23 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 class Checkpoints:
     """The Orbax `CheckpointManager` of one workdir (`WORKDIR/checkpoints`)."""
 
-    def __init__(self, workdir: str | Path, *, keep: int = 3):
+    def __init__(self, workdir: str | Path, *, keep: int = 3, select: bool = False):
+        """`keep`: the latest steps kept by saves; `select`: saves carry the selection metric,
+        and the best step is kept too (module docstring)."""
         self.directory = Path(workdir).absolute() / "checkpoints"
+        latest = ocp.checkpoint_managers.LatestN(n=keep)
+        best = ocp.checkpoint_managers.BestN(
+            get_metric_fn=_selection, n=1, keep_checkpoints_without_metrics=False
+        )
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                create=True,
+                best_fn=_selection if select else None,  # Orbax writes metrics only with it.
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
+                    [latest, best] if select else [latest]
+                ),
+            ),
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
                 "data_iter": grain.checkpoint.CheckpointHandler(),
@@ -72,10 +91,26 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def selected_step(self) -> int | None:
+        """The step with the best `SELECTION_METRIC` (ties: the later one), else the latest."""
+        scored = self.selection()
+        return max(scored, key=lambda s: (scored[s], s)) if scored else self.latest_step()
+
+    def selection(self) -> dict[int, float]:
+        """Step → `SELECTION_METRIC` of the kept steps that have it."""
+        metrics = {s: self.manager.metrics(s) or {} for s in self.manager.all_steps()}
+        return {s: m[SELECTION_METRIC] for s, m in metrics.items() if SELECTION_METRIC in m}
+
     def save(
-        self, step: int, state: Any, data_iter: grain.DatasetIterator, config: Mapping[str, Any]
+        self,
+        step: int,
+        state: Any,
+        data_iter: grain.DatasetIterator,
+        config: Mapping[str, Any],
+        selection: float | None = None,
     ) -> None:
-        """Starts an asynchronous save (arrays are copied off the device before it returns)."""
+        """Starts an asynchronous save (arrays are copied off the device before it returns),
+        with the step's `selection` metric when given."""
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -83,6 +118,7 @@ class Checkpoints:
                 data_iter=grain.checkpoint.CheckpointSave(data_iter),
                 config=ocp.args.JsonSave(dict(config)),
             ),
+            metrics=None if selection is None else {SELECTION_METRIC: float(selection)},
         )
 
     def config(self, step: int) -> dict[str, Any]:
@@ -211,6 +247,10 @@ class Checkpoints:
         """Waits for a pending save to commit."""
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _selection(metrics: Mapping[str, float]) -> float:
+    return metrics[SELECTION_METRIC]
 
 
 def _plain(value: Any) -> Any:

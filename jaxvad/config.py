@@ -212,6 +212,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.log_every = 20
     config.train.checkpoint_every = 500
     config.train.keep_checkpoints = 3
+    # Weakly supervised models: the fraction of the training videos (of each label) held out of
+    # training. Each checkpoint scores them (video AUC: top-K mean snippet score vs. video
+    # label, `jaxvad.weak_scoring.video_auc`), and evaluate, explain and watch load the best
+    # checkpoint (kept beside the latest ones). 0: none held out, the last checkpoint is used.
+    config.train.holdout = 0.0
 
     # Frame scores (see jaxvad/scoring.py): S = n(c_rgb) + α·n(c_flow), c = E (variant "error")
     # or −PSNR (variant "psnr"), n = the normalisation, then Gaussian smoothing over frames.
@@ -462,6 +467,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "the folder of the dataset's snippet features and train.csv / test.csv "
             "(jaxvad/data/weak_input.py; empty only for synthetic_weak)",
         )
+    check(
+        0 <= t.holdout < 1 and (weak or t.holdout == 0),
+        "train.holdout",
+        "a fraction of the training videos in [0, 1), for the weakly supervised models only "
+        "(frame models hold out with objects.holdout)",
+    )
     check(config.data.channels in (1, 3), "data.channels", "1 (gray) or 3 (RGB)")
     check(config.history >= 1, "history", "at least 1")
     check(m.name in MODEL_DEFAULTS, "model.name", f"one of {list(MODEL_DEFAULTS)}")

@@ -214,7 +214,7 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
     module docstring for `overrides`)."""
     distributed.initialize()  # Before any other use of JAX.
     workdir = Path(workdir)
-    checkpoints, step = latest_checkpoint(workdir)
+    checkpoints, step = run_checkpoint(workdir)
     try:
         where = checkpoints.directory / str(step)
         config = run_config(checkpoints.config(step), overrides or {}, where)
@@ -295,15 +295,17 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
     )
 
 
-def latest_checkpoint(workdir: Path) -> tuple[Checkpoints, int]:
-    """The workdir's checkpoints and their latest step (NoCheckpointError when none)."""
+def run_checkpoint(workdir: Path) -> tuple[Checkpoints, int]:
+    """The workdir's checkpoints and the step a run is loaded from: the selected one where
+    its steps carry a selection metric (a weak run's held-out training videos,
+    `Checkpoints.selected_step`), else the latest (NoCheckpointError when none)."""
     if not (workdir / "checkpoints").is_dir():
         raise NoCheckpointError(
             f"{workdir}: no checkpoints/ folder: nothing to load. Train first, e.g. "
             f"python -m jaxvad.train --config=CONFIG --workdir={workdir}"
         )
     checkpoints = Checkpoints(workdir)
-    step = checkpoints.latest_step()
+    step = checkpoints.selected_step()
     if step is None:
         checkpoints.close()
         raise NoCheckpointError(f"{checkpoints.directory}: no complete checkpoint to load")

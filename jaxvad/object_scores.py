@@ -126,17 +126,19 @@ class SplitObjects:
         )
 
 
-def held_out_videos(num_videos: int, fraction: float, seed: int) -> np.ndarray:
+def held_out_videos(
+    num_videos: int, fraction: float, seed: int, *, field: str = "objects.holdout"
+) -> np.ndarray:
     """`[H]` sorted indices of the training videos held out of the model's training
-    (`config.objects.holdout` = `fraction`): round(fraction · V) of the `num_videos`, at least
-    one, drawn with `seed`; none when `fraction` is 0. ValueError when no video would be left
-    to train on."""
+    (`config.objects.holdout`, or the config `field` named, = `fraction`): round(fraction · V)
+    of the `num_videos`, at least one, drawn with `seed`; none when `fraction` is 0. ValueError
+    when no video would be left to train on."""
     if fraction <= 0:
         return np.zeros(0, np.int64)
     count = max(1, round(fraction * num_videos))
     if count >= num_videos:
         raise ValueError(
-            f"objects.holdout={fraction} holds out {count} of {num_videos} training videos: "
+            f"{field}={fraction} holds out {count} of {num_videos} training videos: "
             "none is left to train the model on (set it to 0 or lower)"
         )
     return np.sort(np.random.default_rng(seed).choice(num_videos, count, replace=False))

@@ -56,9 +56,10 @@ from jaxvad import (
     losses,
     model,
     object_scores,
+    weak_scoring,
 )
 from jaxvad import config as config_lib
-from jaxvad.checkpoint import CheckpointMismatchError, Checkpoints
+from jaxvad.checkpoint import SELECTION_METRIC, CheckpointMismatchError, Checkpoints
 from jaxvad.data import builder, pipeline, weak_input
 from jaxvad.data.video_io import DataError
 from jaxvad.metric_writer import MetricWriter
@@ -228,22 +229,67 @@ def training_crops(
     )
 
 
-def training_input(
-    config: ml_collections.ConfigDict, data_path: Path
-) -> tuple[pipeline.FrameTable | weak_input.WeakSplit, Any, pipeline.ObjectCrops | None]:
-    """The frame table of the training split of the prepared dataset at `data_path`, this
-    process's shuffled windows (object samples with `config.objects.samples`): batches of
-    `config.train.batch_size / processes`, and the object crops (or None). A weakly labelled
-    dataset: its training split, this process's shuffled video batches, None."""
+@dataclasses.dataclass(frozen=True)
+class TrainingInput:
+    """What the loop reads. `table`: the training split (a frame table, or a weak split without
+    its held-out videos); `dataset`: this process's shuffled batches of it; `crops`: the object
+    samples' crops (None: whole frames, or a weak model); `held_out`: a weak model's training
+    videos held out to choose the checkpoint with (None: none)."""
+
+    table: pipeline.FrameTable | weak_input.WeakSplit
+    dataset: Any
+    crops: pipeline.ObjectCrops | None = None
+    held_out: weak_input.WeakSplit | None = None
+
+
+def weak_holdout(
+    split: weak_input.WeakSplit, fraction: float, seed: int, where: Path
+) -> tuple[weak_input.WeakSplit, weak_input.WeakSplit | None]:
+    """The weak training `split` without its held-out videos (`config.train.holdout` =
+    `fraction` of the normal and of the anomalous videos, drawn with `seed`), and those videos
+    (None when `fraction` is 0). DataError naming `where` (the features) when a label has too
+    few videos to hold some out and train on the rest."""
+    if fraction == 0:
+        return split, None
+    labels = np.array([video.label for video in split.videos])
+    held = []
+    for label, name in ((0, "normal"), (1, "anomalous")):
+        group = np.flatnonzero(labels == label)
+        try:
+            chosen = object_scores.held_out_videos(
+                len(group), fraction, seed, field="train.holdout"
+            )
+        except ValueError as e:
+            raise DataError(where, f"{name} training videos: {e}") from None
+        held += group[chosen].tolist()
+    held = sorted(held)
+    log.info(
+        "%d training videos held out to choose the checkpoint with: %s",
+        len(held),
+        ", ".join(split.videos[v].name for v in held),
+    )
+    return split.take(np.setdiff1d(np.arange(len(labels)), held)), split.take(held)
+
+
+def training_input(config: ml_collections.ConfigDict, data_path: Path) -> TrainingInput:
+    """The training split of the prepared dataset at `data_path` and this process's shuffled
+    windows (object samples with `config.objects.samples`): batches of
+    `config.train.batch_size / processes`. A weakly labelled dataset: its training split (less
+    the held-out videos, `weak_holdout`) and this process's shuffled video batches."""
     if config_lib.is_weak(config):
-        split = config_lib.weak_data(config).split("train")
+        split, held_out = weak_holdout(
+            config_lib.weak_data(config).split("train"),
+            config.train.holdout,
+            config.seed,
+            data_path,
+        )
         dataset = weak_input.train_dataset(
             split,
             snippets=config.data.snippets,
             batch_size=config.train.batch_size // jax.process_count(),
             seed=config.seed,
         )
-        return split, dataset, None
+        return TrainingInput(split, dataset, held_out=held_out)
     table = pipeline.open_prepared(data_path, "train")
     crops = training_crops(config, table)
     dataset = pipeline.train_dataset(
@@ -255,7 +301,7 @@ def training_input(
         read_threads=config.data.read_threads,
         objects=crops,
     )
-    return table, dataset, crops
+    return TrainingInput(table, dataset, crops)
 
 
 def total_steps(
@@ -357,6 +403,20 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, steps: int
     )
 
 
+def held_out_auc(
+    config: ml_collections.ConfigDict, run: Run, params: nnx.State, held_out: weak_input.WeakSplit
+) -> float:
+    """The video AUC of `params` on the `held_out` training videos (`weak_scoring.video_auc`)."""
+    predictions = weak_scoring.predict(
+        run.graphdef,
+        params,
+        held_out,
+        snippets=config.data.snippets,
+        batch_size=config.eval.batch_size,
+    )
+    return weak_scoring.video_auc(predictions, held_out)
+
+
 def store_statistics(
     config: ml_collections.ConfigDict,
     checkpoints: Checkpoints,
@@ -430,9 +490,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     # --- Input: this process's shard of shuffled windows (or object samples), batches of
     # B / processes.
     data_path = training_dataset(config)
-    table, dataset, crops = training_input(config, data_path)
-    steps = total_steps(config, table, crops)
-    data_iter = iter(dataset)
+    inputs = training_input(config, data_path)
+    steps = total_steps(config, inputs.table, inputs.crops)
+    data_iter = iter(inputs.dataset)
 
     # --- Model, optimizer, step: shapes first, then shardings, then materialise sharded.
     run = build(config, mesh, steps)
@@ -441,7 +501,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     key_dropout = jax.random.fold_in(jax.random.key(config.seed), 1)
 
     # --- Restore: this workdir's latest checkpoint, else initialise from the seed.
-    checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints)
+    held_out = inputs.held_out  # Weak models: the videos that choose the checkpoint, or None.
+    checkpoints = Checkpoints(
+        workdir, keep=config.train.keep_checkpoints, select=held_out is not None
+    )
     start = checkpoints.latest_step()
     if start is None:
         state = run.init()
@@ -471,17 +534,29 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                 metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
                 now = time.perf_counter()
                 metrics["steps_per_second"] = (step - tick_step) / (now - tick)
-                tick, tick_step = now, step
+                if save and held_out is not None:
+                    metrics[SELECTION_METRIC] = held_out_auc(config, run, state["params"], held_out)
+                tick, tick_step = time.perf_counter(), step
                 writer.write(step, metrics)  # Files: process 0 only.
                 log.info("step %d: loss %.9g", step, metrics["loss"])  # Every process.
                 check_finite(metrics, step, last_good, checkpoints.directory)
                 bar.set_postfix(loss=f"{metrics['loss']:.4g}")
             if save:
-                checkpoints.save(step, state, data_iter, config.to_dict())
+                checkpoints.save(
+                    step, state, data_iter, config.to_dict(), metrics.get(SELECTION_METRIC)
+                )
                 last_good = step
         bar.update(steps - bar.n)
         bar.close()
         checkpoints.manager.wait_until_finished()
+        if held_out is not None:
+            chosen = checkpoints.selected_step()
+            log.info(
+                "chosen on %d held-out training videos: step %s (video AUC by step: %s)",
+                len(held_out.videos),
+                chosen,
+                ", ".join(f"{k}: {v:.4f}" for k, v in sorted(checkpoints.selection().items())),
+            )
         if not config_lib.is_weak(config):
             store_statistics(config, checkpoints, steps, run, mesh, state["params"], data_path)
     finally:

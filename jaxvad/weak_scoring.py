@@ -16,8 +16,9 @@ chunks, as VadCLIP tests) and categorises each video; `split_metrics` computes, 
   test video's anomalous segments, once per category of the video; normal videos have none
   (VadCLIP's UCF-Crime protocol: the normal class has AP 0, still in the mean).
 
-`evaluate` is `jaxvad.evaluate` for these models: the latest checkpoint of a workdir →
-`WORKDIR/eval/metrics.json`.
+`evaluate` is `jaxvad.evaluate` for these models: the checkpoint of a workdir
+(`detector.run_checkpoint`: the one chosen on held-out training videos when the run holds some
+out, else the latest) → `WORKDIR/eval/metrics.json`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxvad import atomic, distributed, weak_metrics
+from jaxvad import atomic, distributed, metrics, weak_metrics
 from jaxvad import config as config_lib
 from jaxvad import detector as detector_lib
 from jaxvad.data import weak, weak_input
@@ -48,12 +49,14 @@ class Predictions:
     """Per test video v: `scores[v]` `[t_v]` snippet anomaly scores in [0, 1],
     `similarity[v]` `[t_v, C]` per-snippet cosine similarities with the class texts,
     `class_probs[v]` `[t_v, C]` per-snippet class probabilities softmax(γ·similarity);
-    `class_logits` `[V, C]` the videos' class logits."""
+    `class_logits` `[V, C]` the videos' class logits; `video_scores` `[V]` the videos'
+    anomaly scores, the top-K mean of their snippet scores (the MIL video score)."""
 
     scores: list[np.ndarray]
     similarity: list[np.ndarray]
     class_probs: list[np.ndarray]
     class_logits: np.ndarray
+    video_scores: np.ndarray
 
 
 def forward(
@@ -63,6 +66,11 @@ def forward(
     class texts `[B, T, C]` (`Aadc.forward`)."""
     out = nnx.merge(graphdef, params).forward(features, length)
     return out["scores"], out["similarity"]
+
+
+# One compilation per model and batch shape, shared by every call (the trainer scores its
+# held-out videos at every checkpoint).
+_forward = jax.jit(forward, static_argnums=0)
 
 
 def predict(
@@ -84,30 +92,40 @@ def predict(
         lengths.append(n)
         owner += [v] * len(c)
     chunks, lengths, owner = np.concatenate(chunks), np.concatenate(lengths), np.array(owner)
-    forward_step = jax.jit(forward, static_argnums=0)
     scores, similarity = [], []
     for start in range(0, len(chunks), batch_size):
         f, n = chunks[start : start + batch_size], lengths[start : start + batch_size]
         pad = batch_size - len(f)
         f = np.concatenate([f, np.zeros((pad, *f.shape[1:]), f.dtype)])
         n = np.concatenate([n, np.ones(pad, n.dtype)])
-        s, sim = jax.device_get(forward_step(graphdef, params, jnp.asarray(f), jnp.asarray(n)))
+        s, sim = jax.device_get(_forward(graphdef, params, jnp.asarray(f), jnp.asarray(n)))
         scores.append(s[: len(f) - pad])
         similarity.append(sim[: len(f) - pad])
     scores, similarity = np.concatenate(scores), np.concatenate(similarity)
-    result = Predictions([], [], [], np.zeros((len(split.videos), len(split.classes)), np.float32))
+    videos = len(split.videos)
+    result = Predictions(
+        [], [], [], np.zeros((videos, len(split.classes)), np.float32), np.zeros(videos)
+    )
     for v in range(len(split.videos)):
         mine = np.flatnonzero(owner == v)
         score = np.concatenate([scores[i, : lengths[i]] for i in mine])
         sim = np.concatenate([similarity[i, : lengths[i]] for i in mine])  # [t, C]
         top = np.sort(sim, axis=0)[::-1][: min(k, len(sim))]
         result.class_logits[v] = gamma * top.mean(axis=0)
+        result.video_scores[v] = np.sort(score)[::-1][:k].mean()
         logits = gamma * sim
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         result.scores.append(score)
         result.similarity.append(sim)
         result.class_probs.append(probs / probs.sum(axis=1, keepdims=True))
     return result
+
+
+def video_auc(predictions: Predictions, split: weak_input.WeakSplit) -> float:
+    """ROC-AUC of the videos' anomaly scores against their labels (needs both labels): what
+    the trainer chooses checkpoints with, on training videos it held out."""
+    labels = [video.label for video in split.videos]
+    return metrics.roc_auc_micro(predictions.video_scores, labels)
 
 
 def _frame_labels(video: weak.WeakVideo, frames: int) -> np.ndarray:
@@ -156,11 +174,11 @@ def split_metrics(
 def load(
     config: ml_collections.ConfigDict | None, workdir: Path
 ) -> tuple[ml_collections.ConfigDict, weak_input.WeakData, nnx.GraphDef, nnx.State, int]:
-    """The latest checkpoint of `workdir`: the run's config (`config`'s overrides applied;
-    None: none), its data, graphdef, parameters and step. Starts JAX's distributed runtime
-    first."""
+    """The checkpoint of `workdir` (`detector.run_checkpoint`): the run's config (`config`'s
+    overrides applied; None: none), its data, graphdef, parameters and step. Starts JAX's
+    distributed runtime first."""
     distributed.initialize()
-    checkpoints, step = detector_lib.latest_checkpoint(workdir)
+    checkpoints, step = detector_lib.run_checkpoint(workdir)
     try:
         where = checkpoints.directory / str(step)
         config = detector_lib.run_config(
@@ -175,8 +193,8 @@ def load(
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """The latest checkpoint of `workdir` on the test split → `workdir/eval/metrics.json`
-    (process 0), also returned."""
+    """The checkpoint of `workdir` (`detector.run_checkpoint`) on the test split →
+    `workdir/eval/metrics.json` (process 0), also returned."""
     started = time.perf_counter()
     workdir = Path(workdir)
     config, data, graphdef, params, step = load(config, workdir)

@@ -800,13 +800,14 @@ def open_page(path: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def weak_run(tmp_path_factory) -> types.SimpleNamespace:
-    """The tiny variant of configs/synthetic_weak.py trained 6 steps (checkpoints at 3 and 6;
-    its tiny random CLIP and features written under `root`): `config`, `workdir`, `root`.
-    Copy the workdir before changing it."""
+    """The tiny variant of configs/synthetic_weak.py trained 6 steps (checkpoints at 3 and 6,
+    each scored on the 4 training videos held out, `train.holdout`; its tiny random CLIP and
+    features written under `root`): `config`, `workdir`, `root`. Copy the workdir before
+    changing it."""
     from jaxvad import train
 
     root = tmp_path_factory.mktemp("weak_data")
-    config = load_config("synthetic_weak", **{"data.root": str(root)})
+    config = load_config("synthetic_weak", **{"data.root": str(root), "train.holdout": 0.2})
     workdir = tmp_path_factory.mktemp("weak_run") / "run"
     train.train(config, workdir)
     return types.SimpleNamespace(config=config, workdir=workdir, root=root)

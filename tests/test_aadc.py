@@ -15,11 +15,14 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import load_config, run_module
 from flax import nnx
+from sklearn.metrics import roc_auc_score
 
 from jaxvad import config as config_lib
-from jaxvad import evaluate, model
+from jaxvad import detector, distributed, evaluate, model, weak_scoring
 from jaxvad import train as train_lib
+from jaxvad.checkpoint import SELECTION_METRIC, Checkpoints
 from jaxvad.data import weak, weak_input
+from jaxvad.data.video_io import DataError
 from jaxvad.explain import command as explain_command
 from jaxvad.metric_writer import read_jsonl
 from jaxvad.model.aadc import prompt_layout
@@ -95,6 +98,65 @@ def test_a_run_resumed_from_its_middle_checkpoint_ends_identical(weak_run, tmp_p
         stored_state(weak_run.workdir, 6)["params"],
         stored_state(workdir, 6)["params"],
     )
+
+
+def names(split):
+    return [video.name for video in split.videos]
+
+
+def test_held_out_videos_are_a_seeded_share_of_each_label_left_out_of_training(weak_run):
+    config = weak_run.config
+    split = config_lib.weak_data(config).split("train")
+    where = config_lib.weak_data(config).features
+    train, held = train_lib.weak_holdout(split, 0.25, 0, where)
+    labels = [v.label for v in held.videos]
+    assert labels.count(0) == round(0.25 * 8) and labels.count(1) == round(0.25 * 10)
+    assert sorted(names(train) + names(held)) == sorted(names(split))
+    assert not set(names(train)) & set(names(held))
+    assert held.features == tuple(split.features[names(split).index(n)] for n in names(held))
+    assert names(train_lib.weak_holdout(split, 0.25, 0, where)[1]) == names(held)
+    assert names(train_lib.weak_holdout(split, 0.25, 1, where)[1]) != names(held)
+    assert train_lib.weak_holdout(split, 0.0, 0, where) == (split, None)
+    one_normal = split.take([0, *range(8, 18)])  # 1 normal video: none left to train on.
+    with pytest.raises(DataError, match=r"normal training videos: train\.holdout=0\.25"):
+        train_lib.weak_holdout(one_normal, 0.25, 0, where)
+    # What the trainer reads: the training split without them.
+    inputs = train_lib.training_input(config, where)
+    expected = train_lib.weak_holdout(split, config.train.holdout, config.seed, where)
+    assert (names(inputs.table), names(inputs.held_out)) == tuple(map(names, expected))
+
+
+def test_checkpoints_are_scored_on_the_held_out_videos_and_the_best_is_loaded(weak_run, tmp_path):
+    """weak_run holds out videos: each checkpoint's video AUC on them is logged and stored, and
+    evaluate loads the best step; with the stored AUCs swapped, the other step."""
+    records = read_jsonl(weak_run.workdir / "metrics.jsonl")
+    aucs = {r["step"]: r[SELECTION_METRIC] for r in records if SELECTION_METRIC in r}
+    assert sorted(aucs) == [3, 6] and all(0 <= a <= 1 for a in aucs.values())
+    best = max(aucs, key=lambda s: (aucs[s], s))
+    # The logged number is the video AUC of the step's parameters on the held-out videos, a
+    # video's score the top-K mean of its snippet scores.
+    config = weak_run.config
+    held_out = train_lib.training_input(config, config_lib.weak_data(config).features).held_out
+    checkpoints = Checkpoints(weak_run.workdir)
+    graphdef, params = detector.load_params(config, checkpoints, 6, distributed.setup(1))
+    checkpoints.close()
+    predictions = weak_scoring.predict(
+        graphdef, params, held_out, snippets=config.data.snippets, batch_size=8
+    )
+    k = config.loss.k
+    top = [np.sort(s)[-k:].mean() for s in predictions.scores]
+    np.testing.assert_allclose(predictions.video_scores, top, rtol=1e-6)
+    labels = [v.label for v in held_out.videos]
+    assert aucs[6] == pytest.approx(roc_auc_score(labels, top), abs=1e-6)
+    config = load_config("synthetic_weak", **{"data.root": str(weak_run.root)})
+    assert evaluate.evaluate(config, weak_run.workdir)["checkpoint_step"] == best
+    workdir = shutil.copytree(weak_run.workdir, tmp_path / "run")
+    other = 3 if best == 6 else 6
+    for step, auc in ((best, 0.0), (other, 1.0)):  # Orbax's metrics item of each step.
+        (workdir / "checkpoints" / str(step) / "metrics" / "metrics").write_text(
+            json.dumps({SELECTION_METRIC: auc})
+        )
+    assert evaluate.evaluate(config, workdir)["checkpoint_step"] == other
 
 
 def test_evaluate_reports_the_weak_metrics(weak_run, tmp_path):

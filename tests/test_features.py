@@ -141,8 +141,15 @@ def moving_object_clip() -> np.ndarray:
 def test_auto_objects_fill_the_object_half_where_a_box_exists(encoder):
     frames = moving_object_clip()
     boxes = clip_features.video_boxes("auto", "clip", frames)
-    for a, b in zip(boxes, objects.video_objects(frames).boxes, strict=True):  # data_prep's
+    found = objects.video_objects(frames)  # data_prep's, velocities measured.
+    unmeasured = objects.video_objects(frames, velocity=False)
+    for a, b, c in zip(boxes, found.boxes, unmeasured.boxes, strict=True):
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    for a, b in zip(found.tracks, unmeasured.tracks, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert all(v.shape == (len(b), 0) for v, b in zip(unmeasured.velocity, boxes, strict=True))
+    assert any(v.any() for v in found.velocity)
     with_box = np.array([len(b) > 0 for b in boxes])
     assert not with_box[:12].any() and with_box[13:].all(), with_box
     fused = clip_features.video_features(encoder, frames, boxes, snippet=4, crops=1, batch=BATCH)

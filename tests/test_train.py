@@ -86,7 +86,7 @@ def test_tiny_variant_of_every_config_traces_a_train_step(name, synthetic_root):
     config_lib.validate(config)
     data = train_lib.training_dataset(config)  # First: a weak config's CLIP is written there.
     run = train_lib.build(config, distributed.make_mesh(config.mesh.fsdp), steps=2)
-    _, loader, _ = train_lib.training_input(config, data)
+    loader = train_lib.training_input(config, data).dataset
     batch = next(iter(loader))
     if config_lib.is_weak(config):  # Snippet features of whole videos (test_aadc).
         assert batch["features"].shape[:2] == (config.train.batch_size, config.data.snippets)
@@ -287,3 +287,26 @@ def test_sharded_step_on_8_fake_devices_matches_one_device():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_a_selecting_checkpoint_manager_keeps_the_latest_and_the_best_step(tmp_path):
+    import grain
+    import jax.numpy as jnp
+
+    data_iter = iter(grain.MapDataset.range(4).to_iter_dataset())
+    chosen = Checkpoints(tmp_path / "selected", keep=2, select=True)
+    for step, auc in enumerate([0.5, 0.9, 0.6, 0.7, 0.9, 0.1], start=1):
+        chosen.save(step, {"x": jnp.full(2, step)}, data_iter, {}, auc)
+        chosen.manager.wait_until_finished()
+    # Steps 2 and 5 tie at 0.9: the later one is chosen and kept, with the 2 latest.
+    assert chosen.manager.all_steps() == [5, 6]
+    assert chosen.selection() == {5: 0.9, 6: 0.1}
+    assert (chosen.selected_step(), chosen.latest_step()) == (5, 6)
+    chosen.close()
+    assert Checkpoints(tmp_path / "selected").selected_step() == 5  # As a reader opens it.
+    plain = Checkpoints(tmp_path / "plain", keep=2)
+    for step in range(1, 5):
+        plain.save(step, {"x": jnp.full(2, step)}, data_iter, {})
+        plain.manager.wait_until_finished()
+    assert plain.manager.all_steps() == [3, 4]
+    assert (plain.selection(), plain.selected_step()) == ({}, 4)

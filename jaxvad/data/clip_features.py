@@ -251,7 +251,7 @@ def video_boxes(objects: str, name: str, frames: np.ndarray) -> list[np.ndarray]
     if objects == "none":
         return None
     if objects == "auto":
-        return object_lib.video_objects(frames).boxes
+        return object_lib.video_objects(frames, velocity=False).boxes
     count, height, width = frames.shape[:3]
     return object_lib.read_mot(object_lib.mot_path(objects[4:], name), count, width, height)
 

@@ -388,14 +388,23 @@ class ObjectFinder:
         this resolution); False: `push` is given each frame's boxes (a MOT file's), and the
         background model still gives the object pixels of the velocity histograms.
       settings: the detector's thresholds.
+      velocity: False: the velocity histograms are not measured (each frame's `velocity` is
+        `[K, 0]`; what needs boxes only, e.g. CLIP object features, skips the DIS flow).
     """
 
-    def __init__(self, priming: np.ndarray, *, detect: bool, settings: BoxSettings = BoxSettings()):
+    def __init__(
+        self,
+        priming: np.ndarray,
+        *,
+        detect: bool,
+        settings: BoxSettings = BoxSettings(),
+        velocity: bool = True,
+    ):
         priming = _grey(priming)
         self.settings = settings
         self._subtractor = _primed_subtractor(priming, settings)
         self._farneback = flow_lib.flow_function("farneback") if detect else None
-        self._dis = attribute_flow()
+        self._dis = attribute_flow() if velocity else None
         self._window = velocity_window(priming.shape[1])
         self._still = np.zeros((*priming.shape[1:], 2), np.float32)
         self._tracker = Tracker()
@@ -448,8 +457,11 @@ class ObjectFinder:
             )
         else:
             boxes = _sorted(np.asarray(given, np.float32).reshape(-1, 4))
-        motion = self._still if previous is None else self._dis(previous, after)
-        velocity = velocity_histograms(motion, foreground, boxes, self._window)
+        if self._dis is None:
+            velocity = np.zeros((len(boxes), 0), np.float32)
+        else:
+            motion = self._still if previous is None else self._dis(previous, after)
+            velocity = velocity_histograms(motion, foreground, boxes, self._window)
         return FrameObjects(boxes, self._tracker.link(boxes), velocity)
 
 
@@ -468,6 +480,7 @@ def video_objects(
     frames: np.ndarray,
     boxes: Sequence[np.ndarray] | None = None,
     settings: BoxSettings = BoxSettings(),
+    velocity: bool = True,
 ) -> VideoObjects:
     """Boxes, tracks and velocities of one video at its original resolution (`ObjectFinder`,
     primed on the video's last `settings.history` frames).
@@ -478,11 +491,14 @@ def video_objects(
         the Farneback flow (`flow.flow_function("farneback")`) at this resolution.
       settings: the detector's thresholds; its background model also gives the object pixels of
         the velocity histograms, whichever the boxes' source.
+      velocity: False: no velocity histograms (`ObjectFinder`'s `velocity`).
     """
     grey = _grey(frames)
     if boxes is not None and len(boxes) != len(grey):
         raise ValueError(f"{len(boxes)} frames of boxes for {len(grey)} frames")
-    finder = ObjectFinder(grey[-settings.history :], detect=boxes is None, settings=settings)
+    finder = ObjectFinder(
+        grey[-settings.history :], detect=boxes is None, settings=settings, velocity=velocity
+    )
     found: list[FrameObjects] = []
     for t, frame in enumerate(grey):
         found += finder.push(frame, None if boxes is None else boxes[t])

@@ -139,6 +139,14 @@ class WeakSplit:
         """`[N, 2]` int (video, crop) of every training sample."""
         return np.array([(v, k) for v, f in enumerate(self.features) for k in range(f.crops)])
 
+    def take(self, videos: Sequence[int]) -> WeakSplit:
+        """The split of the `videos` (indices), in that order."""
+        return dataclasses.replace(
+            self,
+            videos=tuple(self.videos[v] for v in videos),
+            features=tuple(self.features[v] for v in videos),
+        )
+
 
 def weak_split(
     videos: Sequence[weak.WeakVideo],

@@ -4,10 +4,10 @@ of every video.
     python -m jaxvad.explain --config=configs/synthetic_weak.py --workdir=runs/synthetic_weak \
         --split=test [--top=K] [--blip=BLIP_DIR]
 
-Every video of the split is scored snippet by snippet with the run's latest checkpoint
-(`weak_scoring.predict`, as `jaxvad.evaluate` scores it). An alarm is a run of consecutive
-snippets whose anomaly score is at least `config.explain.alarm_score` (`find_alarms`);
-`--top=K` keeps the K alarms of highest peak score. Each alarm gets:
+Every video of the split is scored snippet by snippet with the run's checkpoint
+(`detector.run_checkpoint`; `weak_scoring.predict`, as `jaxvad.evaluate` scores it). An alarm
+is a run of consecutive snippets whose anomaly score is at least `config.explain.alarm_score`
+(`find_alarms`); `--top=K` keeps the K alarms of highest peak score. Each alarm gets:
 
 - its frames [start, end) (snippet s covers frames [s·F, (s + 1)·F), F = `data.snippet_frames`,
   cut at the video's end) and its peak: the centre frame of its highest-scoring snippet;

@@ -98,7 +98,7 @@ class WeakCamera:
             if not self._waiting or (len(self._waiting) < self.prime and not ended):
                 return False
             grey = np.stack([object_lib.grey_frame(f) for _, f in self._waiting])
-            self._finder = object_lib.ObjectFinder(grey, detect=True)
+            self._finder = object_lib.ObjectFinder(grey, detect=True, velocity=False)
         if self._waiting:
             number, frame = self._waiting.popleft()
             if self._finder is None:
@@ -182,8 +182,9 @@ class WeakScorer:
 
 
 def is_weak_run(workdir: Path) -> bool:
-    """Whether the latest checkpoint of `workdir` is a weakly supervised model's."""
-    checkpoints, step = detector_lib.latest_checkpoint(workdir)
+    """Whether the checkpoint of `workdir` (`detector.run_checkpoint`) is a weakly supervised
+    model's."""
+    checkpoints, step = detector_lib.run_checkpoint(workdir)
     try:
         return checkpoints.config(step)["model"]["name"] in config_lib.WEAK_MODELS
     finally:
