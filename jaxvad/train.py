@@ -534,7 +534,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                 metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
                 now = time.perf_counter()
                 metrics["steps_per_second"] = (step - tick_step) / (now - tick)
-                if save and held_out is not None:
+                # Scored when finite; a non-finite step stops at check_finite below.
+                if save and held_out is not None and all(map(np.isfinite, metrics.values())):
                     metrics[SELECTION_METRIC] = held_out_auc(config, run, state["params"], held_out)
                 tick, tick_step = time.perf_counter(), step
                 writer.write(step, metrics)  # Files: process 0 only.

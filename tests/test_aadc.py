@@ -159,6 +159,18 @@ def test_checkpoints_are_scored_on_the_held_out_videos_and_the_best_is_loaded(we
     assert evaluate.evaluate(config, workdir)["checkpoint_step"] == other
 
 
+def test_a_diverging_weak_run_stops_at_the_non_finite_step_not_in_its_selection(weak_run, tmp_path):
+    workdir = shutil.copytree(weak_run.workdir, tmp_path / "run")  # Checkpoints at 3 and 6.
+    diverging = {"train.num_steps": 16, "train.checkpoint_every": 1, "train.holdout": 0.2}
+    diverging = load_config(
+        "synthetic_weak",
+        **{"data.root": str(weak_run.root), "optimizer.learning_rate": 1e30, **diverging},
+    )
+    with pytest.raises(train_lib.NonFiniteLossError, match="last good checkpoint, step 6"):
+        train_lib.train(diverging, workdir)
+    assert Checkpoints(workdir).latest_step() == 6
+
+
 def test_evaluate_reports_the_weak_metrics(weak_run, tmp_path):
     config = load_config("synthetic_weak", **{"data.root": str(weak_run.root)})
     result = evaluate.evaluate(config, weak_run.workdir)
