@@ -159,7 +159,9 @@ def test_checkpoints_are_scored_on_the_held_out_videos_and_the_best_is_loaded(we
     assert evaluate.evaluate(config, workdir)["checkpoint_step"] == other
 
 
-def test_a_diverging_weak_run_stops_at_the_non_finite_step_not_in_its_selection(weak_run, tmp_path):
+def test_a_weak_run_diverging_at_a_checkpoint_stops_with_the_non_finite_error(weak_run, tmp_path):
+    """Step 7 diverges and is a checkpoint step: its held-out videos are not scored with
+    non-finite parameters, the run stops as any diverging run does."""
     workdir = shutil.copytree(weak_run.workdir, tmp_path / "run")  # Checkpoints at 3 and 6.
     diverging = {"train.num_steps": 16, "train.checkpoint_every": 1, "train.holdout": 0.2}
     diverging = load_config(
