@@ -25,6 +25,9 @@ same loop on snippet features (`jaxvad.data.weak_input`: videos at a fixed lengt
 labels; the synthetic set's features are computed under `config.data.root` when missing);
 steps and epochs count videos (and crops), and there are no frame statistics to store. Its
 frozen parameters (`FROZEN`, e.g. the CLIP text tower) are left unchanged by the optimizer.
+With `config.train.holdout` a share of each label's training videos is held out (`weak_holdout`)
+and scored at every checkpoint (`held_out_auc`, logged as `holdout_video_auc`); the best step
+is kept and is the one the other commands load (`jaxvad.checkpoint`).
 """
 
 from __future__ import annotations
