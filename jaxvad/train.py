@@ -62,7 +62,7 @@ from jaxvad import (
     weak_scoring,
 )
 from jaxvad import config as config_lib
-from jaxvad.checkpoint import SELECTION_METRIC, CheckpointMismatchError, Checkpoints
+from jaxvad.checkpoint import SELECTION_METRIC, CheckpointMismatchError, Checkpoints, changed
 from jaxvad.data import builder, pipeline, weak_input
 from jaxvad.data.video_io import DataError
 from jaxvad.metric_writer import MetricWriter
@@ -180,6 +180,26 @@ def train_step(
         "learning_rate": schedule(state["step"]),
     }
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+
+# The settings that decide which training videos the run trains on: a resumed run must keep
+# them, or its restored data iterator would walk another split.
+SPLIT_FIELDS = ("train.holdout", "objects.holdout")
+
+
+def check_same_videos(
+    checkpoints: Checkpoints, step: int, config: ml_collections.ConfigDict
+) -> None:
+    """CheckpointMismatchError when `config` holds out other training videos than the run saved
+    at `step` did (`SPLIT_FIELDS`; a run older than a field had its default)."""
+    stored = config_lib.from_dict(checkpoints.config(step)).to_dict()
+    differ = changed(stored, config.to_dict(), SPLIT_FIELDS)
+    if differ:
+        raise CheckpointMismatchError(
+            f"{checkpoints.directory / str(step)}: the run trained on other videos than the "
+            f"config names: {'; '.join(differ)}. Resume with the run's own setting, or use a "
+            "new --workdir."
+        )
 
 
 def check_finite(
@@ -514,6 +534,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         start = 0
     else:
         checkpoints.check_fits(start, run.abstract, config.to_dict())
+        check_same_videos(checkpoints, start, config)
         state = checkpoints.restore(start, run.abstract, data_iter)
         log.info("resumed from %s at step %d", checkpoints.directory, start)
     last_good = None if start == 0 else start

@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from jaxvad import config as config_lib
 from jaxvad import detector, distributed, evaluate, model, weak_scoring
 from jaxvad import train as train_lib
-from jaxvad.checkpoint import SELECTION_METRIC, Checkpoints
+from jaxvad.checkpoint import SELECTION_METRIC, CheckpointMismatchError, Checkpoints
 from jaxvad.data import weak, weak_input
 from jaxvad.data.video_io import DataError
 from jaxvad.explain import command as explain_command
@@ -170,6 +170,16 @@ def test_a_weak_run_diverging_at_a_checkpoint_stops_with_the_non_finite_error(we
     )
     with pytest.raises(train_lib.NonFiniteLossError, match="last good checkpoint, step 6"):
         train_lib.train(diverging, workdir)
+    assert Checkpoints(workdir).latest_step() == 6
+
+
+def test_resuming_with_other_held_out_videos_is_refused(weak_run, tmp_path):
+    workdir = shutil.copytree(weak_run.workdir, tmp_path / "run")  # train.holdout 0.2.
+    resumed = {"data.root": str(weak_run.root), "train.num_steps": 8, "train.holdout": 0.0}
+    with pytest.raises(
+        CheckpointMismatchError, match=r"train\.holdout: 0\.2 in the checkpoint, 0\.0 now"
+    ):
+        train_lib.train(load_config("synthetic_weak", **resumed), workdir)
     assert Checkpoints(workdir).latest_step() == 6
 
 
