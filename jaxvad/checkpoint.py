@@ -67,18 +67,21 @@ class Checkpoints:
         """`keep`: the latest steps kept by saves; `select`: saves carry the selection metric,
         and the best step is kept too (module docstring)."""
         self.directory = Path(workdir).absolute() / "checkpoints"
-        latest = ocp.checkpoint_managers.LatestN(n=keep)
-        best = ocp.checkpoint_managers.BestN(
-            get_metric_fn=_selection, n=1, keep_checkpoints_without_metrics=False
-        )
+        keeping: list[ocp.checkpoint_managers.PreservationPolicy] = [
+            ocp.checkpoint_managers.LatestN(n=keep)
+        ]
+        if select:
+            keeping.append(
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=_selection, n=1, keep_checkpoints_without_metrics=False
+                )
+            )
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 create=True,
                 best_fn=_selection if select else None,  # Orbax writes metrics only with it.
-                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
-                    [latest, best] if select else [latest]
-                ),
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(keeping),
             ),
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),

@@ -106,19 +106,23 @@ def predict(
     result = Predictions(
         [], [], [], np.zeros((videos, len(split.classes)), np.float32), np.zeros(videos)
     )
-    for v in range(len(split.videos)):
+    for v in range(videos):
         mine = np.flatnonzero(owner == v)
         score = np.concatenate([scores[i, : lengths[i]] for i in mine])
         sim = np.concatenate([similarity[i, : lengths[i]] for i in mine])  # [t, C]
-        top = np.sort(sim, axis=0)[::-1][: min(k, len(sim))]
-        result.class_logits[v] = gamma * top.mean(axis=0)
-        result.video_scores[v] = np.sort(score)[::-1][:k].mean()
+        result.class_logits[v] = gamma * _top_k_mean(sim, k)
+        result.video_scores[v] = _top_k_mean(score, k)
         logits = gamma * sim
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         result.scores.append(score)
         result.similarity.append(sim)
         result.class_probs.append(probs / probs.sum(axis=1, keepdims=True))
     return result
+
+
+def _top_k_mean(values: np.ndarray, k: int) -> np.ndarray:
+    """`[t, ...]` → the mean of the k largest along axis 0 (of all t when t < k)."""
+    return np.sort(values, axis=0)[::-1][:k].mean(axis=0)
 
 
 def video_auc(predictions: Predictions, split: weak_input.WeakSplit) -> float:
