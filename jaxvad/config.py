@@ -77,6 +77,9 @@ MODEL_DEFAULTS = {
         "context": 8,  # m learnable context tokens around each class name.
         "gamma": 1.0,  # γ: class logits = γ·alignment score (the paper's best, Table IX).
         "mlp_ratio": 4,  # FFN hidden width / D.
+        # The snippet score head starts at zero (big_vision's `head_zeroinit`): before training
+        # every snippet scores σ(0) = 0.5, so the untrained model ranks frames at chance.
+        "head_zeroinit": True,
         "dtype": "float32",
     },
 }

@@ -802,12 +802,14 @@ def open_page(path: Path) -> dict[str, Any]:
 def weak_run(tmp_path_factory) -> types.SimpleNamespace:
     """The tiny variant of configs/synthetic_weak.py trained 6 steps (checkpoints at 3 and 6,
     each scored on the 4 training videos held out, `train.holdout`; its tiny random CLIP and
-    features written under `root`): `config`, `workdir`, `root`. Copy the workdir before
-    changing it."""
+    features written under `root`; a randomly initialised score head, so that 6 steps leave
+    snippet scores that differ by more than float noise): `config`, `workdir`, `root`. Copy
+    the workdir before changing it."""
     from jaxvad import train
 
     root = tmp_path_factory.mktemp("weak_data")
-    config = load_config("synthetic_weak", **{"data.root": str(root), "train.holdout": 0.2})
+    overrides = {"data.root": str(root), "train.holdout": 0.2, "model.head_zeroinit": False}
+    config = load_config("synthetic_weak", **overrides)
     workdir = tmp_path_factory.mktemp("weak_run") / "run"
     train.train(config, workdir)
     return types.SimpleNamespace(config=config, workdir=workdir, root=root)

@@ -228,9 +228,10 @@ class Aadc(VadModel):
     """AADC-Net over snippet features (module docstring). `classes`: the C class names (index
     0 normal); `clip`: a local HF CLIP folder (text tower, tokenizer); `context`: m; `gamma`:
     γ; `k`: K of the top-K pooling (MIL and MIL-Align); `mlp_ratio`: the FFNs' hidden width
-    in multiples of D; `dtype`: compute dtype of the MTN and heads (parameters float32);
-    `feature_width`: D (None: the CLIP's E; 2E for object-fused features, which then reach
-    the class texts through a linear D → E)."""
+    in multiples of D; `head_zeroinit`: a zero kernel for the snippet score head, so that
+    every snippet scores 0.5 before training; `dtype`: compute dtype of the MTN and heads
+    (parameters float32); `feature_width`: D (None: the CLIP's E; 2E for object-fused
+    features, which then reach the class texts through a linear D → E)."""
 
     LOSS_TERMS: ClassVar[tuple[str, ...]] = weak_losses.LOSS_TERMS
     FROZEN: ClassVar[tuple[str, ...]] = ("text_tower",)  # Attribute names anywhere in the model.
@@ -244,6 +245,7 @@ class Aadc(VadModel):
         gamma: float = 1.0,
         k: int = 5,
         mlp_ratio: int = 4,
+        head_zeroinit: bool = True,
         dtype: str = "float32",
         feature_width: int | None = None,
         rngs: nnx.Rngs,
@@ -262,6 +264,8 @@ class Aadc(VadModel):
         self.mtn = Mtn(width, dtype=dtype, rngs=rngs)
         self.ffn = Mlp(width, mlp_ratio * width, dtype=dtype, rngs=rngs)
         self.score_head = linear(width, 1, (EMBED, None), dtype=dtype, rngs=rngs)
+        if head_zeroinit:  # Every snippet scores σ(0) = 0.5 before training.
+            self.score_head.kernel[...] = jnp.zeros_like(self.score_head.kernel[...])
         self.classes = PromptedClasses(
             str(clip), [prompt_text(c) for c in classes], context, rngs=rngs
         )
