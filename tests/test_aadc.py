@@ -56,19 +56,17 @@ def test_fixed_length_averages_longer_videos_and_pads_shorter_ones():
 
 
 def test_the_zero_initialised_head_scores_every_snippet_at_chance(weak_run):
-    config = weak_run.config.copy_and_resolve_references()
-    config.model.head_zeroinit = True  # The default (the fixture's run keeps a random head).
-    x = jax.random.normal(
-        jax.random.key(0), (2, 8, model.make_model(config, rngs=nnx.Rngs(0)).width)
-    )
+    assert load_config("synthetic_weak").model.head_zeroinit  # The default.
+    config = weak_run.config.copy_and_resolve_references()  # The fixture keeps a random head.
+    config.model.head_zeroinit = True
+    zero_head = model.make_model(config, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 8, zero_head.width))
     length = jnp.array([8, 3])
-    scores = model.make_model(config, rngs=nnx.Rngs(0)).forward(x, length)["scores"]
+    scores = zero_head.forward(x, length)["scores"]
     np.testing.assert_array_equal(scores[0], 0.5)
     np.testing.assert_array_equal(scores[1], [0.5] * 3 + [0.0] * 5)
-    random_head = config.copy_and_resolve_references()
-    random_head.model.head_zeroinit = False
-    scores = model.make_model(random_head, rngs=nnx.Rngs(0)).forward(x, length)["scores"]
-    assert float(jnp.std(scores[0])) > 0.01
+    random_head = model.make_model(weak_run.config, rngs=nnx.Rngs(0))
+    assert float(jnp.std(random_head.forward(x, length)["scores"][0])) > 0.01
 
 
 def test_padded_snippets_change_nothing(weak_run):
