@@ -47,6 +47,7 @@ from jaxvad.model.interface import VadModel
 from jaxvad.model.layers import (
     CONV_IN,
     CONV_OUT,
+    DENSE_INIT,
     EMBED,
     PARAM_DTYPE,
     Dtype,
@@ -263,9 +264,11 @@ class Aadc(VadModel):
         )
         self.mtn = Mtn(width, dtype=dtype, rngs=rngs)
         self.ffn = Mlp(width, mlp_ratio * width, dtype=dtype, rngs=rngs)
-        self.score_head = linear(width, 1, (EMBED, None), dtype=dtype, rngs=rngs)
-        if head_zeroinit:  # Every snippet scores σ(0) = 0.5 before training.
-            self.score_head.kernel[...] = jnp.zeros_like(self.score_head.kernel[...])
+        # A zero kernel: every snippet scores σ(0) = 0.5 before training.
+        head_init = nnx.initializers.zeros_init() if head_zeroinit else DENSE_INIT
+        self.score_head = linear(
+            width, 1, (EMBED, None), dtype=dtype, rngs=rngs, kernel_init=head_init
+        )
         self.classes = PromptedClasses(
             str(clip), [prompt_text(c) for c in classes], context, rngs=rngs
         )

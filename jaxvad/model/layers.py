@@ -81,14 +81,16 @@ def linear(
     *,
     dtype: Dtype,
     rngs: nnx.Rngs,
+    kernel_init: nnx.Initializer = DENSE_INIT,
 ) -> nnx.Linear:
-    """`nnx.Linear` with a `axes`-annotated kernel `[in, out]` and a bias annotated `(axes[1],)`."""
+    """`nnx.Linear` with a `axes`-annotated kernel `[in, out]` (drawn by `kernel_init`) and a
+    bias annotated `(axes[1],)`."""
     return nnx.Linear(
         in_features,
         out_features,
         dtype=dtype,
         param_dtype=PARAM_DTYPE,
-        kernel_init=partitioned(DENSE_INIT, axes),
+        kernel_init=partitioned(kernel_init, axes),
         bias_init=partitioned(nnx.initializers.zeros_init(), (axes[1],)),
         rngs=rngs,
     )
