@@ -162,6 +162,7 @@ def choose(
     attribution: object_scores.ErrorComponent | None = None,
     pseudo_errors: Callable[[str], scoring.SplitErrors] | None = None,
     kinds: Sequence[str] = KINDS,
+    rule: str = "zscore",
 ) -> Choice:
     """The components, among `candidates`, that best separate pseudo-anomalies from normal
     training frames (the module docstring).
@@ -179,6 +180,8 @@ def choose(
         `SAMPLE_KINDS`; rows = `chosen`).
       kinds: the pseudo-anomalies to average over (`config.objects.pseudo_kinds`; a prior on
         what the anomalies will be: all `KINDS` by default).
+      rule: the components' calibration (`object_scores.calibration`; `attribution` is
+        calibrated by the same rule).
     """
     normal, scored = pseudo_scores(
         train,
@@ -190,6 +193,7 @@ def choose(
         attribution=attribution,
         pseudo_errors=pseudo_errors,
         kinds=kinds,
+        rule=rule,
     )
     table = rank(normal, scored, train, chosen, scored_frames)
     return Choice(table[0][0], table, len(chosen))
@@ -209,6 +213,7 @@ def pseudo_scores(
     attribution: object_scores.ErrorComponent | None = None,
     pseudo_errors: Callable[[str], scoring.SplitErrors] | None = None,
     kinds: Sequence[str] = KINDS,
+    rule: str = "zscore",
 ) -> Scores:
     """Per single component of the `candidates`: the training objects' leave-one-video-out
     calibrated scores `[M]` (`normal[c]`) and each kind's pseudo objects' `[P]`
@@ -236,7 +241,7 @@ def pseudo_scores(
             }
             continue
         n = object_scores.neighbours(component, k, nearby)
-        bank = object_scores.fit_bank(train, component, n)
+        bank = object_scores.fit_bank(train, component, n, rule)
         usable = np.isfinite(object_scores.features(train, component)).all(axis=1)
         normal[component] = bank.train_scores
         scored[component] = {
@@ -275,11 +280,15 @@ def rank(
     return table
 
 
-def stored_name(k: int, nearby: int, count: int, seed: int, kinds: Sequence[str]) -> str:
-    """The name a choice is stored under: its settings, and a digest of the kinds and of this
-    module's candidates and strengths (a choice made with others is not reused)."""
+def stored_name(
+    k: int, nearby: int, count: int, seed: int, kinds: Sequence[str], rule: str = "zscore"
+) -> str:
+    """The name a choice is stored under: its settings, a digest of the kinds and of this
+    module's candidates and strengths (a choice made with others is not reused), and the
+    calibration `rule` unless it is "zscore" (the name of the choices stored before it)."""
     what = repr((tuple(kinds), CANDIDATES, MOST, SPEEDUP, GROWTH)).encode()
-    return f"k{k}_nearby{nearby}_objects{count}_seed{seed}_{hashlib.sha1(what).hexdigest()[:10]}"
+    name = f"k{k}_nearby{nearby}_objects{count}_seed{seed}_{hashlib.sha1(what).hexdigest()[:10]}"
+    return name if rule == "zscore" else f"{name}_{rule}"
 
 
 def draw(eligible_objects: np.ndarray, count: int, seed: int) -> np.ndarray:

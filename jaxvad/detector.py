@@ -500,12 +500,14 @@ def object_model(
     banks, train, attribution = {}, None, None
     if settings.object_samples:
         arrays = training_errors(features=False)
-        attribution = object_scores.ErrorComponent.from_arrays(arrays, settings.alpha)
+        attribution = object_scores.ErrorComponent.from_arrays(
+            arrays, settings.alpha, settings.calibration
+        )
     for component in settings.components:
         if component == object_scores.ERROR:
             continue
         n = object_scores.neighbours(component, k, nearby)
-        name = object_scores.bank_name(component, n)
+        name = object_scores.bank_name(component, n, settings.calibration)
         arrays = checkpoints.object_bank(step, name)
         if arrays is None:
             if train is None:
@@ -514,7 +516,7 @@ def object_model(
                 deep = np.asarray(training_errors(features=True)["features"], np.float32)
                 train = dataclasses.replace(train, deep=deep)
             log.info("fitting the %s bank (k=%d) on %d objects", component, n, len(train.boxes))
-            arrays = object_scores.fit_bank(train, component, n).to_arrays()
+            arrays = object_scores.fit_bank(train, component, n, settings.calibration).to_arrays()
             checkpoints.save_object_bank(step, name, arrays)
         banks[component] = object_scores.Bank.from_arrays(arrays)
     error = attribution if object_scores.ERROR in settings.components else None
@@ -548,7 +550,8 @@ def chosen_components(
     candidates and the model scores the pseudo samples."""
     o = config.objects
     kinds = tuple(o.pseudo_kinds)
-    name = component_choice.stored_name(o.k, o.nearby, o.pseudo_objects, config.seed, kinds)
+    rule = config.score.calibration
+    name = component_choice.stored_name(o.k, o.nearby, o.pseudo_objects, config.seed, kinds, rule)
     record = checkpoints.component_choice(step, name)
     if record is not None:
         return component_choice.Choice.from_json(record)
@@ -562,7 +565,7 @@ def chosen_components(
     held_out = np.zeros(0, np.int64)
     if training_errors is not None:
         arrays = training_errors(features=True)
-        attribution = object_scores.ErrorComponent.from_arrays(arrays, config.score.alpha)
+        attribution = object_scores.ErrorComponent.from_arrays(arrays, config.score.alpha, rule)
         train = dataclasses.replace(train, deep=np.asarray(arrays["features"], np.float32))
         held_out = attribution.held_out
     if len(held_out):  # Chosen on the videos the model never saw.
@@ -595,6 +598,7 @@ def chosen_components(
         attribution=attribution,
         pseudo_errors=pseudo_errors,
         kinds=kinds,
+        rule=rule,
     )
     best = choice.table[0]
     log.info("chose components %s (mean pseudo-anomaly AUC %.4f)", best[0], best[2])

@@ -20,9 +20,12 @@ component:
 1. features are divided by their standard deviation over the training objects;
 2. an object's distance is the mean Euclidean distance to its k nearest training objects
    (`jaxvad.knn`; the memory bank is every training object);
-3. calibration: z = (d − μ) / σ with μ, σ the mean and standard deviation of the training
-   objects' own distances, each computed leave-one-video-out (its own video's objects are not
-   in its bank), so that a training object is scored as a test object is.
+3. calibration (`config.score.calibration`, `calibration`): z = (d − shift) / spread, from
+   the training objects' own distances, each computed leave-one-video-out (its own video's
+   objects are not in its bank), so that a training object is scored as a test object is.
+   "zscore": shift and spread are their mean and standard deviation; "range" (AI-VAD's
+   calibration): their minimum, and the distance from it to their 99.9th percentile, so a
+   component whose training values have a long tail weighs less in the sum.
 
 One more component, `faster`, is not a density: it is how much faster an object moves than
 the training objects near its place, the statistic of the explanation's sentence ("99.8 % of
@@ -35,8 +38,8 @@ is why it is conditioned on place: the same walker moves fewer pixels far from t
 With object samples (`config.objects.samples`: the model trained on objects' crops) the
 component "error" is each object's model error (`ErrorComponent`): its E_rgb and E_flow
 z-scored with the training objects' mean and standard deviation, summed as a frame's are
-(n(E_rgb) + α·n(E_flow), `jaxvad.scoring`), then calibrated like a bank's distance: z = (e − μ)
-/ σ over the training objects. Its statistics are those of the training videos held out of the
+(n(E_rgb) + α·n(E_flow), `jaxvad.scoring`), then calibrated like a bank's distance over the
+training objects. Its statistics are those of the training videos held out of the
 model's training (`config.objects.holdout`, `held_out_videos`): a model's errors on the videos
 it was trained on are lower than on any other normal video, so calibrated on them every new
 object's error would look high, and the sum of components would lean on "error". A run without
@@ -68,6 +71,8 @@ ERROR = "error"  # The component of each object's model error (object samples).
 DETAIL = 0.5  # Calibrated units: the most an object's error map moves a pixel of its box.
 _LEAST_SPREAD = 1e-3  # px/frame: the least σ of a place's speeds (identical speeds).
 FASTER = "faster"  # The component that compares an object's speed with its place's objects'.
+CALIBRATIONS = ("zscore", "range")  # config.score.calibration: see the module docstring.
+RANGE_TOP = 99.9  # "range": the percentile of the training values that calibrates to 1.
 OBJECT_FIELDS = ("boxes", "tracks", "velocity")
 
 
@@ -217,6 +222,20 @@ def features(objects: SplitObjects, component: str) -> np.ndarray:
     return np.concatenate([group_features(objects, g) for g in component_groups(component)], 1)
 
 
+def calibration(values: np.ndarray, rule: str) -> tuple[float, float]:
+    """(shift, spread) of the calibration z = (d − shift) / spread, by `rule` (one of
+    `CALIBRATIONS`; the module docstring) from the training objects' finite values `values`
+    `[M]`; a spread of 0 becomes 1."""
+    if rule == "zscore":
+        shift, spread = float(values.mean()), float(values.std())
+    elif rule == "range":
+        shift = float(values.min())
+        spread = float(np.percentile(values, RANGE_TOP)) - shift
+    else:
+        raise ValueError(f"unknown calibration {rule!r}: one of {CALIBRATIONS}")
+    return shift, spread if spread > 0 else 1.0
+
+
 def speeds(objects: SplitObjects) -> np.ndarray:
     """`[M]` float64 each object's mean speed, px/frame (its velocity histogram's sum)."""
     return objects.velocity.sum(axis=1, dtype=np.float64)
@@ -225,8 +244,9 @@ def speeds(objects: SplitObjects) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Bank:
     """One component's memory bank: the training objects' scaled features `bank` `[M, D]`
-    float32, the per-feature `scale` `[D]`, k, the calibration `mean`, `std` of the training
-    objects' leave-one-video-out distances, and those objects' calibrated scores
+    float32, the per-feature `scale` `[D]`, k, the calibration `shift`, `spread`
+    (`calibration`) of the training objects' leave-one-video-out distances, and those
+    objects' calibrated scores
     `train_scores` `[M]` and frames `train_frame` `[M]` (positions among the training split's
     `num_train_frames` frames), and their `train_attributes` `[M, 5]` (`attributes`).
     `faster`: the bank of the `FASTER` component (rows: centre x, y and speed, unscaled; k
@@ -235,8 +255,8 @@ class Bank:
     bank: np.ndarray
     scale: np.ndarray
     k: int
-    mean: float
-    std: float
+    shift: float
+    spread: float
     train_scores: np.ndarray
     train_frame: np.ndarray
     num_train_frames: int
@@ -265,7 +285,7 @@ class Bank:
     def scores(
         self, x: np.ndarray, groups: np.ndarray | None = None, bank_groups: np.ndarray | None = None
     ) -> np.ndarray:
-        """`[Q]` calibrated scores (d − mean) / std of features `x` `[Q, D]`; NaN for a row
+        """`[Q]` calibrated scores (d − shift) / spread of features `x` `[Q, D]`; NaN for a row
         without features (NaN: `fit_bank`). `groups` `[Q]`, `bank_groups` (one per bank row):
         a query's own group's rows are left out (`distances`)."""
         d = np.full(len(x), np.nan)
@@ -273,13 +293,13 @@ class Bank:
         d[usable] = self.distances(
             x[usable], None if groups is None else groups[usable], bank_groups
         )
-        return (d - self.mean) / self.std
+        return (d - self.shift) / self.spread
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
             "bank": self.bank,
             "scale": self.scale,
-            "calibration": np.array([self.k, self.mean, self.std, self.num_train_frames]),
+            "calibration": np.array([self.k, self.shift, self.spread, self.num_train_frames]),
             "faster": np.array(self.faster),
             "train_scores": self.train_scores,
             "train_frame": self.train_frame,
@@ -288,13 +308,13 @@ class Bank:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> Bank:
-        k, mean, std, num_train_frames = np.asarray(arrays["calibration"], np.float64)
+        k, shift, spread, num_train_frames = np.asarray(arrays["calibration"], np.float64)
         return cls(
             np.asarray(arrays["bank"], np.float32),
             np.asarray(arrays["scale"], np.float64),
             int(k),
-            float(mean),
-            float(std),
+            float(shift),
+            float(spread),
             np.asarray(arrays["train_scores"], np.float64),
             np.asarray(arrays["train_frame"], np.int64),
             int(num_train_frames),
@@ -303,9 +323,9 @@ class Bank:
         )
 
 
-def fit_bank(train: SplitObjects, component: str, k: int) -> Bank:
+def fit_bank(train: SplitObjects, component: str, k: int, rule: str = "zscore") -> Bank:
     """The bank of `component` over the training objects (from at least two videos); k: the
-    neighbours (for `FASTER`, its `nearby`)."""
+    neighbours (for `FASTER`, its `nearby`); `rule`: its calibration (`calibration`)."""
     if len(np.unique(train.video)) < 2:
         raise ValueError("calibrating object scores needs training objects from ≥ 2 videos")
     x = features(train, component)
@@ -331,9 +351,8 @@ def fit_bank(train: SplitObjects, component: str, k: int) -> Bank:
     d = np.full(len(usable), np.nan)
     d[usable] = bank.distances(x, video, video)
     finite = np.isfinite(d)  # A video's objects may have fewer than k others (tiny sets).
-    mean, std = float(d[finite].mean()), float(d[finite].std())
-    std = std if std > 0 else 1.0
-    return dataclasses.replace(bank, mean=mean, std=std, train_scores=(d - mean) / std)
+    shift, spread = calibration(d[finite], rule)
+    return dataclasses.replace(bank, shift=shift, spread=spread, train_scores=(d - shift) / spread)
 
 
 def neighbours(component: str, k: int, nearby: int) -> int:
@@ -341,9 +360,11 @@ def neighbours(component: str, k: int, nearby: int) -> int:
     return nearby if component == FASTER else k
 
 
-def bank_name(component: str, k: int) -> str:
-    """The name a component's bank is stored under (`Checkpoints.save_object_bank`)."""
-    return f"{component.replace('+', '_')}_k{k}"
+def bank_name(component: str, k: int, rule: str = "zscore") -> str:
+    """The name a component's bank is stored under (`Checkpoints.save_object_bank`), with its
+    calibration `rule` unless it is "zscore" (the name of the banks stored before the rule)."""
+    name = f"{component.replace('+', '_')}_k{k}"
+    return name if rule == "zscore" else f"{name}_{rule}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,15 +373,16 @@ class ErrorComponent:
 
     `train`: the training objects' errors, one row per object (`scoring.SplitErrors`, as
     `ErrorScorer.split_errors(objects=...)` gives them), `alpha` the flow term's weight,
-    `mean`, `std` the calibration; and, as a `Bank` has them, `train_scores` `[M]` (NaN for
-    objects of frames t ≤ T), `train_frame` `[M]`, `num_train_frames`, `train_attributes`
-    `[M, 5]`; `held_out` `[H]` the training videos the model was not trained on (`train`,
-    `mean` and `std` are then their objects' alone; empty: every training object's)."""
+    `shift`, `spread` the calibration (`calibration`); and, as a `Bank` has them,
+    `train_scores` `[M]` (NaN for objects of frames t ≤ T), `train_frame` `[M]`,
+    `num_train_frames`, `train_attributes` `[M, 5]`; `held_out` `[H]` the training videos
+    the model was not trained on (`train`, `shift` and `spread` are then their objects'
+    alone; empty: every training object's)."""
 
     train: scoring.SplitErrors
     alpha: float
-    mean: float
-    std: float
+    shift: float
+    spread: float
     train_scores: np.ndarray
     train_frame: np.ndarray
     num_train_frames: int
@@ -383,7 +405,7 @@ class ErrorComponent:
 
     def scores(self, errors: scoring.SplitErrors) -> np.ndarray:
         """`[M]` calibrated scores of objects' `errors` (rows = objects; NaN where not scored)."""
-        return (self._summed(errors).score - self.mean) / self.std
+        return (self._summed(errors).score - self.shift) / self.spread
 
     def maps(self, errors: scoring.SplitErrors) -> np.ndarray:
         """`[M, s, s]` float32 calibrated pixel maps of objects' `errors` (with maps): the
@@ -396,7 +418,7 @@ class ErrorComponent:
             {c: affine[c].scale for c in scoring.COMPONENTS},
             self.alpha,
         )
-        return (maps - np.float32(self.mean)) / np.float32(self.std)
+        return (maps - np.float32(self.shift)) / np.float32(self.spread)
 
     def detail(self, errors: scoring.SplitErrors) -> np.ndarray:
         """`[M, s, s]` float32 the pattern each object's error map adds to its score over its
@@ -408,10 +430,12 @@ class ErrorComponent:
         return scaled_detail(self.maps(errors))
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], alpha: float) -> ErrorComponent:
+    def from_arrays(
+        cls, arrays: Mapping[str, np.ndarray], alpha: float, rule: str = "zscore"
+    ) -> ErrorComponent:
         """The component of the training objects' errors stored as `error_arrays` gives
-        them, with weight `alpha`, calibrated on the held-out videos' objects when the model
-        had some (the module docstring)."""
+        them, with weight `alpha`, calibrated by `rule` (`calibration`) on the held-out
+        videos' objects when the model had some (the module docstring)."""
         errors = scoring.SplitErrors.from_arrays(arrays)
         held_out = np.asarray(arrays.get("held_out_videos", np.zeros(0)), np.int64)
         everyone = np.full(len(errors.video), True)
@@ -431,12 +455,10 @@ class ErrorComponent:
             np.asarray(arrays["attributes"], np.float64),
             held_out,
         )
-        raw = component.scores(errors)  # Through mean 0, std 1: not calibrated yet.
-        calibration = raw[errors.scored & reference]
-        mean, std = float(calibration.mean()), float(calibration.std())
-        std = std if std > 0 else 1.0
-        train_scores = (raw - mean) / std
-        return dataclasses.replace(component, mean=mean, std=std, train_scores=train_scores)
+        raw = component.scores(errors)  # Through shift 0, spread 1: not calibrated yet.
+        shift, spread = calibration(raw[errors.scored & reference], rule)
+        train_scores = (raw - shift) / spread
+        return dataclasses.replace(component, shift=shift, spread=spread, train_scores=train_scores)
 
 
 def error_arrays(

@@ -109,7 +109,8 @@ class ScoreSettings:
     of `jaxvad.object_scores`, whose frame scores replace S (then normalised by their own
     calibration, smoothed the same way); `object_samples` (`config.objects.samples`): the
     model scores objects, so frames are always scored from their objects ("error" is then each
-    object's model error)."""
+    object's model error); `calibration`: how each object component is calibrated before
+    they are summed (`jaxvad.object_scores.calibration`)."""
 
     variant: str
     alpha: float
@@ -118,6 +119,7 @@ class ScoreSettings:
     threshold_quantile: float
     components: tuple[str, ...] = ("error",)
     object_samples: bool = False
+    calibration: str = "zscore"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "components", tuple(self.components))

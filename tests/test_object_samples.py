@@ -312,7 +312,7 @@ def test_the_deep_component_evaluates_alone_and_beside_faster(object_samples_run
         nn = NearestNeighbors(n_neighbors=config.objects.k).fit(bank.bank)
         d = nn.kneighbors(x[has] / bank.scale)[0].mean(axis=1)
         deep = scored.components["deep"]
-        np.testing.assert_allclose(deep[has], (d - bank.mean) / bank.std, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(deep[has], (d - bank.shift) / bank.spread, rtol=1e-4, atol=1e-4)
         total = sum(scored.components[c] for c in components)
         np.testing.assert_allclose(scored.score, total)
         assert_frames_score_their_objects_maximum(found, table, objects, total, scored, workdir)

@@ -54,7 +54,7 @@ def test_a_frame_scores_the_maximum_of_its_objects_and_an_empty_frame_the_traini
 
     bank = model.banks["speed"]
     nearest = [np.abs(train_speeds - s).min() / bank.scale[0] for s in test_speeds]
-    own = (np.array(nearest) - bank.mean) / bank.std
+    own = (np.array(nearest) - bank.shift) / bank.spread
     np.testing.assert_allclose(found.score, own, rtol=1e-5)
     assert found.frame[0] == found.score[:2].max() == found.score[1]  # The fast one.
     assert found.frame[2] == found.score[2:].max() == found.score[3]
@@ -77,12 +77,42 @@ def test_training_objects_are_calibrated_without_their_own_video():
         own = train.video == v
         nn = NearestNeighbors(n_neighbors=2).fit(x[~own])
         expected[own] = nn.kneighbors(x[own])[0].mean(axis=1)
-    np.testing.assert_allclose(bank.mean, expected.mean(), rtol=1e-5)
-    np.testing.assert_allclose(bank.std, expected.std(), rtol=1e-5)
-    np.testing.assert_allclose(bank.train_scores, (expected - bank.mean) / bank.std, rtol=1e-4)
+    np.testing.assert_allclose(bank.shift, expected.mean(), rtol=1e-5)
+    np.testing.assert_allclose(bank.spread, expected.std(), rtol=1e-5)
+    np.testing.assert_allclose(bank.train_scores, (expected - bank.shift) / bank.spread, rtol=1e-4)
     assert (bank.train_scores[:4] > 1).all()  # The 5.0 copies are far from the other videos.
     frames = object_scores.ObjectModel({"speed": bank}).train_frame_scores()
     np.testing.assert_allclose(frames, bank.train_scores.reshape(10, 2).max(axis=1))
+
+
+def test_the_range_calibration_maps_the_training_minimum_to_0_and_the_top_percentile_to_1():
+    """`score.calibration="range"` (AI-VAD's): (d − min) / (99.9th percentile − min) of the
+    same leave-one-video-out distances; a long training tail stretches the spread, so the
+    component weighs less in a sum than its z-score would. Stored under its own name."""
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.uniform(0, 1, 40), [30.0]])  # One far outlier in video 1.
+    videos = [0] * 20 + [1] * 21
+    train = split_objects([[BOX]] * 41, videos, speeds(values))
+    zscore = object_scores.fit_bank(train, "speed", 1)
+    ranged = object_scores.fit_bank(train, "speed", 1, "range")
+    d = zscore.train_scores * zscore.spread + zscore.shift  # The raw distances.
+    np.testing.assert_allclose(ranged.shift, d.min(), rtol=1e-6)
+    np.testing.assert_allclose(ranged.spread, np.percentile(d, 99.9) - d.min(), rtol=1e-6)
+    np.testing.assert_allclose(ranged.train_scores, (d - d.min()) / ranged.spread, rtol=1e-5)
+    assert ranged.train_scores.min() == 0 and np.sort(ranged.train_scores)[-2] < 1
+    query = speeds([0.5, 5.0])
+    np.testing.assert_allclose(
+        ranged.scores(query[:, :1].sum(1, keepdims=True)),
+        (zscore.scores(query[:, :1].sum(1, keepdims=True)) * zscore.spread + zscore.shift - d.min())
+        / ranged.spread,
+        rtol=1e-5,
+    )
+    # The outlier makes the spread about the outlier's distance, against about σ for z.
+    assert ranged.spread > 3 * zscore.spread
+    assert object_scores.bank_name("speed", 1, "range") != object_scores.bank_name("speed", 1)
+    assert object_scores.bank_name("speed", 1) == "speed_k1"  # Banks stored before the rule.
+    with pytest.raises(ValueError, match="unknown calibration 'max'"):
+        object_scores.fit_bank(train, "speed", 1, "max")
 
 
 def test_faster_compares_a_speed_with_the_training_objects_near_its_place():
@@ -104,7 +134,7 @@ def test_faster_compares_a_speed_with_the_training_objects_near_its_place():
         return (speed - chosen.mean()) / chosen.std()
 
     own = np.array([raw(centres[i], values[i], train.video != train.video[i]) for i in range(60)])
-    np.testing.assert_allclose(bank.mean, own.mean(), rtol=1e-4)
+    np.testing.assert_allclose(bank.shift, own.mean(), rtol=1e-4)
     np.testing.assert_allclose(bank.train_scores, (own - own.mean()) / own.std(), rtol=1e-4)
 
     # The same speed is fast far from the camera and slow near it.
@@ -112,7 +142,9 @@ def test_faster_compares_a_speed_with_the_training_objects_near_its_place():
     found = object_scores.score(test, object_scores.ObjectModel({"faster": bank}))
     every = np.ones(60, bool)
     expected = [raw(np.array([100.0, y]), 1.5, every) for y in (10.0, 190.0)]
-    np.testing.assert_allclose(found.score, (np.array(expected) - bank.mean) / bank.std, rtol=1e-4)
+    np.testing.assert_allclose(
+        found.score, (np.array(expected) - bank.shift) / bank.spread, rtol=1e-4
+    )
     assert found.score[0] > 3 > -3 > found.score[1]
     stored = object_scores.Bank.from_arrays(bank.to_arrays())
     assert stored.faster and stored.k == nearby
@@ -139,6 +171,9 @@ def test_components_join_groups_and_bad_ones_are_config_errors():
         objects_setting = "none" if components == ("speed",) else "auto"
         with pytest.raises(config_lib.ConfigError, match=message):
             validate(**{"data.objects": objects_setting, "score.components": components})
+    validate(**{"score.calibration": "range"})
+    with pytest.raises(config_lib.ConfigError, match=r"score\.calibration.*one of"):
+        validate(**{"score.calibration": "minmax"})
 
 
 def test_velocity_is_measured_on_the_fastest_object_sized_part_of_a_box():
