@@ -86,6 +86,8 @@ SWEEP: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         (),
     ),
     ("fast math (not bitwise)", "--xla_cpu_enable_fast_math=true", ()),
+    # The cores as XLA devices: the trainer's mesh splits the batch over them (data parallel).
+    ("2 CPU devices (batch split)", "--xla_force_host_platform_device_count=2", ()),
     ("conv3d=native", "", ("--config.model.conv3d=native",)),
 )
 
