@@ -285,10 +285,10 @@ def stored_name(
 ) -> str:
     """The name a choice is stored under: its settings, a digest of the kinds and of this
     module's candidates and strengths (a choice made with others is not reused), and the
-    calibration `rule` unless it is "zscore" (the name of the choices stored before it)."""
+    calibration `rule` (`object_scores.calibrated_name`)."""
     what = repr((tuple(kinds), CANDIDATES, MOST, SPEEDUP, GROWTH)).encode()
     name = f"k{k}_nearby{nearby}_objects{count}_seed{seed}_{hashlib.sha1(what).hexdigest()[:10]}"
-    return name if rule == "zscore" else f"{name}_{rule}"
+    return object_scores.calibrated_name(name, rule)
 
 
 def draw(eligible_objects: np.ndarray, count: int, seed: int) -> np.ndarray:

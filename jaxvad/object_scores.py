@@ -360,11 +360,16 @@ def neighbours(component: str, k: int, nearby: int) -> int:
     return nearby if component == FASTER else k
 
 
+def calibrated_name(name: str, rule: str) -> str:
+    """The stored `name` of something fitted with calibration `rule`: unchanged for "zscore"
+    (what banks and choices stored before the rule are named), else suffixed with the rule."""
+    return name if rule == "zscore" else f"{name}_{rule}"
+
+
 def bank_name(component: str, k: int, rule: str = "zscore") -> str:
     """The name a component's bank is stored under (`Checkpoints.save_object_bank`), with its
-    calibration `rule` unless it is "zscore" (the name of the banks stored before the rule)."""
-    name = f"{component.replace('+', '_')}_k{k}"
-    return name if rule == "zscore" else f"{name}_{rule}"
+    calibration `rule` (`calibrated_name`)."""
+    return calibrated_name(f"{component.replace('+', '_')}_k{k}", rule)
 
 
 @dataclasses.dataclass(frozen=True)

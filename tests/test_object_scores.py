@@ -100,13 +100,9 @@ def test_the_range_calibration_maps_the_training_minimum_to_0_and_the_top_percen
     np.testing.assert_allclose(ranged.spread, np.percentile(d, 99.9) - d.min(), rtol=1e-6)
     np.testing.assert_allclose(ranged.train_scores, (d - d.min()) / ranged.spread, rtol=1e-5)
     assert ranged.train_scores.min() == 0 and np.sort(ranged.train_scores)[-2] < 1
-    query = speeds([0.5, 5.0])
-    np.testing.assert_allclose(
-        ranged.scores(query[:, :1].sum(1, keepdims=True)),
-        (zscore.scores(query[:, :1].sum(1, keepdims=True)) * zscore.spread + zscore.shift - d.min())
-        / ranged.spread,
-        rtol=1e-5,
-    )
+    query = np.array([[0.5], [5.0]])  # Speeds: the "speed" component's features.
+    raw = zscore.scores(query) * zscore.spread + zscore.shift
+    np.testing.assert_allclose(ranged.scores(query), (raw - d.min()) / ranged.spread, rtol=1e-5)
     # The outlier makes the spread about the outlier's distance, against about σ for z.
     assert ranged.spread > 3 * zscore.spread
     assert object_scores.bank_name("speed", 1, "range") != object_scores.bank_name("speed", 1)
