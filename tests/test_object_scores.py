@@ -204,7 +204,7 @@ def test_box_maps_put_each_objects_score_over_its_box():
 
 def test_data_prep_stores_each_frames_boxes_tracks_and_velocities(object_run):
     vad = config_lib.dataset_settings(object_run.config)
-    assert vad.name == "32_farneback_objauto"
+    assert vad.name == "32_farneback_objauto-vw20"
     assert "--objects=auto" in builder.prepare_command("ped2", vad, "data", "SRC")
     directory = builder.prepared_dir(object_run.config.data.root, "ped2", vad)
     metadata = builder.read_metadata(directory)

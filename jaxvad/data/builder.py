@@ -94,14 +94,17 @@ class VadConfig(tfds.core.BuilderConfig):
         return dataclasses.replace(config, name="_".join(parts), version=VERSION)
 
 
-def objects_part(objects: str) -> str:
+def objects_part(objects_setting: str) -> str:
     """The name part of an `objects` setting: "objauto", or "objmot-" and a hash of the MOT
-    folder (each folder of detections gets its own dataset). ValueError for another value."""
-    if objects == "auto":
-        return "objauto"
-    if objects.startswith("mot:") and len(objects) > 4:
-        return "objmot-" + hashlib.sha1(objects[4:].encode()).hexdigest()[:8]
-    raise ValueError(f"--objects must be auto, mot:DIR or none, not {objects!r}")
+    folder (each folder of detections gets its own dataset), then the velocity window
+    ("-vw20": `objects.VELOCITY_WINDOW` in % of the height, so velocities measured with another
+    window are another dataset). ValueError for another value."""
+    window = f"-vw{round(100 * objects.VELOCITY_WINDOW)}"
+    if objects_setting == "auto":
+        return "objauto" + window
+    if objects_setting.startswith("mot:") and len(objects_setting) > 4:
+        return "objmot-" + hashlib.sha1(objects_setting[4:].encode()).hexdigest()[:8] + window
+    raise ValueError(f"--objects must be auto, mot:DIR or none, not {objects_setting!r}")
 
 
 def _object_counts(counts: np.ndarray) -> dict[str, int]:
@@ -122,8 +125,9 @@ def objects_metadata(objects_setting: str) -> dict:
         "tracks": "greedy IoU matching to the previous frame, IoU >= 0.3",
         "velocity": (
             f"{objects.VELOCITY_BINS}-bin magnitude-weighted histogram of flow orientation over "
-            "the object's foreground pixels (MOG2), px/frame, DIS flow (preset medium) at the "
-            "original resolution; a row sums to the object's mean speed"
+            "the object's foreground pixels (MOG2) in its fastest window of "
+            f"{objects.VELOCITY_WINDOW:g} × the frame height, px/frame, DIS flow (preset "
+            "medium) at the original resolution; a row sums to their mean speed"
         ),
     }
 
