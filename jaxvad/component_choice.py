@@ -162,7 +162,7 @@ def choose(
     attribution: object_scores.ErrorComponent | None = None,
     pseudo_errors: Callable[[str], scoring.SplitErrors] | None = None,
     kinds: Sequence[str] = KINDS,
-    rule: str = "zscore",
+    rule: str = object_scores.ZSCORE,
 ) -> Choice:
     """The components, among `candidates`, that best separate pseudo-anomalies from normal
     training frames (the module docstring).
@@ -213,7 +213,7 @@ def pseudo_scores(
     attribution: object_scores.ErrorComponent | None = None,
     pseudo_errors: Callable[[str], scoring.SplitErrors] | None = None,
     kinds: Sequence[str] = KINDS,
-    rule: str = "zscore",
+    rule: str = object_scores.ZSCORE,
 ) -> Scores:
     """Per single component of the `candidates`: the training objects' leave-one-video-out
     calibrated scores `[M]` (`normal[c]`) and each kind's pseudo objects' `[P]`
@@ -281,7 +281,12 @@ def rank(
 
 
 def stored_name(
-    k: int, nearby: int, count: int, seed: int, kinds: Sequence[str], rule: str = "zscore"
+    k: int,
+    nearby: int,
+    count: int,
+    seed: int,
+    kinds: Sequence[str],
+    rule: str = object_scores.ZSCORE,
 ) -> str:
     """The name a choice is stored under: its settings, a digest of the kinds and of this
     module's candidates and strengths (a choice made with others is not reused), and the

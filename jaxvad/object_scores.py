@@ -72,6 +72,7 @@ DETAIL = 0.5  # Calibrated units: the most an object's error map moves a pixel o
 _LEAST_SPREAD = 1e-3  # px/frame: the least σ of a place's speeds (identical speeds).
 FASTER = "faster"  # The component that compares an object's speed with its place's objects'.
 CALIBRATIONS = ("zscore", "range")  # config.score.calibration: see the module docstring.
+ZSCORE = CALIBRATIONS[0]  # The default calibration, and the one stored under plain names.
 RANGE_TOP = 99.9  # "range": the percentile of the training values that calibrates to 1.
 OBJECT_FIELDS = ("boxes", "tracks", "velocity")
 
@@ -226,7 +227,7 @@ def calibration(values: np.ndarray, rule: str) -> tuple[float, float]:
     """(shift, spread) of the calibration z = (d − shift) / spread, by `rule` (one of
     `CALIBRATIONS`; the module docstring) from the training objects' finite values `values`
     `[M]`; a spread of 0 becomes 1."""
-    if rule == "zscore":
+    if rule == ZSCORE:
         shift, spread = float(values.mean()), float(values.std())
     elif rule == "range":
         shift = float(values.min())
@@ -323,7 +324,7 @@ class Bank:
         )
 
 
-def fit_bank(train: SplitObjects, component: str, k: int, rule: str = "zscore") -> Bank:
+def fit_bank(train: SplitObjects, component: str, k: int, rule: str = ZSCORE) -> Bank:
     """The bank of `component` over the training objects (from at least two videos); k: the
     neighbours (for `FASTER`, its `nearby`); `rule`: its calibration (`calibration`)."""
     if len(np.unique(train.video)) < 2:
@@ -363,10 +364,10 @@ def neighbours(component: str, k: int, nearby: int) -> int:
 def calibrated_name(name: str, rule: str) -> str:
     """The stored `name` of something fitted with calibration `rule`: unchanged for "zscore"
     (what banks and choices stored before the rule are named), else suffixed with the rule."""
-    return name if rule == "zscore" else f"{name}_{rule}"
+    return name if rule == ZSCORE else f"{name}_{rule}"
 
 
-def bank_name(component: str, k: int, rule: str = "zscore") -> str:
+def bank_name(component: str, k: int, rule: str = ZSCORE) -> str:
     """The name a component's bank is stored under (`Checkpoints.save_object_bank`), with its
     calibration `rule` (`calibrated_name`)."""
     return calibrated_name(f"{component.replace('+', '_')}_k{k}", rule)
@@ -436,7 +437,7 @@ class ErrorComponent:
 
     @classmethod
     def from_arrays(
-        cls, arrays: Mapping[str, np.ndarray], alpha: float, rule: str = "zscore"
+        cls, arrays: Mapping[str, np.ndarray], alpha: float, rule: str = ZSCORE
     ) -> ErrorComponent:
         """The component of the training objects' errors stored as `error_arrays` gives
         them, with weight `alpha`, calibrated by `rule` (`calibration`) on the held-out
