@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxvad import atomic, distributed, metrics, weak_losses, weak_metrics
+from jaxvad import atomic, distributed, metrics, weak_metrics
 from jaxvad import config as config_lib
 from jaxvad import detector as detector_lib
 from jaxvad.data import weak, weak_input
@@ -110,15 +110,21 @@ def predict(
         mine = np.flatnonzero(owner == v)
         score = np.concatenate([scores[i, : lengths[i]] for i in mine])
         sim = np.concatenate([similarity[i, : lengths[i]] for i in mine])  # [t, C]
-        length = np.array([len(score)])
-        result.class_logits[v] = gamma * np.asarray(weak_losses.top_k_mean(sim[None], length, k))[0]
-        result.video_scores[v] = float(weak_losses.top_k_mean(score[None], length, k)[0])
+        result.class_logits[v] = gamma * _top_k_mean(sim, k)
+        result.video_scores[v] = _top_k_mean(score, k)
         logits = gamma * sim
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         result.scores.append(score)
         result.similarity.append(sim)
         result.class_probs.append(probs / probs.sum(axis=1, keepdims=True))
     return result
+
+
+def _top_k_mean(values: np.ndarray, k: int) -> np.ndarray:
+    """`[t, ...]` → the mean of the k largest along axis 0 (of all t when t < k). The host-side
+    twin of `weak_losses.top_k_mean`, which is for jitted losses: called eagerly here, JAX would
+    compile again for every video length (50 lengths: 11.4 s against 3.5 ms)."""
+    return np.sort(values, axis=0)[::-1][:k].mean(axis=0)
 
 
 def video_auc(predictions: Predictions, split: weak_input.WeakSplit) -> float:
