@@ -41,6 +41,7 @@ before the choice was run on real data).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 from collections.abc import Callable, Sequence
@@ -56,6 +57,13 @@ CANDIDATES = ("error", "velocity", "speed", "size", "position", "deep", "faster"
 MOST = 3  # Components per candidate, at most.
 SPEEDUP = 2.0  # `skip`: frames skipped, so motion this many times as fast.
 GROWTH = 1.5  # `grown`: the box's sides this many times as long.
+# How a candidate's calibrated components make an object's score. "sum" is the object score
+# (`object_scores.score`); "max" (an object is as unusual as its most unusual fact) is only
+# measured beside it (`jaxvad.bench.choice`), not a setting.
+COMBINE: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {
+    "sum": lambda parts: sum(parts),
+    "max": lambda parts: functools.reduce(np.fmax, parts),
+}
 
 
 def pseudo_objects(
@@ -253,28 +261,54 @@ def pseudo_scores(
     return normal, scored
 
 
+def candidate_frames(
+    normal: list[np.ndarray],
+    pseudo: dict[str, list[np.ndarray]],
+    train: object_scores.SplitObjects,
+    chosen: np.ndarray,
+    combine: str = "sum",
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One candidate's frame scores: the training frames' `[N]` (their objects' calibrated
+    components `normal`, each `[M]`, made one score by the rule `combine` of `COMBINE`) and,
+    per kind, the frames `[P]` of the pseudo objects (`pseudo[kind]`: their components, rows
+    = `chosen`), each the maximum of its frame's objects (`floor` where a score is missing)."""
+    together = COMBINE[combine]
+    total = together(normal)
+    floor = object_scores.least_score(total)  # What a frame without scores gets.
+    frames = object_scores.frame_maximum(total, train.frame_position, train.num_frames, floor)
+    others = _others_maximum(total, train.frame_position, train.num_frames, chosen)
+    values = {}
+    for kind, parts in pseudo.items():
+        mine = together(parts)
+        values[kind] = np.maximum(np.where(np.isfinite(mine), mine, floor), others)
+    return frames, values
+
+
 def rank(
     normal: dict[str, np.ndarray],
     scored: dict[str, dict[str, np.ndarray]],
     train: object_scores.SplitObjects,
     chosen: np.ndarray,
     scored_frames: np.ndarray,
+    combine: str = "sum",
 ) -> list[tuple[tuple[str, ...], dict[str, float], float]]:
     """`Choice.table`: every candidate (the sets of 1 to `MOST` of `normal`'s components)
     with its per-kind frame AUC and their mean, best first (`pseudo_scores` gives `normal`
-    and `scored`; other arguments: `choose`)."""
+    and `scored`; `combine`: a rule of `COMBINE`; other arguments: `choose`)."""
     table = []
     for combo in candidates([c for c in CANDIDATES if c in normal]):
-        total = sum(normal[c] for c in combo)
-        floor = object_scores.least_score(total)  # What a frame without scores gets.
-        frames = object_scores.frame_maximum(total, train.frame_position, train.num_frames, floor)
-        others = _others_maximum(total, train.frame_position, train.num_frames, chosen)
-        auc = {}
-        for kind in scored[combo[0]]:
-            mine = sum(scored[c][kind] for c in combo)
-            value = np.maximum(np.where(np.isfinite(mine), mine, floor), others)
-            labels = np.r_[np.zeros(scored_frames.sum()), np.ones(len(value))]
-            auc[kind] = metrics.roc_auc_micro(np.r_[frames[scored_frames], value], labels)
+        frames, values = candidate_frames(
+            [normal[c] for c in combo],
+            {kind: [scored[c][kind] for c in combo] for kind in scored[combo[0]]},
+            train,
+            chosen,
+            combine,
+        )
+        labels = np.r_[np.zeros(scored_frames.sum()), np.ones(len(chosen))]
+        auc = {
+            kind: metrics.roc_auc_micro(np.r_[frames[scored_frames], value], labels)
+            for kind, value in values.items()
+        }
         table.append((combo, auc, float(np.mean(list(auc.values())))))
     table.sort(key=lambda row: (-round(row[2], 6), len(row[0])))
     return table

@@ -233,18 +233,7 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
             background = store_background(checkpoints, step, data_dir)
         settings = score_settings(config)
         objects = choice = None
-        training_errors = functools.partial(
-            training_object_errors,
-            checkpoints,
-            step,
-            scorer,
-            params,
-            lambda: _training_data(config, where, workdir, OBJECT_ERRORS),
-            size=config.objects.size,
-            margin=config.objects.margin,
-            holdout=config.objects.holdout,
-            seed=config.seed,
-        )
+        training_errors = _training_errors(checkpoints, step, config, scorer, params, workdir)
         if settings.components == (component_choice.AUTO,):
             choice = chosen_components(
                 checkpoints,
@@ -293,6 +282,54 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
         choice,
         background,
     )
+
+
+def _training_errors(
+    checkpoints: Checkpoints,
+    step: int,
+    config: ml_collections.ConfigDict,
+    scorer: inference.ErrorScorer,
+    params: nnx.State,
+    workdir: Path,
+) -> Callable[..., Mapping[str, np.ndarray]]:
+    """`training_object_errors` of `step` with the run's settings (`features=` still open)."""
+    where = checkpoints.directory / str(step)
+    return functools.partial(
+        training_object_errors,
+        checkpoints,
+        step,
+        scorer,
+        params,
+        lambda: _training_data(config, where, workdir, OBJECT_ERRORS),
+        size=config.objects.size,
+        margin=config.objects.margin,
+        holdout=config.objects.holdout,
+        seed=config.seed,
+    )
+
+
+def loaded_choice_inputs(found: Detector) -> ChoiceInputs:
+    """`choice_inputs` of a loaded object-mode run (`found`; its training split prepared):
+    what its `("auto",)` choice was, or would be, made on."""
+    config, workdir = found.config, found.workdir
+    checkpoints, step = run_checkpoint(workdir)
+    try:
+        where = checkpoints.directory / str(step)
+        training_errors = None
+        if config.objects.samples:
+            training_errors = _training_errors(
+                checkpoints, step, config, found.scorer, found.params, workdir
+            )
+        return choice_inputs(
+            config,
+            found.scorer,
+            found.params,
+            found.normal,
+            lambda: _training_data(config, where, workdir, COMPONENT_CHOICE),
+            training_errors,
+        )
+    finally:
+        checkpoints.close()
 
 
 def run_checkpoint(workdir: Path) -> tuple[Checkpoints, int]:
@@ -532,6 +569,76 @@ def reference_frames(normal: scoring.SplitErrors, held_out: np.ndarray) -> np.nd
     return normal.scored & np.isin(normal.video, held_out)
 
 
+@dataclasses.dataclass(frozen=True)
+class ChoiceInputs:
+    """What `component_choice.choose` reads of a run (its arguments of the same names):
+    the training split's objects `train` (with `deep` for a model of object samples), the
+    indices `picked` of those turned into pseudo-anomalies, the videos' `frame_sizes`, the
+    normal frames `scored_frames`, and with object samples the training objects' errors
+    `attribution` and the pseudo samples' `pseudo_errors(kind)`."""
+
+    train: object_scores.SplitObjects
+    picked: np.ndarray
+    frame_sizes: np.ndarray
+    scored_frames: np.ndarray
+    attribution: object_scores.ErrorComponent | None
+    pseudo_errors: Callable[[str], scoring.SplitErrors] | None
+
+
+def choice_inputs(
+    config: ml_collections.ConfigDict,
+    scorer: inference.ErrorScorer,
+    params: nnx.State,
+    normal: scoring.SplitErrors,
+    training_data: Callable[[], Path],
+    training_errors: Callable[..., Mapping[str, np.ndarray]] | None,
+) -> ChoiceInputs:
+    """The pseudo objects and normal frames of the choice (`chosen_components`): with object
+    samples (`training_errors`) drawn from the videos held out of the model's training."""
+    o = config.objects
+    table = pipeline.open_prepared(training_data(), "train")
+    train = object_scores.read_objects(table)
+    frame_number = table.frame_index[table.frame_ids[train.frame_position]]
+    usable = component_choice.eligible(
+        frame_number, table.video_lengths[train.video], config.history
+    )
+    attribution = pseudo_errors = None
+    held_out = np.zeros(0, np.int64)
+    if training_errors is not None:
+        arrays = training_errors(features=True)
+        rule = config.score.calibration
+        attribution = object_scores.ErrorComponent.from_arrays(arrays, config.score.alpha, rule)
+        train = dataclasses.replace(train, deep=np.asarray(arrays["features"], np.float32))
+        held_out = attribution.held_out
+    if len(held_out):  # Chosen on the videos the model never saw.
+        usable &= np.isin(train.video, held_out)
+    picked = component_choice.draw(usable, o.pseudo_objects, config.seed)
+    if training_errors is not None:
+        objects = train.take(picked)
+
+        def pseudo_errors(kind: str) -> scoring.SplitErrors:
+            return object_errors(
+                scorer, params, table, objects, size=o.size, margin=o.margin, maps=False,
+                features=True, pseudo=kind,
+            )  # fmt: skip
+
+    log.info(
+        "choosing the components on %d of %d eligible training objects%s turned into "
+        "pseudo-anomalies",
+        len(picked),
+        usable.sum(),
+        " (of the videos held out of the model's training)" if len(held_out) else "",
+    )
+    return ChoiceInputs(
+        train,
+        picked,
+        table.frame_sizes,
+        reference_frames(normal, held_out),
+        attribution,
+        pseudo_errors,
+    )
+
+
 def chosen_components(
     checkpoints: Checkpoints,
     step: int,
@@ -555,48 +662,17 @@ def chosen_components(
     record = checkpoints.component_choice(step, name)
     if record is not None:
         return component_choice.Choice.from_json(record)
-    table = pipeline.open_prepared(training_data(), "train")
-    train = object_scores.read_objects(table)
-    frame_number = table.frame_index[table.frame_ids[train.frame_position]]
-    usable = component_choice.eligible(
-        frame_number, table.video_lengths[train.video], config.history
-    )
-    attribution = pseudo_errors = None
-    held_out = np.zeros(0, np.int64)
-    if training_errors is not None:
-        arrays = training_errors(features=True)
-        attribution = object_scores.ErrorComponent.from_arrays(arrays, config.score.alpha, rule)
-        train = dataclasses.replace(train, deep=np.asarray(arrays["features"], np.float32))
-        held_out = attribution.held_out
-    if len(held_out):  # Chosen on the videos the model never saw.
-        usable &= np.isin(train.video, held_out)
-    picked = component_choice.draw(usable, o.pseudo_objects, config.seed)
-    if training_errors is not None:
-        objects = train.take(picked)
-
-        def pseudo_errors(kind: str) -> scoring.SplitErrors:
-            return object_errors(
-                scorer, params, table, objects, size=o.size, margin=o.margin, maps=False,
-                features=True, pseudo=kind,
-            )  # fmt: skip
-
-    log.info(
-        "choosing the components on %d of %d eligible training objects%s turned into "
-        "pseudo-anomalies",
-        len(picked),
-        usable.sum(),
-        " (of the videos held out of the model's training)" if len(held_out) else "",
-    )
+    inputs = choice_inputs(config, scorer, params, normal, training_data, training_errors)
     choice = component_choice.choose(
-        train,
-        picked,
-        frame_sizes=table.frame_sizes,
-        scored_frames=reference_frames(normal, held_out),
+        inputs.train,
+        inputs.picked,
+        frame_sizes=inputs.frame_sizes,
+        scored_frames=inputs.scored_frames,
         k=o.k,
         nearby=o.nearby,
         seed=config.seed,
-        attribution=attribution,
-        pseudo_errors=pseudo_errors,
+        attribution=inputs.attribution,
+        pseudo_errors=inputs.pseudo_errors,
         kinds=kinds,
         rule=rule,
     )

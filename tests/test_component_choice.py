@@ -13,6 +13,7 @@ from conftest import copy_run, load_config
 
 from jaxvad import component_choice, detector, evaluate, object_scores
 from jaxvad import config as config_lib
+from jaxvad.bench import choice as choice_bench
 from jaxvad.data import pipeline
 
 SIZE = 16
@@ -163,6 +164,33 @@ def test_the_choice_follows_its_prior(kind, needs):
     assert means == sorted(means, reverse=True)
 
 
+def test_max_finds_a_fact_that_the_sum_cancels():
+    """Pseudo objects unusual in one component and as usual the other way in another: summed
+    they look normal, their maximum finds them; a single component ranks the same by both
+    rules."""
+    train = walkway_objects()
+    rng = np.random.default_rng(2)
+    chosen = np.arange(0, len(train.boxes), 3)
+    normal = {"speed": rng.normal(size=len(train.boxes)), "size": rng.normal(size=len(train.boxes))}
+    pseudo = {
+        "speed": {"skip": np.full(len(chosen), 5.0)},
+        "size": {"skip": np.full(len(chosen), -5.0)},
+    }
+    tables = {
+        rule: {
+            combo: auc["skip"]
+            for combo, auc, _ in component_choice.rank(
+                normal, pseudo, train, chosen, np.ones(train.num_frames, bool), combine=rule
+            )
+        }
+        for rule in component_choice.COMBINE
+    }
+    assert tables["max"][("speed", "size")] > 0.99
+    assert tables["sum"][("speed", "size")] < 0.75
+    for single in [("speed",), ("size",)]:
+        assert tables["max"][single] == tables["sum"][single]
+
+
 def test_pseudo_objects_change_what_their_kind_names():
     train = walkway_objects()
     sizes = np.array([[240, 360]] * 4)
@@ -267,3 +295,25 @@ def test_auto_settings_are_config_errors():
         validate(**{"score.components": ("auto",), "objects.pseudo_kinds": ("fast",)})
     with pytest.raises(config_lib.ConfigError, match=r"objects\.pseudo_objects"):
         validate(**{"score.components": ("auto",), "objects.pseudo_objects": 0})
+
+
+def test_the_choice_bench_ranks_as_the_choice_and_scores_as_the_evaluator(held_out_run, tmp_path):
+    """`jaxvad.bench.choice` on a run with held-out videos: its "sum" table is the run's own
+    ("auto",) choice, row for row, and its test AUC of the chosen components is the
+    evaluator's micro AUC with them; "max" ranks the same candidates."""
+    workdir = copy_run(held_out_run, tmp_path / "run")
+    measured = choice_bench.measure(held_out_run.config, workdir, draws=10)
+    found = detector.load(workdir)
+    assert measured.tables["sum"] == found.choice.table
+    assert measured.normal_frames > 0 and measured.pseudo_objects == 30
+    assert sorted(c for c, _, _ in measured.tables["max"]) == sorted(
+        c for c, _, _ in found.choice.table
+    )
+    chosen = found.choice.chosen
+    config = held_out_run.config.copy_and_resolve_references()
+    with config.unlocked():
+        config.score.components = chosen
+    result = evaluate.evaluate(config, workdir)
+    assert measured.tests[("sum", *chosen)] == pytest.approx(result["frame"]["auc_micro"], abs=1e-9)
+    point, low, high = measured.differences["max"]
+    assert low <= point <= high
