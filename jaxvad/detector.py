@@ -239,11 +239,14 @@ def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Det
                 checkpoints,
                 step,
                 config,
-                scorer,
-                params,
-                normal,
-                lambda: _training_data(config, where, workdir, COMPONENT_CHOICE),
-                training_errors if config.objects.samples else None,
+                lambda: choice_inputs(
+                    config,
+                    scorer,
+                    params,
+                    normal,
+                    lambda: _training_data(config, where, workdir, COMPONENT_CHOICE),
+                    training_errors if config.objects.samples else None,
+                ),
             )
             settings = dataclasses.replace(settings, components=choice.chosen)
             with config.unlocked():
@@ -643,18 +646,13 @@ def chosen_components(
     checkpoints: Checkpoints,
     step: int,
     config: ml_collections.ConfigDict,
-    scorer: inference.ErrorScorer,
-    params: nnx.State,
-    normal: scoring.SplitErrors,
-    training_data: Callable[[], Path],
-    training_errors: Callable[..., Mapping[str, np.ndarray]] | None,
+    inputs: Callable[[], ChoiceInputs],
 ) -> component_choice.Choice:
     """The components chosen without test labels (`component_choice.choose`) for the
-    config's object settings, stored with `step`; when not stored yet, chosen on the training
-    split's objects (`training_data()`: its prepared dataset; `normal`: its frames' normal
-    statistics, which frames are scored) and stored (every process chooses the same). With
-    object samples (`training_errors`, as `object_model` takes it) "error" and "deep" are
-    candidates and the model scores the pseudo samples."""
+    config's object settings, stored with `step`; when not stored yet, chosen on what
+    `inputs()` gives (`choice_inputs`: the training split's objects, its normal frames and,
+    with object samples, "error" and "deep" among the candidates and the model scoring the
+    pseudo samples) and stored (every process chooses the same)."""
     o = config.objects
     kinds = tuple(o.pseudo_kinds)
     rule = config.score.calibration
@@ -662,17 +660,17 @@ def chosen_components(
     record = checkpoints.component_choice(step, name)
     if record is not None:
         return component_choice.Choice.from_json(record)
-    inputs = choice_inputs(config, scorer, params, normal, training_data, training_errors)
+    made = inputs()
     choice = component_choice.choose(
-        inputs.train,
-        inputs.picked,
-        frame_sizes=inputs.frame_sizes,
-        scored_frames=inputs.scored_frames,
+        made.train,
+        made.picked,
+        frame_sizes=made.frame_sizes,
+        scored_frames=made.scored_frames,
         k=o.k,
         nearby=o.nearby,
         seed=config.seed,
-        attribution=inputs.attribution,
-        pseudo_errors=inputs.pseudo_errors,
+        attribution=made.attribution,
+        pseudo_errors=made.pseudo_errors,
         kinds=kinds,
         rule=rule,
     )
