@@ -57,6 +57,9 @@ CANDIDATES = ("error", "velocity", "speed", "size", "position", "deep", "faster"
 MOST = 3  # Components per candidate, at most.
 SPEEDUP = 2.0  # `skip`: frames skipped, so motion this many times as fast.
 GROWTH = 1.5  # `grown`: the box's sides this many times as long.
+# How the deep component reads the model's latents (in the stored choice's name: a choice made
+# before they were whitened, `object_scores.whitening`, is made again).
+DEEP_FEATURES = "whitened"
 # How a candidate's calibrated components make an object's score. "sum" is the object score
 # (`object_scores.score`); "max" (an object is as unusual as its most unusual fact) is only
 # measured beside it (`jaxvad.bench.choice`), not a setting.
@@ -322,10 +325,10 @@ def stored_name(
     kinds: Sequence[str],
     rule: str = object_scores.ZSCORE,
 ) -> str:
-    """The name a choice is stored under: its settings, a digest of the kinds and of this
-    module's candidates and strengths (a choice made with others is not reused), and the
-    calibration `rule` (`object_scores.calibrated_name`)."""
-    what = repr((tuple(kinds), CANDIDATES, MOST, SPEEDUP, GROWTH)).encode()
+    """The name a choice is stored under: its settings, a digest of the kinds, of this
+    module's candidates and strengths and of `DEEP_FEATURES` (a choice made with others is
+    not reused), and the calibration `rule` (`object_scores.calibrated_name`)."""
+    what = repr((tuple(kinds), CANDIDATES, MOST, SPEEDUP, GROWTH, DEEP_FEATURES)).encode()
     name = f"k{k}_nearby{nearby}_objects{count}_seed{seed}_{hashlib.sha1(what).hexdigest()[:10]}"
     return object_scores.calibrated_name(name, rule)
 

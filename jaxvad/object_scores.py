@@ -17,7 +17,9 @@ A component (an entry of `config.score.components`) is one group, or groups join
 ("speed+size") whose features are concatenated, so their joint density is scored. Per
 component:
 
-1. features are divided by their standard deviation over the training objects;
+1. the deep group's features are whitened (`whitening`: PCA on the training objects' deep
+   features, so that their covariance becomes the identity; the other groups are not), then
+   every feature is divided by its standard deviation over the training objects;
 2. an object's distance is the mean Euclidean distance to its k nearest training objects
    (`jaxvad.knn`; the memory bank is every training object);
 3. calibration (`config.score.calibration`, `calibration`): z = (d − shift) / spread, from
@@ -70,6 +72,8 @@ GROUPS = ("velocity", "speed", "size", "position", DEEP)
 ERROR = "error"  # The component of each object's model error (object samples).
 DETAIL = 0.5  # Calibrated units: the most an object's error map moves a pixel of its box.
 _LEAST_SPREAD = 1e-3  # px/frame: the least σ of a place's speeds (identical speeds).
+# `whitening`: eigenvalues of the deep features' covariance floored at this share of their mean.
+EIGEN_FLOOR = 1e-6
 FASTER = "faster"  # The component that compares an object's speed with its place's objects'.
 CALIBRATIONS = ("zscore", "range")  # config.score.calibration: see the module docstring.
 ZSCORE = CALIBRATIONS[0]  # The default calibration, and the one stored under plain names.
@@ -223,6 +227,31 @@ def features(objects: SplitObjects, component: str) -> np.ndarray:
     return np.concatenate([group_features(objects, g) for g in component_groups(component)], 1)
 
 
+def whitening(x: np.ndarray) -> np.ndarray:
+    """`[D, D]` float64 W whitening the rows of `x` `[M, D]`: the covariance of x W is the
+    identity (PCA whitening: the covariance's eigenvectors over the square roots of their
+    eigenvalues, floored at `EIGEN_FLOOR` × their mean, so directions without spread are not
+    blown up). Distances between whitened rows are Mahalanobis distances, the same whatever
+    invertible linear map the features went through; the model's pooled latents have no
+    scale of their own, and a few directions of large spread would otherwise decide every
+    nearest neighbour."""
+    values, vectors = np.linalg.eigh(np.cov(x, rowvar=False))
+    values = np.maximum(values, EIGEN_FLOOR * values.mean())
+    return vectors / np.sqrt(values)
+
+
+def deep_whitening(objects: SplitObjects, component: str, usable: np.ndarray) -> np.ndarray:
+    """`[D, D]` the linear map of a component's features (`features`) that whitens its deep
+    group's columns (`whitening` over the `usable` objects `[M]` bool) and keeps the others."""
+    groups = component_groups(component)
+    widths = [group_features(objects, g).shape[1] for g in groups]
+    at = groups.index(DEEP)
+    deep = slice(sum(widths[:at]), sum(widths[: at + 1]))
+    matrix = np.eye(sum(widths))
+    matrix[deep, deep] = whitening(group_features(objects, DEEP)[usable])
+    return matrix
+
+
 def calibration(values: np.ndarray, rule: str) -> tuple[float, float]:
     """(shift, spread) of the calibration z = (d − shift) / spread, by `rule` (one of
     `CALIBRATIONS`; the module docstring) from the training objects' finite values `values`
@@ -251,7 +280,8 @@ class Bank:
     `train_scores` `[M]` and frames `train_frame` `[M]` (positions among the training split's
     `num_train_frames` frames), and their `train_attributes` `[M, 5]` (`attributes`).
     `faster`: the bank of the `FASTER` component (rows: centre x, y and speed, unscaled; k
-    is its `nearby`)."""
+    is its `nearby`). `whiten` `[D, D]`: for a component with the deep group, the linear map
+    (`deep_whitening`) applied to the features before the scale; None for the others."""
 
     bank: np.ndarray
     scale: np.ndarray
@@ -263,6 +293,7 @@ class Bank:
     num_train_frames: int
     train_attributes: np.ndarray
     faster: bool = False
+    whiten: np.ndarray | None = None
 
     def distances(
         self, x: np.ndarray, groups: np.ndarray | None = None, bank_groups: np.ndarray | None = None
@@ -272,6 +303,7 @@ class Bank:
         rows nearest its place (rows of the query's own group left out, as in
         `knn.knn_distances`)."""
         if not self.faster:
+            x = x if self.whiten is None else x @ self.whiten
             d, _ = knn.knn_distances(
                 x / self.scale, self.bank, self.k, query_groups=groups, bank_groups=bank_groups
             )
@@ -305,7 +337,7 @@ class Bank:
             "train_scores": self.train_scores,
             "train_frame": self.train_frame,
             "train_attributes": self.train_attributes,
-        }
+        } | ({} if self.whiten is None else {"whiten": self.whiten})
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> Bank:
@@ -321,6 +353,7 @@ class Bank:
             int(num_train_frames),
             np.asarray(arrays["train_attributes"], np.float64),
             bool(arrays["faster"]) if "faster" in arrays else False,  # Banks of stop 22.
+            np.asarray(arrays["whiten"], np.float64) if "whiten" in arrays else None,
         )
 
 
@@ -333,12 +366,14 @@ def fit_bank(train: SplitObjects, component: str, k: int, rule: str = ZSCORE) ->
     # An object without features (NaN: the deep feature of an object of a frame t ≤ T, which
     # has no full history) is left out of the bank and scores NaN, as its error does.
     usable = np.isfinite(x).all(axis=1)
+    whiten = deep_whitening(train, component, usable) if uses_deep(component) else None
     x, video = x[usable], train.video[usable]
     faster = component == FASTER
-    scale = np.ones(x.shape[1]) if faster else x.std(axis=0)
+    projected = x if whiten is None else x @ whiten
+    scale = np.ones(x.shape[1]) if faster else projected.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     bank = Bank(
-        (x / scale).astype(np.float32),
+        (projected / scale).astype(np.float32),
         scale,
         k,
         0.0,
@@ -348,6 +383,7 @@ def fit_bank(train: SplitObjects, component: str, k: int, rule: str = ZSCORE) ->
         train.num_frames,
         attributes(train),
         faster,
+        whiten,
     )
     d = np.full(len(usable), np.nan)
     d[usable] = bank.distances(x, video, video)
@@ -369,8 +405,11 @@ def calibrated_name(name: str, rule: str) -> str:
 
 def bank_name(component: str, k: int, rule: str = ZSCORE) -> str:
     """The name a component's bank is stored under (`Checkpoints.save_object_bank`), with its
-    calibration `rule` (`calibrated_name`)."""
-    return calibrated_name(f"{component.replace('+', '_')}_k{k}", rule)
+    calibration `rule` (`calibrated_name`); a component with the deep group is marked
+    whitened (`whitening`), so that a bank stored before deep features were whitened is
+    fitted again."""
+    whitened = "_whitened" if uses_deep(component) else ""
+    return calibrated_name(f"{component.replace('+', '_')}_k{k}{whitened}", rule)
 
 
 @dataclasses.dataclass(frozen=True)

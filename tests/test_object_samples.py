@@ -245,9 +245,11 @@ def direct_features(found: detector.Detector, table, objects) -> np.ndarray:
 
 def test_the_deep_bank_scores_training_objects_leave_one_video_out(object_samples_run, tmp_path):
     """The "deep" component's bank holds the model's pooled latent of each training object's
-    sample over its standard deviation; a training object's score is the mean distance to
-    its k nearest objects of the other videos, z-scored over the training objects (as
-    sklearn finds them, on features computed with the model itself). The features are stored
+    sample, whitened (identity covariance) and over its standard deviation; a training
+    object's score is the mean distance to its k nearest objects of the other videos,
+    z-scored over the training objects (as sklearn finds them, on features computed with the
+    model itself and whitened another way: by the inverse Cholesky factor of their
+    covariance, the same Mahalanobis distances). The features are stored
     with the training objects' errors at the end of training; a run scored before they were
     gets them added on first use, its errors kept."""
     config = object_samples_run.config
@@ -263,7 +265,7 @@ def test_the_deep_bank_scores_training_objects_leave_one_video_out(object_sample
     for key in trained.keys() - {"features"}:
         np.testing.assert_array_equal(added[key], trained[key])
     np.testing.assert_allclose(added["features"], trained["features"], rtol=1e-5, atol=1e-6)
-    assert (step / "object_bank_deep_k1.npz").is_file()
+    assert (step / "object_bank_deep_k1_whitened.npz").is_file()
 
     table = pipeline.open_prepared(config_lib.dataset_dir(config), "train")
     train = object_scores.read_objects(table)
@@ -272,15 +274,20 @@ def test_the_deep_bank_scores_training_objects_leave_one_video_out(object_sample
     number = table.frame_index[table.frame_ids[train.frame_position]]
     np.testing.assert_array_equal(has, number > config.history)
     np.testing.assert_allclose(added["features"], x, rtol=1e-4, atol=1e-5)
-    scale = x[has].std(axis=0)
     bank = found.objects.banks["deep"]
     assert bank.bank.shape == (has.sum(), config.model.width)  # The predictor's F: [N, D].
-    np.testing.assert_allclose(bank.bank, x[has] / scale, rtol=1e-4, atol=1e-4)
+    whitened = x[has] @ bank.whiten
+    np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(x.shape[1]), atol=1e-6)
+    np.testing.assert_allclose(bank.bank, whitened / bank.scale, rtol=1e-4, atol=1e-4)
+    cholesky = np.linalg.cholesky(np.cov(x[has], rowvar=False))
+    y = np.full_like(x, np.nan)
+    y[has] = np.linalg.solve(cholesky, x[has].T).T
+    y /= np.nanstd(y, axis=0)
     d = np.full(len(x), np.nan)
     for video in np.unique(train.video):
         mine, others = has & (train.video == video), has & (train.video != video)
-        nn = NearestNeighbors(n_neighbors=config.objects.k).fit(x[others] / scale)
-        d[mine] = nn.kneighbors(x[mine] / scale)[0].mean(axis=1)
+        nn = NearestNeighbors(n_neighbors=config.objects.k).fit(y[others])
+        d[mine] = nn.kneighbors(y[mine])[0].mean(axis=1)
     expected = (d - np.nanmean(d)) / np.nanstd(d)
     np.testing.assert_allclose(bank.train_scores, expected, rtol=1e-3, atol=1e-3)
     assert np.isnan(bank.train_scores[~has]).all()
@@ -310,7 +317,7 @@ def test_the_deep_component_evaluates_alone_and_beside_faster(object_samples_run
         has = number > config.history
         assert np.isfinite(x[has]).all() and np.isnan(x[~has]).all()
         nn = NearestNeighbors(n_neighbors=config.objects.k).fit(bank.bank)
-        d = nn.kneighbors(x[has] / bank.scale)[0].mean(axis=1)
+        d = nn.kneighbors((x[has] @ bank.whiten) / bank.scale)[0].mean(axis=1)
         deep = scored.components["deep"]
         np.testing.assert_allclose(deep[has], (d - bank.shift) / bank.spread, rtol=1e-4, atol=1e-4)
         total = sum(scored.components[c] for c in components)

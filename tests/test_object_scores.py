@@ -5,6 +5,7 @@ evaluation (`object_run`)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 
@@ -83,6 +84,46 @@ def test_training_objects_are_calibrated_without_their_own_video():
     assert (bank.train_scores[:4] > 1).all()  # The 5.0 copies are far from the other videos.
     frames = object_scores.ObjectModel({"speed": bank}).train_frame_scores()
     np.testing.assert_allclose(frames, bank.train_scores.reshape(10, 2).max(axis=1))
+
+
+def test_deep_features_are_whitened_so_a_linear_map_of_them_changes_no_score():
+    """The deep bank whitens the latents (`object_scores.whitening`): the calibrated scores of
+    training and new objects stay the same when every latent goes through one invertible
+    linear map, where per-feature scaling alone changes the nearest neighbours; the whitened
+    training features have identity covariance, and the joint group whitens only its deep
+    columns."""
+    rng = np.random.default_rng(3)
+    frames, dim = 60, 6
+    train = split_objects([[BOX, BOX]] * frames, [0] * 20 + [1] * 20 + [2] * 20)
+    latent = rng.normal(size=(2 * frames, dim)) * np.array([30.0, 5, 1, 1, 0.2, 0.1])
+    query = rng.normal(size=(40, dim)) * 3
+    mix = rng.normal(size=(dim, dim))
+
+    def scores(a):
+        bank = object_scores.fit_bank(dataclasses.replace(train, deep=latent @ a), "deep", 3)
+        return bank.train_scores, bank.scores(query @ a), bank
+
+    first, new, bank = scores(np.eye(dim))
+    mixed_train, mixed_new, _ = scores(mix)
+    np.testing.assert_allclose(mixed_train, first, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mixed_new, new, rtol=1e-5, atol=1e-5)
+    whitened = latent @ bank.whiten
+    np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(dim), atol=1e-8)
+
+    def plain_neighbours(x):
+        x = x / x[: 2 * frames].std(axis=0)
+        return NearestNeighbors(n_neighbors=3).fit(x[: 2 * frames]).kneighbors(x[2 * frames :])[1]
+
+    stacked = np.concatenate([latent, query])
+    assert (plain_neighbours(stacked) != plain_neighbours(stacked @ mix)).any()
+
+    joint = object_scores.fit_bank(
+        dataclasses.replace(train, deep=latent, velocity=speeds(rng.uniform(1, 2, 2 * frames))),
+        "speed+deep",
+        3,
+    )
+    np.testing.assert_array_equal(joint.whiten[0], np.eye(dim + 1)[0])
+    np.testing.assert_allclose(joint.whiten[1:, 1:], bank.whiten)
 
 
 def test_the_range_calibration_maps_the_training_minimum_to_0_and_the_top_percentile_to_1():
