@@ -287,6 +287,17 @@ def candidate_frames(
     return frames, values
 
 
+def kind_aucs(normal: np.ndarray, pseudo: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per kind the frame ROC-AUC of the pseudo frames `pseudo[kind]` `[P]` (positives)
+    against the normal frames `normal` `[N]`."""
+    return {
+        kind: metrics.roc_auc_micro(
+            np.r_[normal, value], np.r_[np.zeros(len(normal)), np.ones(len(value))]
+        )
+        for kind, value in pseudo.items()
+    }
+
+
 def rank(
     normal: dict[str, np.ndarray],
     scored: dict[str, dict[str, np.ndarray]],
@@ -307,11 +318,7 @@ def rank(
             chosen,
             combine,
         )
-        labels = np.r_[np.zeros(scored_frames.sum()), np.ones(len(chosen))]
-        auc = {
-            kind: metrics.roc_auc_micro(np.r_[frames[scored_frames], value], labels)
-            for kind, value in values.items()
-        }
+        auc = kind_aucs(frames[scored_frames], values)
         table.append((combo, auc, float(np.mean(list(auc.values())))))
     table.sort(key=lambda row: (-round(row[2], 6), len(row[0])))
     return table

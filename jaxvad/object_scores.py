@@ -244,11 +244,12 @@ def deep_whitening(objects: SplitObjects, component: str, usable: np.ndarray) ->
     """`[D, D]` the linear map of a component's features (`features`) that whitens its deep
     group's columns (`whitening` over the `usable` objects `[M]` bool) and keeps the others."""
     groups = component_groups(component)
-    widths = [group_features(objects, g).shape[1] for g in groups]
+    parts = [group_features(objects, g) for g in groups]
+    widths = [part.shape[1] for part in parts]
     at = groups.index(DEEP)
     deep = slice(sum(widths[:at]), sum(widths[: at + 1]))
     matrix = np.eye(sum(widths))
-    matrix[deep, deep] = whitening(group_features(objects, DEEP)[usable])
+    matrix[deep, deep] = whitening(parts[at][usable])
     return matrix
 
 

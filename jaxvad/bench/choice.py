@@ -39,12 +39,9 @@ Row = tuple[tuple[str, ...], dict[str, float], float]
 
 
 def mean_auc(normal: np.ndarray, pseudo: dict[str, np.ndarray]) -> float:
-    """The mean over kinds of the ROC-AUC of `pseudo[kind]` against the `normal` frames."""
-    aucs = [
-        metrics.roc_auc_micro(np.r_[normal, v], np.r_[np.zeros(len(normal)), np.ones(len(v))])
-        for v in pseudo.values()
-    ]
-    return float(np.mean(aucs))
+    """The mean over kinds of the ROC-AUC of `pseudo[kind]` against the `normal` frames
+    (`component_choice.kind_aucs`)."""
+    return float(np.mean(list(component_choice.kind_aucs(normal, pseudo).values())))
 
 
 def difference_interval(
