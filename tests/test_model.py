@@ -16,7 +16,15 @@ from flax import nnx
 
 from jaxvad.model import MODELS, Mdsf, MotionMae, Predictor
 from jaxvad.model.aadc import Aadc
-from jaxvad.model.layers import ConvDecoder, MultiHeadAttention, TemporalConv, TransformerBlock
+from jaxvad.model.layers import (
+    ConvDecoder,
+    MultiHeadAttention,
+    TemporalConv,
+    TransformerBlock,
+    conv2d,
+    upsample2x,
+    upsampled_conv,
+)
 
 B, T, S, C = 2, 3, 32, 3
 TINY = {
@@ -128,6 +136,34 @@ def test_temporal_conv_taps_equal_native(kernel_time, stride, size):
     np.testing.assert_allclose(y, native(x), atol=1e-5)
     with pytest.raises(ValueError, match="impl"):
         TemporalConv(2, 8, impl="fft", rngs=rngs(0))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_upsampled_conv_is_upsample_then_conv_with_its_gradients(dtype):
+    """The small-grid form of a 3×3 conv after nearest ×2 upsampling gives the outputs and
+    gradients (input, kernel, bias) of the two steps, on a non-square grid, so that every
+    border row and column and all four phases are compared."""
+    conv = conv2d(5, 6, dtype=dtype, rngs=rngs(0))
+    conv.bias[...] = jax.random.normal(rbg_key(1), conv.bias.shape)
+    graph, params = nnx.split(conv)
+    x = jax.random.normal(rbg_key(0), (2, 3, 4, 5))
+    target = jax.random.normal(rbg_key(2), (2, 6, 8, 6))
+
+    def loss(form, params, x):
+        y = form(nnx.merge(graph, params), x).astype(jnp.float32)
+        return jnp.sum((y - target) ** 2), y
+
+    two_steps = functools.partial(loss, lambda c, x: c(upsample2x(x)))
+    small_grid = functools.partial(loss, upsampled_conv)
+    (_, expected), expected_grads = jax.value_and_grad(two_steps, (0, 1), has_aux=True)(params, x)
+    (_, got), grads = jax.value_and_grad(small_grid, (0, 1), has_aux=True)(params, x)
+    tolerance = 1e-5 if dtype == jnp.float32 else 5e-2
+    assert got.shape == (2, 6, 8, 6)
+    np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads), strict=True):
+        np.testing.assert_allclose(a, b, atol=tolerance * float(jnp.abs(b).max()))
+    with pytest.raises(ValueError, match="3×3"):
+        upsampled_conv(conv2d(5, 6, kernel_size=1, dtype=dtype, rngs=rngs(0)), x)
 
 
 def test_conv_decoder_shape():
