@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,6 +61,7 @@ PARAM_DTYPE = jnp.float32
 DENSE_INIT = nnx.initializers.xavier_uniform()
 CONV_INIT = nnx.initializers.lecun_normal()
 POSITION_INIT = nnx.initializers.normal(stddev=0.02)
+_SQRT_HALF = 1 / math.sqrt(2)  # `gelu`: Φ(x) = (1 + erf(x · √½)) / 2.
 
 
 def partitioned(initializer: Callable[..., jax.Array], names: AxisNames) -> Callable[..., Any]:
@@ -134,8 +136,11 @@ def layer_norm(dim: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 
 def gelu(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, as PyTorch's `nn.GELU` in the paper's implementation."""
-    return jax.nn.gelu(x, approximate=False)
+    """Exact GELU, x·Φ(x) = x/2 · (1 + erf(x/√2)), in PyTorch's `nn.GELU` form (the paper's
+    implementation). The same function as `jax.nn.gelu(x, approximate=False)`, which goes
+    through erfc, within 1e-6; written with erf because XLA:CPU runs the train step about 11 %
+    faster so (the README's Watch section)."""
+    return 0.5 * x * (1 + jax.lax.erf(x * _SQRT_HALF))
 
 
 def apply_dropout(layer: nnx.Dropout, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
