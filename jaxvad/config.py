@@ -45,7 +45,7 @@ MODEL_DEFAULTS = {
         "motion_channels": (32, 64, 128, 256),
         "decoder_channels": (256, 128, 64, 32),
         "dropout": 0.0,
-        "conv3d": "taps",  # 3D convs as summed 2D convs ("taps", fast on CPU) or "native".
+        "conv3d": "taps",  # 3D convs as one 2D conv of the taps ("taps", fast on CPU) or "native".
         "dtype": "float32",  # Compute dtype; parameters are always float32.
     },
     # The motion-enhanced masked autoencoder (its paper's Table 1 at widths 32-64-128).

@@ -135,6 +135,16 @@ def test_temporal_conv_taps_equal_native(kernel_time, stride, size):
     y = taps(x)
     assert y.shape == (B, T, size // stride, size // stride, 8)
     np.testing.assert_allclose(y, native(x), atol=1e-5)
+    # The gradients the trainer takes: of the input, the kernel and the bias.
+    target = jax.random.normal(rbg_key(1), y.shape)
+
+    def grads(conv):
+        graph, params = nnx.split(conv)
+        loss = lambda p, x: jnp.sum((nnx.merge(graph, p)(x) - target) ** 2)  # noqa: E731
+        return jax.tree.leaves(jax.grad(loss, (0, 1))(params, x))
+
+    for got, expected in zip(grads(taps), grads(native), strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-4 * float(jnp.abs(expected).max()))
     with pytest.raises(ValueError, match="impl"):
         TemporalConv(2, 8, impl="fft", rngs=rngs(0))
 

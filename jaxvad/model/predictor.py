@@ -79,7 +79,8 @@ class Predictor(VadModel):
       decoder_channels: widths of the log2(P) decoder stages (each doubles H and W).
       dropout: rate on the transformer residual branches and the fused attention output;
         active only when the call gets `rngs`.
-      conv3d: "taps" (summed 2D convs, fast on CPU) or "native" (one 3D conv).
+      conv3d: "taps" (one 2D conv over the time taps as channels, fast on CPU) or "native"
+        (one 3D conv).
       dtype: compute dtype (a dtype or its name); parameters are always float32.
       rngs: parameter initialisation keys (`rngs.params()`).
     """
