@@ -3,6 +3,8 @@
 as `--config.a.b=v`) and running a command with clear errors: a bad flag or config value
 (`jaxvad.config.ConfigError`) is one line and exit status 2, a known user error (bad data, a
 checkpoint that does not fit, ...) is one line and exit status 1, anything else a traceback.
+Before the command runs, JAX's CPU backend is split into the devices `config.mesh.cpu_devices`
+asks for (`jaxvad.distributed.use_cpu_cores`).
 
 Flags are defined when a command starts, not at import, so modules stay importable side by side.
 """
@@ -18,6 +20,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from jaxvad import distributed
 from jaxvad.config import ConfigError
 
 
@@ -64,6 +67,10 @@ def run(
         # Orbax logs every file it writes at INFO; jaxvad's own logs stay at INFO.
         absl_logging.set_verbosity(absl_logging.WARNING)
         logging.getLogger("jaxvad").setLevel(logging.INFO)
+        if config.value is not None:
+            c = config.value
+            batches = (c.train.batch_size, c.eval.batch_size, c.explain.batch_size)
+            distributed.use_cpu_cores(c.mesh.cpu_devices, batches)
         try:
             command()
         except ConfigError as e:

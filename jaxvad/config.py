@@ -319,6 +319,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.fsdp = 1  # Devices per parameter shard; the data axis takes the rest.
+    # Where JAX runs on CPU, one process: the devices its cores are split into (each takes
+    # its part of every batch; `distributed.use_cpu_cores`). 0: one per core, as many as
+    # divide train.batch_size, eval.batch_size and explain.batch_size; 1: one device, XLA's
+    # threads across the cores. README, Watch: the train step 1.1–1.25× as fast on 2 cores.
+    config.mesh.cpu_devices = 0
     # Logical axis → mesh axis. The batch goes over every device; parameters are split along
     # "fsdp" on their embedding / output-channel dimension (replicated when fsdp = 1).
     config.mesh.rules = (
@@ -504,6 +509,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(t.num_steps > 0 or t.num_epochs > 0, "train.num_steps", "or train.num_epochs must be > 0")
     check(t.log_every >= 1 and t.checkpoint_every >= 1, "train", "log/checkpoint every ≥ 1 step")
     check(config.mesh.fsdp >= 1, "mesh.fsdp", "at least 1")
+    check(config.mesh.cpu_devices >= 0, "mesh.cpu_devices", "≥ 0 (0: one per core)")
     s = config.score
     check(s.variant in SCORE_VARIANTS, "score.variant", f"one of {SCORE_VARIANTS}")
     check(s.normalisation in NORMALISATIONS, "score.normalisation", f"one of {NORMALISATIONS}")

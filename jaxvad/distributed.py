@@ -72,6 +72,37 @@ def initialize() -> None:
         jax.distributed.initialize()
 
 
+def cpu_device_count(requested: int, cores: int, batch_sizes: Sequence[int]) -> int:
+    """The CPU devices to split `cores` into: `requested` if it is ≥ 1, else (0, "auto") the
+    most devices, at most one per core, that divide every one of `batch_sizes` (each device
+    then runs its part of every batch, as data parallelism does across accelerators)."""
+    if requested >= 1:
+        return requested
+    return max(d for d in range(1, max(cores, 1) + 1) if all(b % d == 0 for b in batch_sizes))
+
+
+def use_cpu_cores(requested: int, batch_sizes: Sequence[int]) -> int | None:
+    """Makes JAX's CPU backend `cpu_device_count(requested, cores, batch_sizes)` devices
+    (`jax_num_cpu_devices`), with `cores` the cores this process may run on. XLA:CPU runs
+    many of a step's operations (convolutions, elementwise fusions) on one core, so a batch
+    split over one device per core keeps every core busy.
+
+    Returns the count set, or None where the layout is not this function's to choose: JAX's
+    backends already started (the count must precede them), more than one process
+    (`launcher()`), or the count already set by `XLA_FLAGS`
+    (`--xla_force_host_platform_device_count`) or `JAX_NUM_CPU_DEVICES`. Other backends
+    (GPU, TPU) are not affected."""
+    forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    if forced or "JAX_NUM_CPU_DEVICES" in os.environ or launcher() != "single":
+        return None
+    count = cpu_device_count(requested, len(os.sched_getaffinity(0)), batch_sizes)
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX's backends have started: their devices stay as they are.
+        return None
+    return count
+
+
 def setup(fsdp: int) -> Mesh:
     """`initialize`, then the (data, fsdp) mesh over every device of every process; logs one
     banner: processes, devices, mesh."""

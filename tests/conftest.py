@@ -416,9 +416,13 @@ def assert_resumes_exactly_after_sigkill(args: list[str], tmp_path: Path, steps:
         assert losses == [expected[step]] * len(losses), step  # Bit-identical, also re-run steps.
 
     def final_params(workdir: Path):
-        manager = ocp.CheckpointManager(workdir / "checkpoints")
-        restored = manager.restore(steps, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-        return restored["state"]["params"]
+        # As numpy arrays: the runs' device count (one per core) need not be this process's.
+        path = workdir / "checkpoints" / str(steps) / "state"
+        checkpointer = ocp.PyTreeCheckpointer()
+        stored = checkpointer.metadata(path).item_metadata.tree
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
+        restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+        return restored["params"]
 
     jax.tree.map(np.testing.assert_array_equal, final_params(whole), final_params(killed))
     return whole / "checkpoints" / str(steps)

@@ -163,6 +163,40 @@ def test_exact_resume_after_sigkill(synthetic_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_resumes_on_another_device_count(synthetic_root, tmp_path):
+    """Trained on 2 CPU devices to step 2, resumed on 1 to step 4: the checkpoint is restored
+    into the new layout and the run goes on as the run of 4 steps on 2 devices does (up to the
+    summation order of the gradients over devices)."""
+    args = [
+        "--config=configs/synthetic.py:tiny",
+        f"--config.data.root={synthetic_root}",
+        "--config.train.checkpoint_every=2",
+        "--config.train.log_every=1",
+        "--config.train.batch_size=8",
+        "--config.optimizer.schedule=constant",  # Runs of 2 and 4 steps: the same schedule.
+    ]
+
+    def train(workdir, steps: int, devices: int) -> str:
+        flags = [f"--config.train.num_steps={steps}", f"--config.mesh.cpu_devices={devices}"]
+        result = run_module("jaxvad.train", *args, *flags, f"--workdir={workdir}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"devices: {devices} local, {devices} global (cpu)" in result.stderr
+        return result.stderr
+
+    train(tmp_path / "whole", 4, 2)
+    train(tmp_path / "moved", 2, 2)
+    assert "resumed from" in train(tmp_path / "moved", 4, 1)
+    whole, moved = (
+        {r["step"]: r["loss"] for r in read_jsonl(tmp_path / name / "metrics.jsonl")}
+        for name in ("whole", "moved")
+    )
+    assert sorted(moved) == sorted(whole) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert moved[step] == pytest.approx(whole[step], rel=1e-4), step
+    assert moved[4] != pytest.approx(moved[1], rel=1e-3)  # The steps did train.
+
+
+@pytest.mark.slow
 def test_checkpoint_of_a_different_model_is_refused(tiny_run, tmp_path):
     workdir = copy_run(tiny_run, tmp_path / "run")
     wider = load_config(

@@ -9,7 +9,10 @@ JAX: the model of the config built as the trainer builds it (`jaxvad.train.build
 `train_step` with the state donated, AdamW of `make_optimizer`, the loss terms and weights of
 `config.loss`), `jaxvad.inference.error_step` (the evaluation step: forward and per-frame errors,
 at `config.eval.batch_size`) and `jaxvad.inference.stream_step` (the streaming step of
-`jaxvad.watch`, per `--cameras` batch), on `random_batch`es of the config's shapes.
+`jaxvad.watch`, per `--cameras` batch), on `random_batch`es of the config's shapes, laid out on
+the mesh as the commands lay them out: parameters replicated, each batch split over the devices
+(on CPU one per core by default, `config.mesh.cpu_devices`; the streaming batch padded to a
+multiple of them, as `jaxvad.watch` pads its camera slots).
 
 PyTorch: `TorchPredictor`, a twin of `jaxvad.model.Predictor` layer for layer (patch-embedding
 Linear, pre-LN transformer blocks with exact GELU and `scaled_dot_product_attention`, the
@@ -86,8 +89,9 @@ SWEEP: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         (),
     ),
     ("fast math (not bitwise)", "--xla_cpu_enable_fast_math=true", ()),
-    # The cores as XLA devices: the trainer's mesh splits the batch over them (data parallel).
-    ("2 CPU devices (batch split)", "--xla_force_host_platform_device_count=2", ()),
+    # The default splits the batch over one CPU device per core (`config.mesh.cpu_devices`);
+    # this is the one device of XLA's threads across the cores (the default until stop 41).
+    ("one CPU device", "", ("--config.mesh.cpu_devices=1",)),
     ("conv3d=native", "", ("--config.model.conv3d=native",)),
 )
 
@@ -801,7 +805,8 @@ def benchmark(config: ml_collections.ConfigDict, opts: Mapping[str, Any]) -> Non
     device = jax.devices()[0]
     size, T, B = model.image_size(config), config.history, config.train.batch_size
     print(
-        f"machine: {platform.node()}, {threads} cores, {device.device_kind}; jax "
+        f"machine: {platform.node()}, {threads} cores, {jax.device_count()} × "
+        f"{device.device_kind}; jax "
         f"{jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
     )
@@ -849,9 +854,11 @@ def benchmark(config: ml_collections.ConfigDict, opts: Mapping[str, Any]) -> Non
     if opts["only_train"]:
         return
 
-    # --- Evaluation step: forward + per-frame errors at the eval batch size.
+    # --- Evaluation step: forward + per-frame errors at the eval batch size, laid out on the
+    # mesh as `inference.ErrorScorer` lays it out (parameters replicated, batch split).
     net = model.make_model(config, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(net, nnx.Param)
+    params = jax.device_put(params, distributed.state_shardings(params, mesh, config.mesh.rules))
     E = config.eval.batch_size
     eval_np = random_batch(config, E)
     full = eval_np | {
@@ -859,6 +866,7 @@ def benchmark(config: ml_collections.ConfigDict, opts: Mapping[str, Any]) -> Non
         "scored": np.ones(E, bool),
         "valid": np.ones(E, bool),
     }
+    full = distributed.global_batch(full, run.data_sharding)
     error_step = jax.jit(functools.partial(inference.error_step, graphdef=graphdef, maps=False))
     error_c = error_step.lower(params, full).compile()
     eval_t = torch_inputs(eval_np)
@@ -876,17 +884,26 @@ def benchmark(config: ml_collections.ConfigDict, opts: Mapping[str, Any]) -> Non
         ),
     )
 
-    # --- Streaming step (jaxvad.watch), per camera batch.
+    # --- Streaming step (jaxvad.watch), per camera batch, padded to a multiple of the batch
+    # shards as `watch.stream.StreamScorer` pads its slots.
+    shards = run.data_sharding.num_devices
     for cams in opts["cameras"]:
-        sb = random_batch(config, cams)
+        slots = -(-cams // shards) * shards
+        sb = random_batch(config, slots)
         shape = jax.eval_shape(net.cached_frame, jnp.zeros(sb["target_frame"].shape))
-        cache = jnp.zeros((cams, T, *shape.shape[1:]), shape.dtype)
+        cache = jax.device_put(
+            jnp.zeros((slots, T, *shape.shape[1:]), shape.dtype), run.data_sharding
+        )
         tick = {k: sb[k] for k in ("flows", "target_frame", "target_flow")}
-        tick["push"] = np.ones(cams, bool)
+        tick = distributed.global_batch(tick | {"push": np.ones(slots, bool)}, run.data_sharding)
         stream = jax.jit(functools.partial(inference.stream_step, graphdef=graphdef))
         stream_c = stream.lower(params, cache, tick).compile()
-        t_cache = torch.zeros(tuple(cache.shape))
-        t_tick = torch_inputs(tick)
+        # The twin scores the cameras alone.
+        t_cache = torch.zeros((cams, *cache.shape[1:]))
+        t_tick = torch_inputs(
+            {k: sb[k][:cams] for k in ("flows", "target_frame", "target_flow")}
+            | {"push": np.ones(cams, bool)}
+        )
         report(
             f"streaming step (per new frame, {cams} camera(s))",
             cams,
