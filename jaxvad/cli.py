@@ -21,7 +21,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxvad import distributed
-from jaxvad.config import ConfigError
+from jaxvad.config import ConfigError, batch_sizes
 
 
 def define_config_flag() -> flags.FlagHolder:
@@ -68,9 +68,7 @@ def run(
         absl_logging.set_verbosity(absl_logging.WARNING)
         logging.getLogger("jaxvad").setLevel(logging.INFO)
         if config.value is not None:
-            c = config.value
-            batches = (c.train.batch_size, c.eval.batch_size, c.explain.batch_size)
-            distributed.use_cpu_cores(c.mesh.cpu_devices, batches)
+            distributed.use_cpu_cores(config.value.mesh.cpu_devices, batch_sizes(config.value))
         try:
             command()
         except ConfigError as e:

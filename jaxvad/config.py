@@ -451,6 +451,12 @@ def check_components(
     check(len(set(components)) == len(components), field, "each component once")
 
 
+def batch_sizes(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """The global batches a run's devices must divide (`mesh.cpu_devices` = 0 picks a CPU
+    device count that does): training, evaluation and explanation."""
+    return (config.train.batch_size, config.eval.batch_size, config.explain.batch_size)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the field when a value is out of its domain."""
 

@@ -9,6 +9,7 @@ import csv
 import functools
 import http.server
 import json
+import os
 import shutil
 import signal
 import socket
@@ -75,6 +76,32 @@ def test_watched_scores_of_a_video_equal_its_evaluated_scores(labeled_run, label
     (counter,) = counters.values()
     assert counter.dropped == 0 and counter.read == len(numbered_images(source_video(labeled_data)))
     assert (workdir / "watch" / "events.jsonl").is_file()
+
+
+def test_watch_on_the_workdir_alone_splits_the_cpu_as_the_run_says(
+    labeled_run, labeled_data, tmp_path
+):
+    """Without --config, `python -m jaxvad.watch` lays JAX's CPU out as the run's own
+    config.json asks (`mesh.cpu_devices`), as a command given --config does; a workdir
+    without a readable config.json leaves the layout alone."""
+    from jaxvad import config as config_lib
+    from jaxvad import distributed
+    from jaxvad.watch import command
+
+    workdir = copy_run(labeled_run, tmp_path / "run")
+    stored = config_lib.from_dict(json.loads((workdir / "config.json").read_text()))
+    cores = len(os.sched_getaffinity(0))
+    expected = distributed.cpu_device_count(0, cores, config_lib.batch_sizes(stored))
+    assert stored.mesh.cpu_devices == 0
+    result = run_module(
+        "jaxvad.watch",
+        f"--workdir={workdir}",
+        f"--source={source_video(labeled_data)}",
+        env={"JAX_PLATFORMS": "cpu"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"devices: {expected} local" in result.stderr, result.stderr[-2000:]
+    assert command.use_the_runs_cpu_layout(tmp_path / "no_run") is None
 
 
 def feed(log: events_lib.EventLog, camera: str, scores: list[float], start: int = 1) -> None:
@@ -505,16 +532,18 @@ def test_explain_explains_each_closed_events_peak_off_the_scoring_path(
 
 @pytest.mark.parametrize("run", ["object_run", "object_samples_run", "held_out_run"])
 def test_watched_object_mode_scores_equal_evaluated_ones_and_events_name_boxes(
-    run, object_run, request, tmp_path
+    run, object_run, request, tmp_path, monkeypatch
 ):
     """Object mode streams: a test clip's `--scores` equal `frame_scores.csv`'s rows for it
     (within 1e-5) for a frame model scored from its objects (`object_run`), a model of object
     samples (error, speed) and one with components chosen at load ("auto"), from the workdir
     alone; each event record carries its peak frame's objects, which are that frame's
-    prepared boxes, highest score first."""
+    prepared boxes, highest score first. A model of object samples scores each tick's objects
+    in the smallest of `crop_batch_sizes` that holds them, not always `eval.batch_size`."""
     from jaxvad import config as config_lib
-    from jaxvad import object_scores
+    from jaxvad import inference, object_scores
     from jaxvad.data import pipeline
+    from jaxvad.watch.objects import crop_batch_sizes
 
     found = request.getfixturevalue(run)
     workdir = copy_run(found, tmp_path / "run")
@@ -527,7 +556,21 @@ def test_watched_object_mode_scores_equal_evaluated_ones_and_events_name_boxes(
         config.watch.close_after = 1
     scores, events = tmp_path / "scores.csv", tmp_path / "events.jsonl"
     clip = object_run.source / "Test" / "Test001"
+    batches = []  # (batch size, objects in it) of every model call while watching.
+    step = inference.ErrorScorer.step
+
+    def counted(self, params, batch, **kwargs):
+        batches.append((batch["valid"].shape[0], int(np.asarray(batch["valid"]).sum())))
+        return step(self, params, batch, **kwargs)
+
+    monkeypatch.setattr(inference.ErrorScorer, "step", counted)
     watch(config, workdir, [f"cam={clip}"], scores=str(scores), events=str(events))
+    if found.config.objects.samples:
+        sizes = crop_batch_sizes(config.eval.batch_size, jax.device_count())
+        assert batches and all(size == min(b for b in sizes if b >= n) for size, n in batches)
+        assert min(size for size, _ in batches) < config.eval.batch_size
+    else:
+        assert not batches
     streamed = read_scores(scores)
     assert sorted(streamed) == sorted(evaluated)
     for frame, values in evaluated.items():

@@ -36,6 +36,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import csv
+import json
 import logging
 import signal
 import sys
@@ -46,7 +47,7 @@ from pathlib import Path
 import ml_collections
 from absl import flags
 
-from jaxvad import cli
+from jaxvad import cli, distributed
 from jaxvad import config as config_lib
 from jaxvad import detector as detector_lib
 from jaxvad.data.video_io import DataError
@@ -288,6 +289,20 @@ USER_ERRORS = (
 )
 
 
+def use_the_runs_cpu_layout(workdir: Path) -> int | None:
+    """Without --config, splits JAX's CPU backend as the run's own config asks
+    (`mesh.cpu_devices`, read from `workdir/config.json`), as `cli.run` does from --config, so
+    that a watch on the workdir alone gets the run's layout; it must come before JAX starts,
+    and the checkpoint's copy of the config is read through Orbax, which starts it. Returns
+    `distributed.use_cpu_cores`'s count; None where there is no readable config.json (the
+    layout stays as it is; the detector's load reports a broken run)."""
+    try:
+        stored = config_lib.from_dict(json.loads((workdir / "config.json").read_text()))
+    except (OSError, ValueError, KeyError, config_lib.ConfigError):
+        return None
+    return distributed.use_cpu_cores(stored.mesh.cpu_devices, config_lib.batch_sizes(stored))
+
+
 def main() -> None:
     config = cli.define_config_flag()
     workdir = flags.DEFINE_string("workdir", None, "the run's directory", required=True)
@@ -299,6 +314,8 @@ def main() -> None:
     sink = flags.DEFINE_multi_string("sink", [], "webhook:URL or mqtt://HOST:PORT/TOPIC")
 
     def command() -> None:
+        if config.value is None:
+            use_the_runs_cpu_layout(Path(workdir.value))
         counters = watch(
             config.value,
             workdir.value,

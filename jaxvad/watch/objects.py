@@ -19,10 +19,12 @@ Memory per camera: the `CameraWindow`'s, and while priming `prime`·(H·W + S²�
 
 Per tick (`ObjectScorer.score`), for the cameras whose new frame t has a full history (t > T):
 - a model of object samples (`config.objects.samples`) scores each object's sample, cut from
-  the camera's window as evaluation cuts it (`pipeline.crop_samples`), in batches of
-  `eval.batch_size` padded to that fixed shape (the program evaluation compiles), with the deep
-  features where a component reads them (the errors are computed whatever the components:
-  they give the modality); a frame model gives the frames' own errors (`StreamScorer.errors`);
+  the camera's window as evaluation cuts it (`pipeline.crop_samples`), in batches of at most
+  `eval.batch_size`, each padded to the smallest of a few fixed sizes that holds it
+  (`crop_batch_sizes`: a tick of 9 objects runs a batch of 16, not 32; each size compiles once,
+  the first time a tick needs it), with the deep features where a component reads them (the
+  errors are computed whatever the components: they give the modality); a frame model gives
+  the frames' own errors (`StreamScorer.errors`);
 - the objects' components, their sum and the frame's maximum (`object_scores.score`), then the
   detector's normalisation with the training statistics (`Detector.scores`).
 Each scored frame carries its objects, highest first (box, track, score), which events record,
@@ -49,8 +51,20 @@ from jaxvad.watch.stream import (
     FrameScore,
     StreamError,
     StreamScorer,
+    batch_shards,
     check_streamable,
 )
+
+
+def crop_batch_sizes(batch_size: int, shards: int) -> tuple[int, ...]:
+    """The batch sizes a tick's object samples are padded to: `shards`·2^k below
+    `batch_size`, then `batch_size` (a multiple of `shards`), ascending. A tick pads its
+    objects to the smallest that holds them, so its model work follows the objects in view
+    (at most twice them) instead of always `batch_size`."""
+    sizes = [shards]
+    while sizes[-1] * 2 < batch_size:
+        sizes.append(sizes[-1] * 2)
+    return tuple(sorted({*sizes, batch_size}))
 
 
 class ObjectCamera:
@@ -127,6 +141,8 @@ class ObjectScorer:
         self.samples = bool(config.objects.samples)
         self.frames = None if self.samples else StreamScorer.of_detector(detector, cameras, True)
         self._batch = config.eval.batch_size
+        shards = batch_shards(detector.scorer.data_sharding)
+        self._sizes = crop_batch_sizes(self._batch, shards)
 
     def score(self, cameras: Sequence[ObjectCamera], rows: Sequence[int]) -> list[FrameScore]:
         """One tick: the cameras `rows` pushed a new frame; the scores of those whose new
@@ -226,15 +242,16 @@ class ObjectScorer:
         for start in range(0, count, self._batch):
             part = {k: v[start : start + self._batch] for k, v in batch.items()}
             n = len(part["frames"])
+            size = next(b for b in self._sizes if b >= n)
             padded = {
-                k: np.concatenate([v, np.zeros((self._batch - n, *v.shape[1:]), v.dtype)])
+                k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
                 for k, v in part.items()
             }
-            valid = np.arange(self._batch) < n
+            valid = np.arange(size) < n
             padded |= {
-                "video_index": np.zeros(self._batch, np.int32),
-                "frame_index": np.zeros(self._batch, np.int32),
-                "label": np.zeros(self._batch, np.int32),
+                "video_index": np.zeros(size, np.int32),
+                "frame_index": np.zeros(size, np.int32),
+                "label": np.zeros(size, np.int32),
                 "scored": valid,
                 "valid": valid,
             }

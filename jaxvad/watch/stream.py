@@ -176,7 +176,7 @@ class StreamScorer:
         self.graphdef, self.params, self.history = graphdef, params, history
         self.sharding, self._scores = sharding, scores
         self.cameras = list(cameras)
-        shards = int(np.prod([sharding.mesh.shape[a] for a in _spec_axes(sharding)]))
+        shards = batch_shards(sharding)
         self.slots = -(-len(self.cameras) // shards) * shards
         self._blank: dict[str, np.ndarray] | None = None
         self._cache: jax.Array | None = None
@@ -277,7 +277,9 @@ def check_streamable(settings: scoring.ScoreSettings) -> None:
         )
 
 
-def _spec_axes(sharding: jax.sharding.NamedSharding) -> tuple[str, ...]:
-    """The mesh axes a batch sharding splits its leading dimension over."""
+def batch_shards(sharding: jax.sharding.NamedSharding) -> int:
+    """How many parts a batch laid out with `sharding` is split into: the product of the mesh
+    axes its leading dimension is split over (a batch's size must be a multiple of it)."""
     first = sharding.spec[0] if len(sharding.spec) else None
-    return () if first is None else (first,) if isinstance(first, str) else tuple(first)
+    axes = () if first is None else (first,) if isinstance(first, str) else tuple(first)
+    return int(np.prod([sharding.mesh.shape[a] for a in axes]))
