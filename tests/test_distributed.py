@@ -22,6 +22,7 @@ import types
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT, copy_run, load_config, run_module
 
@@ -207,11 +208,20 @@ def test_two_process_evaluation_writes_what_one_process_writes(evaluated):
         assert found["objects"] > 0 and found["detection"]["regions"] > 0
         assert found["pointing"]["frames"] > 0
     assert len(one["csv"]) == len(two["csv"]) > 0
+    # Scores to 1e-5 of their column's spread over the split: the layouts sum in other orders
+    # (up to 6e-7 of it seen), and a normalised score near 0 has no last digits of its own to
+    # compare; a dropped, doubled or misplaced object or frame moves a score by far more.
+    spread = {
+        key: np.ptp([float(row[key]) for row in one["csv"] if row[key]])
+        for key in one["csv"][0]
+        if key.startswith("score")
+    }
     for row_one, row_two in zip(one["csv"], two["csv"], strict=True):
         assert row_one.keys() == row_two.keys()
         for key, value in row_one.items():
-            if key.startswith("score") and value:
-                assert float(row_two[key]) == pytest.approx(float(value), rel=1e-6, abs=1e-9)
+            if key in spread and value:
+                tolerance = 1e-5 * spread[key] + 1e-9
+                assert float(row_two[key]) == pytest.approx(float(value), abs=tolerance), key
             else:
                 assert row_two[key] == value, key
     for metrics in (one["metrics"], two["metrics"]):

@@ -93,13 +93,15 @@ def test_watch_on_the_workdir_alone_splits_the_cpu_as_the_run_says(
     cores = len(os.sched_getaffinity(0))
     expected = distributed.cpu_device_count(0, cores, config_lib.batch_sizes(stored))
     assert stored.mesh.cpu_devices == 0
+    # A bad sink is refused once the run is loaded (its mesh logged), before any frame.
     result = run_module(
         "jaxvad.watch",
         f"--workdir={workdir}",
         f"--source={source_video(labeled_data)}",
+        "--sink=kafka://x",
         env={"JAX_PLATFORMS": "cpu"},
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 1 and "--sink=" in result.stderr, result.stderr[-2000:]
     assert f"devices: {expected} local" in result.stderr, result.stderr[-2000:]
     assert command.use_the_runs_cpu_layout(tmp_path / "no_run") is None
 
