@@ -60,7 +60,7 @@ def crop_batch_sizes(batch_size: int, shards: int) -> tuple[int, ...]:
     """The batch sizes a tick's object samples are padded to: `shards`·2^k below
     `batch_size`, then `batch_size` (a multiple of `shards`), ascending. A tick pads its
     objects to the smallest that holds them, so its model work follows the objects in view
-    (at most twice them) instead of always `batch_size`."""
+    (at most twice them, or one per device) instead of always `batch_size`."""
     sizes = [shards]
     while sizes[-1] * 2 < batch_size:
         sizes.append(sizes[-1] * 2)
