@@ -146,12 +146,20 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(batch_axes(rules)))
 
 
+def batch_shards(sharding: NamedSharding) -> int:
+    """How many parts a batch laid out with `sharding` is split into: the product of the mesh
+    axes its leading dimension is split over (a batch's size must be a multiple of it)."""
+    first = sharding.spec[0] if len(sharding.spec) else None
+    axes = () if first is None else (first,) if isinstance(first, str) else tuple(first)
+    return int(np.prod([sharding.mesh.shape[a] for a in axes]))
+
+
 def check_batch_size(
     batch_size: int, mesh: Mesh, rules: Rules, field: str = "train.batch_size"
 ) -> None:
     """The global batch (`config.<field>`) must split evenly over processes and over the
     batch's mesh axes."""
-    shards = int(np.prod([mesh.shape[a] for a in batch_axes(rules)]))
+    shards = batch_shards(batch_sharding(mesh, rules))
     if batch_size % shards:
         raise ConfigError(
             f"config.{field}={batch_size} is not divisible by the {shards} batch shards "

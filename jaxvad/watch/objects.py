@@ -51,7 +51,6 @@ from jaxvad.watch.stream import (
     FrameScore,
     StreamError,
     StreamScorer,
-    batch_shards,
     check_streamable,
 )
 
@@ -141,7 +140,7 @@ class ObjectScorer:
         self.samples = bool(config.objects.samples)
         self.frames = None if self.samples else StreamScorer.of_detector(detector, cameras, True)
         self._batch = config.eval.batch_size
-        shards = batch_shards(detector.scorer.data_sharding)
+        shards = distributed.batch_shards(detector.scorer.data_sharding)
         self._sizes = crop_batch_sizes(self._batch, shards)
 
     def score(self, cameras: Sequence[ObjectCamera], rows: Sequence[int]) -> list[FrameScore]:

@@ -176,7 +176,7 @@ class StreamScorer:
         self.graphdef, self.params, self.history = graphdef, params, history
         self.sharding, self._scores = sharding, scores
         self.cameras = list(cameras)
-        shards = batch_shards(sharding)
+        shards = distributed.batch_shards(sharding)
         self.slots = -(-len(self.cameras) // shards) * shards
         self._blank: dict[str, np.ndarray] | None = None
         self._cache: jax.Array | None = None
@@ -275,11 +275,3 @@ def check_streamable(settings: scoring.ScoreSettings) -> None:
             "Gaussian smoothing need the whole video. Use --config.score.normalisation="
             "train --config.score.smoothing_sigma=0"
         )
-
-
-def batch_shards(sharding: jax.sharding.NamedSharding) -> int:
-    """How many parts a batch laid out with `sharding` is split into: the product of the mesh
-    axes its leading dimension is split over (a batch's size must be a multiple of it)."""
-    first = sharding.spec[0] if len(sharding.spec) else None
-    axes = () if first is None else (first,) if isinstance(first, str) else tuple(first)
-    return int(np.prod([sharding.mesh.shape[a] for a in axes]))
