@@ -62,6 +62,27 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
+# The test files that take longest (`pytest --durations=0`, 2-core CPU), longest first.
+# pytest-xdist's `--dist loadfile` hands whole files to its workers in collection order, each
+# worker holding one file in reserve. Started in alphabetical order, long files left one worker
+# working alone at the end; started first, they let both end together. The other files keep
+# their order behind them.
+LONGEST_FILES = (
+    "test_explain.py",
+    "test_train.py",
+    "test_watch.py",
+    "test_detectors.py",
+    "test_aadc.py",
+    "test_distributed.py",
+    "test_gradcam.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: files stay whole.
+
+
 def load_config(name: str, variant: str | None = "tiny", **fields):
     """`configs/<name>.py` (its `variant`) with `fields` ("a.b": value) changed."""
     spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
