@@ -6,7 +6,7 @@ resumed runs (a step logged twice, before and after a kill, appears twice with t
 TensorBoard reads them: TFRecords of `Event` protocol buffers, one event per write with a
 `simple_value` per scalar. They are written here, in the few bytes their format takes: clu's
 writers import TensorFlow, and tensorboardX imports PyTorch wherever it is installed (1.6 s and
-190 MB more at every training start). Only process 0 writes; on other processes the writer does
+180 MB more at every training start). Only process 0 writes; on other processes the writer does
 nothing.
 """
 
