@@ -324,6 +324,19 @@ def test_quality_of_object_samples_is_measured_on_the_top_crops(object_samples_r
     assert set(boxes["maps"]) == {"anomaly_map", "anomaly_foreground"} and boxes["anomalies"] == 1
     for m in boxes["maps"].values():
         assert len(m["correlation_by_step"]) == len(boxes["groups"]) and m["passes"]["n"] == 1
+    in_frame = quality["object_frame"]
+    assert in_frame["anomalies"] == measured and set(in_frame["maps"]) == set(command.BOX_MAPS)
+    # Measured again from its unchanged inputs (velocities through DIS at the original
+    # resolution, crops from the stored frames), each frame's object score is the record's.
+    assert in_frame["score_reproduced_within"] < 1e-5
+    for name, curve in in_frame["curves"].items():
+        ends = [curve[k][i] for k in ("deletion", "insertion") for i in (0, -1)]
+        np.testing.assert_allclose(ends, [1, 0, 0, 1], atol=1e-5)
+        assert in_frame["maps"][name]["max_sensitivity"]["n"] == measured
+    assert (
+        "box maps in the frame, against the frame's object score"
+        in (out / "report.html").read_text()
+    )
 
 
 def test_box_maps_randomisation_rescores_the_objects_and_reexplains_the_top_crop(

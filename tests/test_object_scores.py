@@ -258,6 +258,14 @@ def test_data_prep_stores_each_frames_boxes_tracks_and_velocities(object_run):
     np.testing.assert_array_equal(stored.boxes[first], np.concatenate(expected.boxes))
     np.testing.assert_array_equal(stored.tracks[first], np.concatenate(expected.tracks))
     np.testing.assert_allclose(stored.velocity[first], np.concatenate(expected.velocity))
+    # What `--quality` measures the box maps' velocities from, frame by frame, gives them again.
+    wanted = [0, 1, len(expected.boxes) // 2, len(expected.boxes) - 1]
+    inputs = objects.attribute_inputs(spec.load().frames, wanted)
+    assert sorted(inputs) == wanted
+    for t, (mask, flow) in inputs.items():
+        window = objects.velocity_window(mask.shape[0])
+        again = objects.velocity_histograms(flow, mask, expected.boxes[t], window)
+        np.testing.assert_array_equal(again, expected.velocity[t])
     video = metadata["splits"]["test"]["videos"][0]
     assert (video["height"], video["width"]) == (240, 360)
     assert video["objects"] == first.sum() > 0

@@ -470,6 +470,35 @@ class ObjectFinder:
         return FrameObjects(boxes, self._tracker.link(boxes), velocity)
 
 
+def attribute_inputs(
+    frames: np.ndarray, wanted: Sequence[int], settings: BoxSettings = BoxSettings()
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """What the velocity histograms of the frames `wanted` (0-based) of one video are measured
+    from, as `video_objects` measures them (`ObjectFinder`, primed on the video's last
+    `settings.history` frames): per frame t its cleaned background mask `[H, W]` uint8 0/1
+    and its attribute flow `[H, W, 2]` float32 (DIS from frame t − 1; none for frame 0), for
+    `velocity_histograms` with the frame's boxes and `velocity_window(H)`.
+
+    Args:
+      frames: `[N, H, W(, C)]` uint8, the video at its original resolution.
+      wanted: frame numbers in [0, N).
+      settings: the detector's thresholds (its background model).
+    """
+    grey = _grey(frames)
+    wanted = sorted({int(t) for t in wanted})
+    if wanted and not 0 <= wanted[0] <= wanted[-1] < len(grey):
+        raise ValueError(f"frames {wanted[0]}..{wanted[-1]} asked of a {len(grey)}-frame video")
+    subtractor = _primed_subtractor(grey[-settings.history :], settings)
+    dis = attribute_flow()
+    out = {}
+    for t, frame in enumerate(grey[: wanted[-1] + 1] if wanted else []):
+        foreground = _next_foreground(subtractor, frame, settings)
+        if t in wanted:
+            still = np.zeros((*frame.shape, 2), np.float32)
+            out[t] = (foreground, still if t == 0 else dis(grey[t - 1], frame))
+    return out
+
+
 @dataclass(frozen=True)
 class VideoObjects:
     """The objects of one video, per frame: `boxes` `[K, 4]` float32 `[x0, y0, x1, y1]`

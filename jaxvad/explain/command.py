@@ -17,7 +17,8 @@ the anomalies (`--top=K`: the K highest-scoring of them). For each anomaly:
   background, which `--quality` measured as the best; or the anomaly map, the paper's Grad-CAM
   of the score on the motion features, or HiResCAM; `maps`), its overlay on the frame, and
   beside it the Grad-CAM, HiResCAM, both decoders' pixel error maps and their combined anomaly
-  map (`gradcam`, `images`); `--quality` measures every map (`measure`, quality.json);
+  map (`gradcam`, `images`); `--quality` measures every map (`measure`, quality.json; object
+  mode's box maps also in the frame, `box_quality`);
 - what: a BLIP caption of the frame, of the crop around the Grad-CAM peak, of the overlay or
   (object mode) of the top object's box cut from the original-resolution frame
   (`config.explain.caption_source`), with `--blip=DIR` (a Hugging Face
@@ -71,7 +72,7 @@ from jaxvad import config as config_lib
 from jaxvad import detector as detector_lib
 from jaxvad.data import builder, pipeline
 from jaxvad.data.video_io import DataError
-from jaxvad.explain import attribution, images, measure, report, weak_alarms
+from jaxvad.explain import attribution, box_quality, images, measure, report, weak_alarms
 from jaxvad.explain import maps as maps_lib
 from jaxvad.explain import objects as object_explain
 from jaxvad.explain import quality as quality_lib
@@ -742,8 +743,10 @@ def write(
         deletion = None
         if quality is not None:
             (staging / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
-            if quality["curves"]:
-                path = plots.deletion_curves(staging / "images" / "deletion.png", quality["curves"])
+            boxes = quality.get("object_frame", {}).get("curves", {})
+            shown = {**quality["curves"], **{f"box map {k}": v for k, v in boxes.items()}}
+            if shown:
+                path = plots.deletion_curves(staging / "images" / "deletion.png", shown)
                 deletion = str(path.relative_to(staging))
         report.write(
             staging / "report.html",
@@ -779,8 +782,11 @@ def measure_maps(
     affine = {
         c: scoring.Affine(a.shift[chosen], a.scale[chosen]) for c, a in scores.error_affine.items()
     }
+    train = pipeline.open_prepared(config_lib.dataset_dir(config, needed_for="--quality"), "train")
+    with_object = np.arange(len(chosen))
     if config.objects.samples:
         has = np.asarray(explained.get("has_object", np.zeros(0, bool)), bool)
+        with_object = np.flatnonzero(has)
         side, chosen = config.objects.size, chosen[has]
         crops = pipeline.ObjectCrops(chosen, explained["crop_boxes"][has], side)
         regions = explained["object_region"][has]
@@ -795,7 +801,7 @@ def measure_maps(
         z,
         modalities,
         source.masked,
-        pipeline.open_prepared(config_lib.dataset_dir(config, needed_for="--quality"), "train"),
+        train,
         measure.QualitySettings(
             anomalies=settings.quality_anomalies,
             steps=settings.quality_steps,
@@ -810,7 +816,8 @@ def measure_maps(
         regions,
     )
     if crops is not None and scored is not None:
-        rows = chosen[measure.measured(len(chosen), settings.quality_anomalies)]
+        index = measure.measured(len(chosen), settings.quality_anomalies)
+        rows = chosen[index]
         result["object_randomisation"] = object_randomisation(
             found,
             source.table,
@@ -820,7 +827,66 @@ def measure_maps(
             batch_size=settings.batch_size,
             key=jax.random.key(config.seed),
         )
+        result["object_frame"] = object_frame(
+            found,
+            source,
+            errors,
+            rows,
+            scored,
+            {name: explained[name][with_object[index]] for name in BOX_MAPS},
+            train,
+        )
     return result
+
+
+def object_frame(
+    found: detector_lib.Detector,
+    source: Input,
+    errors: scoring.SplitErrors,
+    positions: np.ndarray,
+    scored: object_scores.ObjectScores,
+    maps: Mapping[str, np.ndarray],
+    train: pipeline.FrameTable,
+) -> dict[str, Any]:
+    """Deletion, insertion and Max-Sensitivity of object mode's box maps `maps` (name →
+    `[R, S, S]`, the records' maps of the frames at `positions` `[R]`) in the frame, against
+    the frame's object score (`box_quality.measure_boxes`); the original frames come from
+    `source.originals`. Without them (the source folder unreadable): a note saying why."""
+    settings = ExplainSettings(**found.config.explain)
+    if not len(positions):
+        return {}
+    if source.originals is None:
+        return {"skipped": "no original frames for this input"}
+    try:
+        attribute = box_quality.attribute_inputs(source.table, positions, source.originals)
+    except DataError as e:
+        log.warning("--quality: the box maps are not measured in the frame: %s", e)
+        return {"skipped": str(e)}
+
+    def explain_boxes(table, at, rescored):
+        return explain_crops(found, table, errors, at, rescored, batch_size=settings.batch_size)[0]
+
+    references = {
+        "target_frame": np.asarray(found.background, np.float32),
+        "target_flow": pipeline.median_frame(train, "flow"),
+    }
+    return box_quality.measure_boxes(
+        found,
+        source.table,
+        positions,
+        scored,
+        maps,
+        attribute,
+        explain_boxes,
+        references,
+        steps=settings.quality_steps,
+        noise=settings.quality_noise,
+        draws=settings.quality_draws,
+        # Frames per score call: each re-scores its frames' objects, whose samples go
+        # through the model in batches of eval.batch_size, so fewer, larger calls run faster.
+        batch_size=found.config.eval.batch_size,
+        key=jax.random.fold_in(jax.random.key(found.config.seed), 1),
+    )
 
 
 BOX_MAPS = ("anomaly_map", maps_lib.FOREGROUND)  # Object mode's box maps (`explain_crops`).

@@ -6,8 +6,9 @@ A model of object samples is measured on each anomaly's top object's sample, cut
 explanations cut it (`pipeline.crop_samples`; the mask, the background and the flow reference
 cut the same way), under the training objects' normalisation: the maps explain the crop's
 error score. The near pointing game's distance is then a fraction of the crop's side. The
-objects' box map (object mode's anomaly map) is measured by the pointing games of
-`summary.json`.
+objects' box maps (object mode's "where") are measured by the pointing games of
+`summary.json`, and in the frame, against the frame's object score, by
+`jaxvad.explain.box_quality`.
 
 The anomalies measured are the explained ones, or `explain.quality_anomalies` of them evenly
 spaced in (video, frame) order (0: all). Per map, per anomaly, in batches of
@@ -145,14 +146,14 @@ def measure(
         }
 
         def map_fn(x, shift=shift, scale=scale, background=background, region=region):
-            stored = {k: _stored(k, v) for k, v in x.items()}
+            stored = {k: stored_values(k, v) for k, v in x.items()}
             out = map_step(found.params, stored, shift, scale, background, region)
             return {name: out[name] for name in names}
 
         key, noise_key = jax.random.split(key)
         sensitivity = quality.max_sensitivity(
             map_fn,
-            {k: _model_space(k, v) for k, v in inputs.items()},
+            {k: model_space(k, v) for k, v in inputs.items()},
             radius=settings.noise,
             samples=settings.draws,
             key=noise_key,
@@ -296,11 +297,11 @@ def summary(values: np.ndarray) -> dict[str, float | int]:
     return {"mean": mean, "low": low, "high": high, "n": int(np.isfinite(values).sum())}
 
 
-def _model_space(key: str, value: np.ndarray) -> np.ndarray:
+def model_space(key: str, value: np.ndarray) -> np.ndarray:
     """Frames [0, 255] → [−1, 1] (what the noise is added to); flows unchanged."""
     return value / 127.5 - 1.0 if key in ("frames", "target_frame") else value
 
 
-def _stored(key: str, value: jax.Array) -> jax.Array:
-    """`_model_space`'s inverse: frames back to [0, 255] floats, as `map_step` reads them."""
+def stored_values(key: str, value: jax.Array) -> jax.Array:
+    """`model_space`'s inverse: frames back to [0, 255] floats, as `map_step` reads them."""
     return (value + 1.0) * 127.5 if key in ("frames", "target_frame") else value

@@ -154,8 +154,8 @@ def deletion_insertion(
     the score past an end (a replaced pixel can raise a model's error): it counts as that end,
     so an anomaly whose two ends are close cannot outweigh the others in a mean. The areas are
     the trapezoid rule over the fraction f_i = i/steps ∈ [0, 1]. `score_fn` is called
-    2·(steps + 1) times, each on one batch of B samples (jit it yourself); no more than two
-    batches exist at once.
+    2·steps times, each on one batch of B samples (jit it yourself; insertion's two ends are
+    deletion's, the same inputs); no more than two batches exist at once.
 
     Args:
       score_fn: a dict like `inputs` → scores `[B]`, sample b's score depending on sample b's
@@ -171,14 +171,15 @@ def deletion_insertion(
     Returns:
       {"deletion_auc": `[B]` (lower is better), "insertion_auc": `[B]` (higher is better),
       "deletion", "insertion": the normalised curves `[B, steps + 1]`, "fractions":
-      `[steps + 1]`}.
+      `[steps + 1]`, "original": s_orig `[B]`}.
     """
     inputs, reference = dict(inputs), dict(reference)
     N = maps.shape[1] * maps.shape[2]
     rank = jnp.argsort(importance_order(maps, key), axis=1)
     counts = [-(-i * N // steps) for i in range(steps + 1)]
     deletion = jnp.stack([score_fn(_swap_top(inputs, reference, rank, k)) for k in counts], 1)
-    insertion = jnp.stack([score_fn(_swap_top(reference, inputs, rank, k)) for k in counts], 1)
+    inserted = [score_fn(_swap_top(reference, inputs, rank, k)) for k in counts[1:-1]]
+    insertion = jnp.stack([deletion[:, -1], *inserted, deletion[:, 0]], 1)
     s_orig, s_ref = deletion[:, :1], deletion[:, -1:]
     span = jnp.where(s_orig == s_ref, jnp.nan, s_orig - s_ref)
     fractions = jnp.arange(steps + 1, dtype=jnp.float32) / steps
@@ -191,6 +192,7 @@ def deletion_insertion(
         "deletion_auc": jnp.trapezoid(curves["deletion"], fractions, axis=1),
         "insertion_auc": jnp.trapezoid(curves["insertion"], fractions, axis=1),
         "fractions": fractions,
+        "original": deletion[:, 0],
     }
 
 
