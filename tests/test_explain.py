@@ -26,8 +26,8 @@ from conftest import copy_run, open_page, require_chromium, run_module
 from jaxvad import config as config_lib
 from jaxvad import detector, object_scores
 from jaxvad.data import objects, pipeline, preprocess, synthetic
-from jaxvad.data.video_io import read_frames, resize_masks
-from jaxvad.explain import command, images, maps, measure
+from jaxvad.data.video_io import DataError, read_frames, resize_masks
+from jaxvad.explain import command, images, maps, measure, report
 from jaxvad.explain import objects as object_explain
 from jaxvad.explain.video import VideoFrames, open_video
 from jaxvad.vlm import blip
@@ -372,6 +372,47 @@ def test_box_maps_randomisation_rescores_the_objects_and_reexplains_the_top_crop
     region[0, 1:3, 1:3] = True
     inside = measure.with_region({"anomaly_foreground": np.ones((1, 4, 4))}, region)
     np.testing.assert_array_equal(inside[measure.IN_BOX], region.astype(float))
+
+
+def test_box_maps_are_not_measured_in_the_frame_without_the_original_frames(
+    object_samples_run, samples_explained, caplog
+):
+    """The source folder unreadable: `object_frame` says why, naming the folder, and measures
+    nothing; no original frames at all: it says so."""
+    config = object_samples_run.config
+    found = detector.load(samples_explained.workdir)
+    table = pipeline.open_prepared(config_lib.dataset_dir(config), "test")
+    scored = found.score_objects(object_scores.read_objects(table), table)
+    records = [r for r in samples_explained.records if r["objects"]][:1]
+    positions = record_positions(table, records)
+    maps = {name: np.zeros((1, 4, 4)) for name in command.BOX_MAPS}
+
+    def unreadable(video: int) -> np.ndarray:
+        raise DataError("/nowhere/ped2", "cannot list the source videos")
+
+    errors = found.errors(table, labels=False, maps=False)[0]
+
+    def measured(originals) -> dict:
+        source = command.Input(table, "test", "test", True, frozenset(), originals)
+        return command.object_frame(found, source, errors, positions, scored, maps, table)
+
+    with caplog.at_level(logging.WARNING):
+        assert measured(unreadable) == {"skipped": "/nowhere/ped2: cannot list the source videos"}
+    assert "not measured in the frame: /nowhere/ped2" in caplog.text
+    assert measured(None) == {"skipped": "no original frames for this input"}
+    quality = {
+        "anomalies_measured": 1,
+        "anomalies_explained": 1,
+        "reference": "",
+        "maps": {},
+        "randomisation": {"anomalies": 0, "maps": {}},
+        "modality_check": {"mean": 1.0},
+        "object_frame": measured(None),
+    }
+    page = report.render(
+        summary=samples_explained.summary, records=[], curves={}, extra_titles={}, quality=quality
+    )
+    assert "Box maps in the frame not measured: no original frames for this input" in page
 
 
 def test_explain_settings_hold_exactly_the_configs_explain_fields():
