@@ -328,7 +328,7 @@ def test_quality_of_object_samples_is_measured_on_the_top_crops(object_samples_r
     assert in_frame["anomalies"] == measured and set(in_frame["maps"]) == set(command.BOX_MAPS)
     # Measured again from its unchanged inputs (velocities through DIS at the original
     # resolution, crops from the stored frames), each frame's object score is the record's.
-    assert in_frame["score_reproduced_within"] < 1e-5
+    assert in_frame["score_reproduced_within"] == 0
     for name, curve in in_frame["curves"].items():
         ends = [curve[k][i] for k in ("deletion", "insertion") for i in (0, -1)]
         np.testing.assert_allclose(ends, [1, 0, 0, 1], atol=1e-5)

@@ -204,7 +204,7 @@ def measure_boxes(
     `explain_boxes` (their maps again), and `references` `target_frame` `[S, S, C]` (the
     background) and `target_flow` `[S, S, 2]` (the median training flow).
     `score_reproduced_within`: the largest difference between a frame's score measured
-    again from its unchanged inputs and its score in `scored`."""
+    again from its unchanged inputs and its score in `scored` (both in float32)."""
     ids = table.frame_ids[positions]
     batches = separate_batches(
         table.video_index[ids], table.frame_index[ids], found.scorer.history, batch_size
@@ -259,7 +259,9 @@ def measure_boxes(
                 frame_scores, inputs, reference, values[rows], steps=steps, key=order_key
             )
             fractions = np.asarray(curve["fractions"])
-            reproduced.append(np.abs(np.asarray(curve["original"]) - scored.frame[pos]))
+            # The scores pass through JAX in float32: compare with the stored ones in float32.
+            stored_scores = scored.frame[pos].astype(np.float32)
+            reproduced.append(np.abs(np.asarray(curve["original"]) - stored_scores))
             for metric, v in (
                 ("deletion_auc", curve["deletion_auc"]),
                 ("insertion_auc", curve["insertion_auc"]),
