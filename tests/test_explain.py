@@ -394,7 +394,8 @@ def test_box_maps_are_not_measured_in_the_frame_without_the_original_frames(
 
     def measured(originals) -> dict:
         source = command.Input(table, "test", "test", True, frozenset(), originals)
-        return command.object_frame(found, source, errors, positions, scored, maps, table)
+        references = measure.deletion_references(found, table)
+        return command.object_frame(found, source, errors, positions, scored, maps, references)
 
     with caplog.at_level(logging.WARNING):
         assert measured(unreadable) == {"skipped": "/nowhere/ped2: cannot list the source videos"}

@@ -737,6 +737,19 @@ def median_frame(table: FrameTable, key: str) -> np.ndarray:
     return np.median(values.astype(np.float32), axis=0)
 
 
+def sample_ids(
+    table: FrameTable, positions: np.ndarray, history: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The records an evaluation sample of each frame at `positions` `[B]` reads
+    (`eval_samples`): the target frames' record ids `[B]`, the T = `history` past frames'
+    `[B, T]` (frame 1's where the number is below 1) and the past frame numbers `[B, T]`
+    (1-based, < 1 where missing)."""
+    target = table.frame_ids[positions]  # [B]
+    first = table.video_starts[table.video_index[target]]  # [B] position of frame 1
+    past = table.frame_index[target][:, None] - history + np.arange(history)
+    return target, table.frame_ids[first[:, None] + np.maximum(past, 1) - 1], past
+
+
 def eval_samples(
     table: FrameTable, positions: np.ndarray, *, history: int, channels: int | None = None
 ) -> dict[str, np.ndarray]:
@@ -747,12 +760,8 @@ def eval_samples(
     `scored` `[B]` bool. For frame t ≤ T the missing past frames repeat frame 1 with zero flows,
     and `scored` is False (no real prediction).
     """
-    T = history
-    target = table.frame_ids[positions]  # [B]
+    target, ids, past = sample_ids(table, positions, history)
     t = table.frame_index[target]  # [B] 1-based
-    first = table.video_starts[table.video_index[target]]  # [B] position of frame 1
-    past = t[:, None] - T + np.arange(T)  # [B, T] frame numbers, < 1 where missing
-    ids = table.frame_ids[first[:, None] + np.maximum(past, 1) - 1]
     records = table.fetch(np.concatenate([ids.ravel(), target]))
     flows = table.gather(records, ids, "flow")
     flows[past < 1] = 0
@@ -765,7 +774,7 @@ def eval_samples(
         "frame_index": t.astype(np.int32),
         "label": table.gather(records, target, "label").astype(np.int32),
         "mask": table.gather(records, target, "mask").astype(np.uint8),
-        "scored": t > T,
+        "scored": t > history,
     }
 
 

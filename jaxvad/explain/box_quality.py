@@ -85,16 +85,13 @@ def changed_table(
     into the stored dtypes: `target_frame` `[B, S, S, C]` and `target_flow` `[B, S, S, 2]`,
     and, when given, `frames` `[B, T, S, S, C]` and `flows` `[B, T, S, S, 2]` (past frame
     numbers below 1, which samples fill with frame 1, are left as they are)."""
-    target = table.frame_ids[positions]
+    target, past_ids, past = pipeline.sample_ids(table, positions, history)
     ids, frames, flows = (
         [target[:, None]],
         [changed["target_frame"][:, None]],
         [changed["target_flow"][:, None]],
     )
     if "frames" in changed:
-        first = table.video_starts[table.video_index[target]]
-        past = table.frame_index[target][:, None] - history + np.arange(history)
-        past_ids = table.frame_ids[first[:, None] + np.maximum(past, 1) - 1]
         ids.append(np.where(past >= 1, past_ids, -1))
         frames.append(changed["frames"])
         flows.append(changed["flows"])
@@ -205,35 +202,32 @@ def measure_boxes(
     background) and `target_flow` `[S, S, 2]` (the median training flow).
     `score_reproduced_within`: the largest difference between a frame's score measured
     again from its unchanged inputs and its score in `scored` (both in float32)."""
-    ids = table.frame_ids[positions]
-    batches = separate_batches(
-        table.video_index[ids], table.frame_index[ids], found.scorer.history, batch_size
-    )
+    ids, history = table.frame_ids[positions], found.scorer.history
+    batches = separate_batches(table.video_index[ids], table.frame_index[ids], history, batch_size)
     per = {name: {metric: [] for metric in METRICS} for name in maps}
     curves = {name: {"deletion": [], "insertion": []} for name in maps}
     fractions, reproduced = None, []
-    history = found.scorer.history
     for rows in tqdm(batches, desc="box maps in the frame", unit="batch"):
         pos = positions[rows]
         objects = scored.objects.take(np.flatnonzero(np.isin(scored.objects.frame_position, pos)))
         sample = pipeline.eval_samples(table, pos, history=history)
         stored = {k: np.asarray(sample[k], np.float32) for k in measure.INPUTS}
 
-        def frame_scores(x, pos=pos, objects=objects):
-            x = {k: np.asarray(v) for k, v in x.items()}
-            velocity = remeasured_velocity(objects, attribute, x["keep"][..., 0], pos)
-            view = changed_table(table, pos, history, x)
-            rescored = found.score_objects(dataclasses.replace(objects, velocity=velocity), view)
-            return jnp.asarray(rescored.frame[pos])
-
-        def box_maps(x, pos=pos, objects=objects, stored=stored):
-            x = {k: np.asarray(measure.stored_values(k, v)) for k, v in x.items()}
-            flow_noise = x["target_flow"] - stored["target_flow"]
-            keep = np.ones(flow_noise.shape[:3], np.float32)
+        def rescored(x, keep, flow_noise=None, pos=pos, objects=objects):
+            """The table showing `x` and the frames' objects scored again from it."""
             velocity = remeasured_velocity(objects, attribute, keep, pos, flow_noise)
             view = changed_table(table, pos, history, x)
-            rescored = found.score_objects(dataclasses.replace(objects, velocity=velocity), view)
-            out = explain_boxes(view, pos, rescored)
+            return view, found.score_objects(dataclasses.replace(objects, velocity=velocity), view)
+
+        def frame_scores(x, pos=pos):
+            x = {k: np.asarray(v) for k, v in x.items()}
+            return jnp.asarray(rescored(x, x["keep"][..., 0])[1].frame[pos])
+
+        def box_maps(x, pos=pos, stored=stored):
+            x = {k: np.asarray(measure.stored_values(k, v)) for k, v in x.items()}
+            flow_noise = x["target_flow"] - stored["target_flow"]
+            view, scores = rescored(x, np.ones(flow_noise.shape[:3], np.float32), flow_noise)
+            out = explain_boxes(view, pos, scores)
             return {name: jnp.asarray(out[name]) for name in maps}
 
         scored_inputs = {k: stored[k] for k in ("target_frame", "target_flow")}

@@ -783,6 +783,7 @@ def measure_maps(
         c: scoring.Affine(a.shift[chosen], a.scale[chosen]) for c, a in scores.error_affine.items()
     }
     train = pipeline.open_prepared(config_lib.dataset_dir(config, needed_for="--quality"), "train")
+    references = measure.deletion_references(found, train)
     with_object = np.arange(len(chosen))
     if config.objects.samples:
         has = np.asarray(explained.get("has_object", np.zeros(0, bool)), bool)
@@ -801,7 +802,7 @@ def measure_maps(
         z,
         modalities,
         source.masked,
-        train,
+        references,
         measure.QualitySettings(
             anomalies=settings.quality_anomalies,
             steps=settings.quality_steps,
@@ -834,7 +835,7 @@ def measure_maps(
             rows,
             scored,
             {name: explained[name][with_object[index]] for name in BOX_MAPS},
-            train,
+            references,
         )
     return result
 
@@ -846,12 +847,13 @@ def object_frame(
     positions: np.ndarray,
     scored: object_scores.ObjectScores,
     maps: Mapping[str, np.ndarray],
-    train: pipeline.FrameTable,
+    references: Mapping[str, np.ndarray],
 ) -> dict[str, Any]:
     """Deletion, insertion and Max-Sensitivity of object mode's box maps `maps` (name →
     `[R, S, S]`, the records' maps of the frames at `positions` `[R]`) in the frame, against
-    the frame's object score (`box_quality.measure_boxes`); the original frames come from
-    `source.originals`. Without them (the source folder unreadable): a note saying why."""
+    the frame's object score (`box_quality.measure_boxes`, with `measure.deletion_references`); the
+    original frames come from `source.originals`. Without them (the source folder
+    unreadable): a note saying why."""
     settings = ExplainSettings(**found.config.explain)
     if not len(positions):
         return {}
@@ -866,10 +868,6 @@ def object_frame(
     def explain_boxes(table, at, rescored):
         return explain_crops(found, table, errors, at, rescored, batch_size=settings.batch_size)[0]
 
-    references = {
-        "target_frame": np.asarray(found.background, np.float32),
-        "target_flow": pipeline.median_frame(train, "flow"),
-    }
     return box_quality.measure_boxes(
         found,
         source.table,

@@ -86,7 +86,7 @@ def measure(
     z: Mapping[str, np.ndarray],
     modalities: Sequence[str],
     masked: frozenset[int],
-    train: pipeline.FrameTable,
+    references: Mapping[str, np.ndarray],
     settings: QualitySettings,
     crops: pipeline.ObjectCrops | None = None,
     regions: np.ndarray | None = None,
@@ -97,7 +97,9 @@ def measure(
     each top object's own box in the stored frame, which adds the map `IN_BOX`,
     `with_region`; `affine`: per component each
     anomaly's normalisation `[A]`; `z`, `modalities`: their attribution; `masked`: the videos
-    with pixel masks; `train`: the training split, for the references)."""
+    with pixel masks; `references`: `target_frame` `[S, S, C]`, the training background
+    (Max-Sensitivity's map reads it), and `target_flow` `[S, S, 2]`, the flow's deletion
+    reference (`deletion_references`)."""
     started = time.perf_counter()
     chosen = measured(len(positions), settings.anomalies)
     names = maps_lib.names(found.config.model.name) + ((IN_BOX,) if regions is not None else ())
@@ -115,10 +117,6 @@ def measure(
         functools.partial(maps_lib.score_step, graphdef=found.graphdef, alpha=alpha)
     )
     expected = jax.jit(functools.partial(maps_lib.expected_frame, graphdef=found.graphdef))
-    references = {
-        "target_flow": pipeline.median_frame(train, "flow"),
-        "target_frame": np.asarray(found.background, np.float32),
-    }
     samples = functools.partial(_samples, found, table, positions, references, crops, regions)
     key = jax.random.key(settings.seed)
     per: dict[str, dict[str, list[np.ndarray]]] = {n: {m: [] for m in METRICS} for n in names}
@@ -280,6 +278,16 @@ def _samples(
         own = {"mask": regions[rows].astype(np.uint8)}
         cut["region"] = pipeline.crop_samples(own, boxes, size)["mask"] > 0
     return cut, pipeline.crop_samples(whole, boxes, size)
+
+
+def deletion_references(found, train: pipeline.FrameTable) -> dict[str, np.ndarray]:
+    """The frame's training background `target_frame` `[S, S, C]` (`found.background`) and the
+    flow's deletion reference `target_flow` `[S, S, 2]`: the per-pixel median of `train`'s
+    flows (`pipeline.median_frame`)."""
+    return {
+        "target_flow": pipeline.median_frame(train, "flow"),
+        "target_frame": np.asarray(found.background, np.float32),
+    }
 
 
 def with_region(maps: Mapping[str, jax.Array], region: np.ndarray | None) -> dict[str, jax.Array]:
