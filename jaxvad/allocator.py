@@ -17,8 +17,8 @@ environment variable `JAXVAD_TCMALLOC` decides:
   `apt-get install libtcmalloc-minimal4`) and it is not loaded yet; otherwise run on;
 - `0`: keep the system's allocator;
 - `preloaded`: set by the restart itself, so a preload that failed is not tried again.
-`python -m jaxvad.allocator` prints the line a command logs about it. Child processes (data
-workers, `ffmpeg`) inherit the preload. Anything else that imports
+`python -m jaxvad.allocator` prints the line the training log and the benchmarks give about
+it. Child processes (data workers, `ffmpeg`) inherit the preload. Anything else that imports
 jaxvad (a script, pytest) is never restarted.
 """
 

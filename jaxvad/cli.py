@@ -4,7 +4,7 @@ as `--config.a.b=v`) and running a command with clear errors: a bad flag or conf
 (`jaxvad.config.ConfigError`) is one line and exit status 2, a known user error (bad data, a
 checkpoint that does not fit, ...) is one line and exit status 1, anything else a traceback.
 A command runs on TCMalloc where it is installed (`jaxvad.allocator`: XLA:CPU's steps run about
-1.25× as fast on it); its log says which allocator it has. Before the command runs, JAX's CPU
+1.25× as fast on it). Before the command runs, JAX's CPU
 backend is split into the devices `config.mesh.cpu_devices` asks for
 (`jaxvad.distributed.use_cpu_cores`).
 
@@ -22,7 +22,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jaxvad import allocator, distributed
+from jaxvad import distributed
 from jaxvad.config import ConfigError, batch_sizes
 
 
@@ -69,7 +69,6 @@ def run(
         # Orbax logs every file it writes at INFO; jaxvad's own logs stay at INFO.
         absl_logging.set_verbosity(absl_logging.WARNING)
         logging.getLogger("jaxvad").setLevel(logging.INFO)
-        logging.getLogger("jaxvad").info(allocator.describe())
         if config.value is not None:
             distributed.use_cpu_cores(config.value.mesh.cpu_devices, batch_sizes(config.value))
         try:

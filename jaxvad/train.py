@@ -51,6 +51,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from jaxvad import (
+    allocator,
     atomic,
     cli,
     component_choice,
@@ -521,6 +522,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     run = build(config, mesh, steps)
     num_params = sum(x.size for x in jax.tree.leaves(run.abstract["params"]))
     log.info("model %s: %s parameters", config.model.name, f"{num_params:,}")
+    log.info(allocator.describe())
     key_dropout = jax.random.fold_in(jax.random.key(config.seed), 1)
 
     # --- Restore: this workdir's latest checkpoint, else initialise from the seed.

@@ -66,7 +66,7 @@ from flax import nnx
 from torch import nn
 from torch.nn import functional as F  # noqa: N812  (PyTorch's own convention)
 
-from jaxvad import cli, distributed, inference, losses, model
+from jaxvad import allocator, cli, distributed, inference, losses, model
 from jaxvad import train as train_lib
 from jaxvad.bench.train import random_batch
 from jaxvad.config import ConfigError
@@ -808,7 +808,7 @@ def benchmark(config: ml_collections.ConfigDict, opts: Mapping[str, Any]) -> Non
         f"machine: {platform.node()}, {threads} cores, {jax.device_count()} × "
         f"{device.device_kind}; jax "
         f"{jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {allocator.describe()}"
     )
     check_quiet("before")
     print(

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from jaxvad import cli, distributed, model
+from jaxvad import allocator, cli, distributed, model
 from jaxvad import config as config_lib
 from jaxvad import train as train_lib
 from jaxvad.data import builder, pipeline
@@ -56,7 +56,7 @@ def benchmark(config: ml_collections.ConfigDict, steps: int) -> None:
     device = jax.devices()[0]
     print(
         f"machine: {platform.node()}, {os.cpu_count()} cores, {jax.device_count()} × "
-        f"{device.device_kind}; mesh {dict(mesh.shape)}"
+        f"{device.device_kind}; mesh {dict(mesh.shape)}; {allocator.describe()}"
     )
     run = train_lib.build(config, mesh, steps=1000)
     start = time.perf_counter()

@@ -30,7 +30,7 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from jaxvad import cli, distributed, inference, model, scoring
+from jaxvad import allocator, cli, distributed, inference, model, scoring
 from jaxvad.bench.train import random_batch
 from jaxvad.watch import stream as stream_lib
 
@@ -120,7 +120,7 @@ def benchmark(config: ml_collections.ConfigDict, cameras: list[int], frames: int
     print(
         f"machine: {platform.node()}, {os.cpu_count()} cores, {jax.device_count()} × "
         f"{device.device_kind}; model {config.model.name}, {model.image_size(config)}², "
-        f"T = {config.history}, flow {config.data.flow}"
+        f"T = {config.history}, flow {config.data.flow}; {allocator.describe()}"
     )
     net = model.make_model(config, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(net, nnx.Param)
