@@ -17,7 +17,7 @@ environment variable `JAXVAD_TCMALLOC` decides:
   `apt-get install libtcmalloc-minimal4`) and it is not loaded yet; otherwise run on;
 - `0`: keep the system's allocator;
 - `preloaded`: set by the restart itself, so a preload that failed is not tried again.
-`python -m jaxvad.allocator` prints the line the training log and the benchmarks give about
+`python -m jaxvad` prints the line the training log and the benchmarks give about
 it. Child processes (data workers, `ffmpeg`) inherit the preload. Anything else that imports
 jaxvad (a script, pytest) is never restarted.
 """
@@ -45,8 +45,11 @@ def loaded() -> bool:
 
 
 def is_command(argv: list[str]) -> bool:
-    """Whether `argv` (a `sys.orig_argv`) runs a jaxvad module: `python [options] -m jaxvad.…`."""
-    return "-m" in argv[:-1] and argv[argv.index("-m") + 1].startswith("jaxvad.")
+    """Whether `argv` (a `sys.orig_argv`) runs jaxvad: `python [options] -m jaxvad[.…]`."""
+    if "-m" not in argv[:-1]:
+        return False
+    module = argv[argv.index("-m") + 1]
+    return module == "jaxvad" or module.startswith("jaxvad.")
 
 
 def use_tcmalloc(library: str | None = None) -> None:
@@ -80,7 +83,3 @@ def describe() -> str:
             "install libtcmalloc-minimal4) makes CPU steps about 1.25x as fast"
         )
     return "memory allocator: the system's"
-
-
-if __name__ == "__main__":
-    print(describe())

@@ -23,6 +23,8 @@ def _run(args: list[str], **env: str) -> str:
 def test_only_jaxvad_modules_run_as_commands_are_commands():
     assert allocator.is_command(["python", "-m", "jaxvad.train", "--config=c.py"])
     assert allocator.is_command(["python", "-X", "dev", "-m", "jaxvad.bench.train"])
+    assert allocator.is_command(["python", "-m", "jaxvad"])
+    assert not allocator.is_command(["python", "-m", "jaxvadx.train"])
     assert not allocator.is_command(["python", "-m", "pytest", "-m", "jaxvad.x"])
     assert not allocator.is_command(["python", "-c", "import jaxvad"])
     assert not allocator.is_command(["python", "script.py", "-m"])
@@ -54,7 +56,7 @@ def test_a_restart_preloads_the_library_once_and_keeps_the_command(monkeypatch):
 
 def test_a_failed_preload_runs_on_with_the_systems_allocator():
     out = _run(
-        ["-m", "jaxvad.allocator"],
+        ["-m", "jaxvad"],
         LD_PRELOAD="libjaxvad_nonexistent.so",
         **{allocator.ENV: "preloaded"},
     )
@@ -66,8 +68,8 @@ def test_a_failed_preload_runs_on_with_the_systems_allocator():
     reason="libtcmalloc-minimal4 is not installed (.ci/run installs it)",
 )
 def test_a_command_runs_on_tcmalloc_and_a_library_import_does_not():
-    assert _run(["-m", "jaxvad.allocator"]) == "memory allocator: TCMalloc"
-    assert _run(["-m", "jaxvad.allocator"], **{allocator.ENV: "0"}) == (
+    assert _run(["-m", "jaxvad"]) == "memory allocator: TCMalloc"
+    assert _run(["-m", "jaxvad"], **{allocator.ENV: "0"}) == (
         "memory allocator: the system's (JAXVAD_TCMALLOC=0)"
     )
     probe = "import jaxvad.allocator as a; print(a.loaded())"
