@@ -4,9 +4,8 @@ as `--config.a.b=v`) and running a command with clear errors: a bad flag or conf
 (`jaxvad.config.ConfigError`) is one line and exit status 2, a known user error (bad data, a
 checkpoint that does not fit, ...) is one line and exit status 1, anything else a traceback.
 A command runs on TCMalloc where it is installed (`jaxvad.allocator`: XLA:CPU's steps run about
-1.25× as fast on it). Before the command runs, JAX's CPU
-backend is split into the devices `config.mesh.cpu_devices` asks for
-(`jaxvad.distributed.use_cpu_cores`).
+1.25× as fast on it). Before the command runs, JAX's CPU backend is split into the devices
+`config.mesh.cpu_devices` asks for (`jaxvad.distributed.use_cpu_cores`).
 
 Flags are defined when a command starts, not at import, so modules stay importable side by side.
 """

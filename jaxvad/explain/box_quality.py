@@ -212,6 +212,8 @@ def measure_boxes(
         objects = scored.objects.take(np.flatnonzero(np.isin(scored.objects.frame_position, pos)))
         sample = pipeline.eval_samples(table, pos, history=history)
         stored = {k: np.asarray(sample[k], np.float32) for k in measure.INPUTS}
+        # The scores pass through JAX in float32: compare with the stored ones in float32.
+        stored_scores = scored.frame[pos].astype(np.float32)
 
         def rescored(x, keep, flow_noise=None, pos=pos, objects=objects):
             """The table showing `x` and the frames' objects scored again from it."""
@@ -253,8 +255,6 @@ def measure_boxes(
                 frame_scores, inputs, reference, values[rows], steps=steps, key=order_key
             )
             fractions = np.asarray(curve["fractions"])
-            # The scores pass through JAX in float32: compare with the stored ones in float32.
-            stored_scores = scored.frame[pos].astype(np.float32)
             reproduced.append(np.abs(np.asarray(curve["original"]) - stored_scores))
             for metric, v in (
                 ("deletion_auc", curve["deletion_auc"]),
