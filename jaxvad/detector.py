@@ -44,7 +44,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -179,17 +179,26 @@ class Detector:
         table: pipeline.FrameTable | None = None,
         *,
         maps: bool = False,
+        changed_inputs: Collection[str] | None = None,
+        progress: bool = True,
     ) -> object_scores.ObjectScores:
         """Every object's score and components, and the frames' maxima (object mode). With the
         error or a deep component the model scores the objects' samples, cut from `table` (the
         split `objects` were read from; with `maps`, the error maps give `detail`), in one pass
         that gives the errors and the deep features (`SplitObjects.deep` of the result's
-        objects)."""
+        objects).
+
+        `changed_inputs`: the model inputs (of `frames`, `flows`, `target_frame`, `target_flow`)
+        in which `table`'s samples differ from those `objects.deep` was computed from. The
+        model does not run when the score reads it only through the deep features and
+        `features` reads none of them (`VadModel.FEATURE_INPUTS`): `objects.deep` stands.
+        `progress`: show the model's progress bar."""
         found = self.objects
         if found is None:
             raise ValueError("this detector scores frames, not objects (config.score.components)")
         errors = None
-        if found.error is not None or found.deep:
+        deep = found.deep and not self._deep_stands(objects, changed_inputs)
+        if found.error is not None or deep:
             if table is None:
                 raise ValueError(
                     "the error and deep components need the objects' table (their frames)"
@@ -204,9 +213,20 @@ class Detector:
                 margin=o.margin,
                 maps=maps,
                 features=found.deep,
+                progress=progress,
             )
             objects = dataclasses.replace(objects, deep=errors.features)
         return object_scores.score(objects, found, errors)
+
+    def _deep_stands(
+        self, objects: object_scores.SplitObjects, changed_inputs: Collection[str] | None
+    ) -> bool:
+        """Whether `objects.deep` is still their deep features after `changed_inputs`
+        (`score_objects`)."""
+        if changed_inputs is None or objects.deep is None:
+            return False
+        reads = model.MODELS[self.config.model.name].FEATURE_INPUTS
+        return not set(changed_inputs) & set(reads)
 
 
 def load(workdir: str | Path, overrides: Mapping[str, Any] | None = None) -> Detector:
@@ -467,11 +487,12 @@ def object_errors(
     maps: bool,
     features: bool = False,
     pseudo: str = "",
+    progress: bool = True,
 ) -> scoring.SplitErrors:
     """The model errors of `objects` of `table` (rows = objects; their samples cut with
     `margin`, resized to `size`: `pipeline.object_crops`; `pseudo`: turned into that
     pseudo-anomaly, `pipeline.pseudo_samples`), with their maps when `maps` and their deep
-    features when `features`."""
+    features when `features`; `progress`: show the progress bar."""
     crops = pipeline.object_crops(
         table, objects.frame_position, objects.boxes, size=size, margin=margin
     )
@@ -483,6 +504,7 @@ def object_errors(
         desc=f"objects {table.split}" + (f" ({pseudo})" if pseudo else ""),
         objects=dataclasses.replace(crops, pseudo=pseudo),
         features=features,
+        progress=progress,
     )
     return errors
 

@@ -148,6 +148,7 @@ class ErrorScorer:
         desc: str,
         objects: pipeline.ObjectCrops | None = None,
         features: bool = False,
+        progress: bool = True,
     ) -> tuple[scoring.SplitErrors, float]:
         """Errors of every frame of `table` (this process scores its shard, every process gets
         all of them); returns them and the seconds spent (reading + model + copy back).
@@ -155,7 +156,8 @@ class ErrorScorer:
         With `objects` (a model of object samples): the errors of every object sample instead,
         one row per object in `objects`' order (`frame`, `label`, `scored`: its frame's; maps
         `[M, s, s]`, the mask cut like the crop). With `features`: each row's deep feature
-        (`SplitErrors.features`; NaN where not scored, as its sample lacks a full history)."""
+        (`SplitErrors.features`; NaN where not scored, as its sample lacks a full history).
+        `progress`: show the progress bar (`desc`) on process 0."""
         batch_size = self.batch_size // jax.process_count()  # This process's part.
         dataset = pipeline.eval_dataset(
             table,
@@ -170,7 +172,11 @@ class ErrorScorer:
         parts: list[dict[str, np.ndarray]] = []
         start = time.perf_counter()
         for local in tqdm(
-            dataset, total=steps, desc=desc, unit="batch", disable=jax.process_index() != 0
+            dataset,
+            total=steps,
+            desc=desc,
+            unit="batch",
+            disable=not progress or jax.process_index() != 0,
         ):
             batch = distributed.global_batch({k: local[k] for k in keys}, self.data_sharding)
             parts.append(self.step(params, batch, maps=maps, features=features))

@@ -133,6 +133,24 @@ def test_every_model_pools_a_deep_feature_in_the_error_steps_pass(name):
     assert flops[True] < 1.02 * flops[False]  # The features alone cost ~45 % of the step.
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_models_deep_feature_reads_its_feature_inputs_only(name):
+    """`VadModel.FEATURE_INPUTS` names what `features` reads: new values of every other input
+    leave the features exactly as they were (`Detector.score_objects(changed_inputs=)` keeps
+    them then), and new values of each named input change them."""
+    config, net = tiny_model(name)
+    inputs, other = random_inputs(config), random_inputs(config, seed=2)
+    graphdef, params = nnx.split(net)
+    run = jax.jit(lambda p, x: nnx.merge(graphdef, p).features(x))
+    reads = type(net).FEATURE_INPUTS
+    assert set(reads) <= set(inputs)
+    features = np.asarray(run(params, inputs))
+    unread = {k: other[k] for k in inputs if k not in reads}
+    np.testing.assert_array_equal(run(params, inputs | unread), features)
+    for key in reads:
+        assert np.abs(np.asarray(run(params, inputs | {key: other[key]})) - features).max() > 1e-4
+
+
 def test_a_model_refuses_another_models_fields():
     config = load_config("synthetic", "mdsf,tiny")
     config.unlock()

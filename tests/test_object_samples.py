@@ -24,6 +24,7 @@ from sklearn.neighbors import NearestNeighbors
 from jaxvad import component_choice, detector, evaluate, model, object_scores, train
 from jaxvad import config as config_lib
 from jaxvad.data import builder, pipeline
+from jaxvad.explain import box_quality
 
 SIZE, MARGIN = 16, 0.25
 
@@ -323,6 +324,60 @@ def test_the_deep_component_evaluates_alone_and_beside_faster(object_samples_run
         total = sum(scored.components[c] for c in components)
         np.testing.assert_allclose(scored.score, total)
         assert_frames_score_their_objects_maximum(found, table, objects, total, scored, workdir)
+
+
+def test_deep_features_stand_where_only_inputs_they_do_not_read_change(
+    object_samples_run, tmp_path, monkeypatch
+):
+    """`score_objects(changed_inputs=...)` with ("deep", "speed"): after the target frames
+    and flows change (what deletion changes, `box_quality.DELETED`), the objects keep their
+    deep features and the model does not run, and the scores are those the model gives on
+    the changed table (the predictor's features read the past alone). A changed past input,
+    or no `changed_inputs`, runs the model."""
+    workdir = copy_run(object_samples_run, tmp_path / "run")
+    config = object_samples_run.config
+    found = detector.load(workdir, {"score.components": ("deep", "speed")})
+    table = pipeline.open_prepared(config_lib.dataset_dir(config), "test")
+    scored = found.score_objects(object_scores.read_objects(table), table)
+    number = table.frame_index[table.frame_ids[scored.objects.frame_position]]
+    candidates = np.unique(scored.objects.frame_position[number > config.history])
+    ids = table.frame_ids[candidates]  # Three frames none of which is in another's past.
+    first = box_quality.separate_batches(
+        table.video_index[ids], table.frame_index[ids], config.history, 3
+    )[0]
+    positions = candidates[first]
+    assert len(positions) == 3
+    keep = np.flatnonzero(np.isin(scored.objects.frame_position, positions))
+    objects = scored.objects.take(keep)
+    rng = np.random.default_rng(0)
+    stored = pipeline.eval_samples(table, positions, history=config.history)
+    changed = box_quality.changed_table(
+        table,
+        positions,
+        config.history,
+        {
+            "target_frame": rng.uniform(0, 255, stored["target_frame"].shape),
+            "target_flow": rng.normal(0, 1, stored["target_flow"].shape),
+        },
+    )
+    runs = []
+    model_run = detector.object_errors
+    monkeypatch.setattr(
+        detector, "object_errors", lambda *a, **k: runs.append(1) or model_run(*a, **k)
+    )
+
+    kept = found.score_objects(objects, changed, changed_inputs=box_quality.DELETED)
+    assert not runs
+    np.testing.assert_array_equal(kept.objects.deep, objects.deep)
+    again = found.score_objects(objects, changed)
+    assert len(runs) == 1
+    np.testing.assert_allclose(again.objects.deep, objects.deep, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(kept.score, again.score, rtol=1e-6, atol=1e-6)
+    found.score_objects(objects, changed, changed_inputs=("frames", "target_frame"))
+    assert len(runs) == 2
+    with_error = detector.load(workdir, {"score.components": ("error", "deep")})
+    with_error.score_objects(objects, changed, changed_inputs=box_quality.DELETED)
+    assert len(runs) == 3
 
 
 def test_held_out_videos_are_a_seeded_share_of_the_training_videos():

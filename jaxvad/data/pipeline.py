@@ -450,7 +450,9 @@ def crop(
     right, bottom = max(min(x1, width), left + 1), max(min(y1, height), top + 1)
     region = images[..., top:bottom, left:right, :]
     pad = [(0, 0)] * len(lead) + [(top - y0, y1 - bottom), (left - x0, x1 - right), (0, 0)]
-    region = np.pad(region, [(max(a, 0), max(b, 0)) for a, b in pad], mode="edge")
+    pad = [(max(a, 0), max(b, 0)) for a, b in pad]
+    if any(a or b for a, b in pad):  # np.pad copies even when there is nothing to pad.
+        region = np.pad(region, pad, mode="edge")
     # One resize of every image and channel at once: [..., h, w, C] → [h, w, (...)·C].
     h, w = region.shape[-3:-1]
     stacked = np.moveaxis(region.reshape(-1, h, w, channels), 0, 2).reshape(h, w, -1)

@@ -17,7 +17,10 @@ A pixel of the S × S map stands for the original pixels it covers (nearest neig
 - Deletion and insertion (`quality.deletion_insertion`, `steps` steps): the ranked pixels of
   the target frame take the training median frame (the background: the object removed), those
   of its flow the median training flow, those of the attribute flow no motion (a fixed
-  camera's usual motion). Insertion starts from the three references.
+  camera's usual motion). Insertion starts from the three references. The past frames and
+  flows stay as they are, so where the score reads the model only through deep features that
+  read the past alone (the predictor's, `VadModel.FEATURE_INPUTS`), the objects keep their
+  deep features and the model does not run again (`Detector.score_objects(changed_inputs=)`).
 - Max-Sensitivity (`quality.max_sensitivity`): uniform noise of ±`noise` on the model-space
   inputs, as for the frame's maps (the T past frames and the target frame in [−1, 1], their
   flows); the attribute flow takes the target flow's noise, resized to the original
@@ -54,6 +57,7 @@ ExplainBoxes = Callable[
 ]
 Attribute = Mapping[int, tuple[np.ndarray, np.ndarray]]  # position → (mask [H, W], flow [H, W, 2])
 METRICS = ("deletion_auc", "insertion_auc", "max_sensitivity")
+DELETED = ("target_frame", "target_flow")  # The model inputs deletion and insertion change.
 REFERENCE = (
     "frame: the training median frame (the background); its flow: the per-pixel median of up "
     "to 256 training flows; the attribute flow (DIS, original resolution): no motion"
@@ -215,15 +219,20 @@ def measure_boxes(
         # The scores pass through JAX in float32: compare with the stored ones in float32.
         stored_scores = scored.frame[pos].astype(np.float32)
 
-        def rescored(x, keep, flow_noise=None, pos=pos, objects=objects):
+        def rescored(x, keep, flow_noise=None, changed_inputs=None, pos=pos, objects=objects):
             """The table showing `x` and the frames' objects scored again from it."""
             velocity = remeasured_velocity(objects, attribute, keep, pos, flow_noise)
             view = changed_table(table, pos, history, x)
-            return view, found.score_objects(dataclasses.replace(objects, velocity=velocity), view)
+            moved = dataclasses.replace(objects, velocity=velocity)
+            return view, found.score_objects(
+                moved, view, changed_inputs=changed_inputs, progress=False
+            )
 
         def frame_scores(x, pos=pos):
             x = {k: np.asarray(v) for k, v in x.items()}
-            return jnp.asarray(rescored(x, x["keep"][..., 0])[1].frame[pos])
+            # Deletion and insertion change the scored frame and its flow, not the past.
+            scores = rescored(x, x["keep"][..., 0], changed_inputs=DELETED)[1]
+            return jnp.asarray(scores.frame[pos])
 
         def box_maps(x, pos=pos, stored=stored):
             x = {k: np.asarray(measure.stored_values(k, v)) for k, v in x.items()}

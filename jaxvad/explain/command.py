@@ -231,12 +231,13 @@ def explain_batches(
     *,
     batch_size: int,
     crops: pipeline.ObjectCrops | None = None,
+    progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """The explain step (`explain_step`, jitted) on the evaluation samples of the frames at
     `positions` `[A]` (A > 0) of `table`, or with `crops` (one per frame: `crops.position` =
     `positions`) on their object samples (`pipeline.crop_samples`), in batches of `batch_size`
     split over processes and devices; `affine`: per component each sample's normalisation
-    (`[A]`).
+    (`[A]`); `progress`: show the progress bar.
 
     Returns host arrays over the A samples: the step's outputs at the model's input side
     (S, or s with crops) and the stored frames' `frame` `[A, S, S, C]` uint8 and `mask`
@@ -245,7 +246,10 @@ def explain_batches(
     count, index = jax.process_count(), jax.process_index()
     parts = []
     for start in tqdm(
-        range(0, len(positions), batch_size), desc="explain", unit="batch", disable=index != 0
+        range(0, len(positions), batch_size),
+        desc="explain",
+        unit="batch",
+        disable=not progress or index != 0,
     ):
         chunk = np.arange(start, min(start + batch_size, len(positions)))
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk))])
@@ -351,6 +355,7 @@ def explain_crops(
     scored: object_scores.ObjectScores,
     *,
     batch_size: int,
+    progress: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """A model of object samples' explanations of the frames at `positions` `[A]` of `table`
     (`errors`: its frames, `scored` its objects): Grad-CAM, predictions and error maps of each
@@ -370,7 +375,7 @@ def explain_crops(
     each top crop was cut, `ObjectCrops.boxes`), `has_object` `[A]` bool and
     `object_region` `[A, S, S]` bool (the top object's own box), and the top
     crops' training z (`attribution.training_z` against the training objects' errors) `[A]`
-    per component.
+    per component. `progress`: show the progress bar.
     """
     count, error = len(positions), found.objects.error
     attribution_errors = found.objects.attribution  # The training objects' errors.
@@ -384,7 +389,9 @@ def explain_crops(
     boxes[has] = scored.objects.boxes[top[has]]
     crops = pipeline.object_crops(table, positions, boxes, size=o.size, margin=o.margin)
     affine = crop_affine(found, count)
-    result = explain_batches(found, table, positions, affine, batch_size=batch_size, crops=crops)
+    result = explain_batches(
+        found, table, positions, affine, batch_size=batch_size, crops=crops, progress=progress
+    )
     result |= {"crop_boxes": crops.boxes, "has_object": has}
     crop_errors = scoring.SplitErrors(
         names=errors.names,
@@ -866,7 +873,10 @@ def object_frame(
         return {"skipped": str(e)}
 
     def explain_boxes(table, at, rescored):
-        return explain_crops(found, table, errors, at, rescored, batch_size=settings.batch_size)[0]
+        explained, _ = explain_crops(
+            found, table, errors, at, rescored, batch_size=settings.batch_size, progress=False
+        )
+        return explained
 
     return box_quality.measure_boxes(
         found,
@@ -923,9 +933,9 @@ def object_randomisation(
             },
         )
         trial = dataclasses.replace(found, params=params["model"], objects=model)
-        rescored = trial.score_objects(objects, table)
+        rescored = trial.score_objects(objects, table, progress=False)
         explained, _ = explain_crops(
-            trial, table, errors, positions, rescored, batch_size=batch_size
+            trial, table, errors, positions, rescored, batch_size=batch_size, progress=False
         )
         return jax.numpy.concatenate([explained[name] for name in BOX_MAPS])  # [M·R, S, S]
 

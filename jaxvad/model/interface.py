@@ -27,6 +27,8 @@ reconstruction model reconstructs it. It supplies:
   object component "deep", `jaxvad.object_scores`); by default the mean over (T', h, w) of
   `explained`'s features. Called beside `maps` in one jitted step (`inference.error_step`),
   the shared encoder is computed once (XLA's common-subexpression elimination).
+- `FEATURE_INPUTS`: the inputs `features` reads (all four by default). A caller that changes
+  only the others keeps its samples' deep features (`Detector.score_objects(changed=...)`).
 
 Streaming (`jaxvad.watch`, `inference.stream_step`) splits `maps` at the per-frame work that a
 frame's windows share:
@@ -64,6 +66,7 @@ class VadModel(nnx.Module):
     EXTRA_MAPS: ClassVar[dict[str, str]] = {}
     FINE_LAYER: ClassVar[str] = ""
     FROZEN: ClassVar[tuple[str, ...]] = ()
+    FEATURE_INPUTS: ClassVar[tuple[str, ...]] = ("frames", "flows", "target_frame", "target_flow")
 
     def loss_terms(
         self, inputs: Mapping[str, jax.Array], *, rngs: nnx.Rngs, vgg: Any = None

@@ -114,6 +114,7 @@ class Mdsf(VadModel):
     """
 
     LOSS_TERMS = ("teacher", "student", "distill", "fusion")
+    FEATURE_INPUTS = ("target_frame",)  # `features` pools the student's encoder of the frame.
     EXTRA_MAPS: ClassVar[dict[str, str]] = {"saliency": "MDSF saliency S⁽ˢ⁾ (mean over scales)"}
 
     def __init__(

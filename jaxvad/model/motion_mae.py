@@ -74,6 +74,7 @@ class MotionMae(VadModel):
     """
 
     LOSS_TERMS = ("rec", "motion")
+    FEATURE_INPUTS = ("target_frame",)  # `features` pools the encoder of the frame it reconstructs.
 
     def __init__(
         self,

@@ -87,6 +87,7 @@ class Predictor(VadModel):
 
     LOSS_TERMS = losses.LOSS_TERMS
     FINE_LAYER = "motion encoder, first 3D-conv stage (S/2 × S/2)"
+    FEATURE_INPUTS = ("frames", "flows")  # `features` reads the past, not the predicted frame.
 
     def __init__(
         self,
