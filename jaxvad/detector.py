@@ -204,6 +204,7 @@ class Detector:
                     "the error and deep components need the objects' table (their frames)"
                 )
             o = self.config.objects
+            # Without the error component the model runs only as far as the deep features.
             errors = object_errors(
                 self.scorer,
                 self.params,
@@ -211,8 +212,9 @@ class Detector:
                 objects,
                 size=o.size,
                 margin=o.margin,
-                maps=maps,
+                maps=maps and found.error is not None,
                 features=found.deep,
+                errors=found.error is not None,
                 progress=progress,
             )
             objects = dataclasses.replace(objects, deep=errors.features)
@@ -487,16 +489,18 @@ def object_errors(
     maps: bool,
     features: bool = False,
     pseudo: str = "",
+    errors: bool = True,
     progress: bool = True,
 ) -> scoring.SplitErrors:
     """The model errors of `objects` of `table` (rows = objects; their samples cut with
     `margin`, resized to `size`: `pipeline.object_crops`; `pseudo`: turned into that
     pseudo-anomaly, `pipeline.pseudo_samples`), with their maps when `maps` and their deep
-    features when `features`; `progress`: show the progress bar."""
+    features when `features`; without `errors` the features alone (`split_errors`);
+    `progress`: show the progress bar."""
     crops = pipeline.object_crops(
         table, objects.frame_position, objects.boxes, size=size, margin=margin
     )
-    errors, _ = scorer.split_errors(
+    split, _ = scorer.split_errors(
         params,
         table,
         labels=False,
@@ -504,9 +508,10 @@ def object_errors(
         desc=f"objects {table.split}" + (f" ({pseudo})" if pseudo else ""),
         objects=dataclasses.replace(crops, pseudo=pseudo),
         features=features,
+        errors=errors,
         progress=progress,
     )
-    return errors
+    return split
 
 
 def training_object_errors(

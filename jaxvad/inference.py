@@ -34,6 +34,7 @@ def error_step(
     graphdef: nnx.GraphDef,
     maps: bool,
     features: bool = False,
+    errors: bool = True,
 ) -> dict[str, jax.Array]:
     """Per-sample errors of one evaluation batch (B samples, S×S frames); a pure function.
 
@@ -41,17 +42,20 @@ def error_step(
     `frame_index`, `label` `[B]` int32, `scored`, `valid` `[B]` bool; when `maps`,
     `rgb_map`, `flow_map` `[B, S, S]` float16 (the model's component maps) and `mask`
     `[B, S, S]` uint8; when `features`, `features` `[B, D]` float32 (`VadModel.features`,
-    its encoder shared with the maps' in this one program).
+    its encoder shared with the maps' in this one program). Without `errors` (then
+    `features` and not `maps`): only `features` and the batch's indices, and the model's
+    maps, whose decoders cost about a fifth of the pass, are not computed.
     """
     net = nnx.merge(graphdef, params)
     inputs = model.model_inputs(batch)
+    indices = {k: batch[k] for k in ("video_index", "frame_index", "label", "scored", "valid")}
+    if not errors:
+        if maps or not features:
+            raise ValueError("an error step without errors gives the features alone")
+        return {"features": net.features(inputs), **indices}
     out = net.maps(inputs)
     rgb_map, flow_map = out["rgb"], out["flow"]
-    result = {
-        "rgb": rgb_map.mean(axis=(1, 2)),
-        "flow": flow_map.mean(axis=(1, 2)),
-        **{k: batch[k] for k in ("video_index", "frame_index", "label", "scored", "valid")},
-    }
+    result = {"rgb": rgb_map.mean(axis=(1, 2)), "flow": flow_map.mean(axis=(1, 2)), **indices}
     if maps:
         result |= {
             "rgb_map": rgb_map.astype(jnp.float16),
@@ -120,11 +124,18 @@ class ErrorScorer:
         self.read_threads = read_threads
         self.data_sharding = distributed.batch_sharding(mesh, rules)
         self._steps = {
-            (maps, features): jax.jit(
-                functools.partial(error_step, graphdef=graphdef, maps=maps, features=features)
+            (maps, features, errors): jax.jit(
+                functools.partial(
+                    error_step, graphdef=graphdef, maps=maps, features=features, errors=errors
+                )
             )
-            for maps in (False, True)
-            for features in (False, True)
+            for maps, features, errors in (
+                (False, False, True),
+                (False, True, True),
+                (True, False, True),
+                (True, True, True),
+                (False, True, False),
+            )
         }
 
     def step(
@@ -134,9 +145,10 @@ class ErrorScorer:
         *,
         maps: bool,
         features: bool = False,
+        errors: bool = True,
     ) -> dict[str, jax.Array]:
         """The jitted `error_step` on a global batch (laid out with `data_sharding`)."""
-        return self._steps[maps, features](params, batch)
+        return self._steps[maps, features, errors](params, batch)
 
     def split_errors(
         self,
@@ -148,6 +160,7 @@ class ErrorScorer:
         desc: str,
         objects: pipeline.ObjectCrops | None = None,
         features: bool = False,
+        errors: bool = True,
         progress: bool = True,
     ) -> tuple[scoring.SplitErrors, float]:
         """Errors of every frame of `table` (this process scores its shard, every process gets
@@ -157,7 +170,9 @@ class ErrorScorer:
         one row per object in `objects`' order (`frame`, `label`, `scored`: its frame's; maps
         `[M, s, s]`, the mask cut like the crop). With `features`: each row's deep feature
         (`SplitErrors.features`; NaN where not scored, as its sample lacks a full history).
-        `progress`: show the progress bar (`desc`) on process 0."""
+        Without `errors` (with `features`, without `maps`) the model runs only as far as the
+        features, and `rgb`, `flow` are NaN. `progress`: show the progress bar (`desc`) on
+        process 0."""
         batch_size = self.batch_size // jax.process_count()  # This process's part.
         dataset = pipeline.eval_dataset(
             table,
@@ -179,7 +194,7 @@ class ErrorScorer:
             disable=not progress or jax.process_index() != 0,
         ):
             batch = distributed.global_batch({k: local[k] for k in keys}, self.data_sharding)
-            parts.append(self.step(params, batch, maps=maps, features=features))
+            parts.append(self.step(params, batch, maps=maps, features=features, errors=errors))
             if len(parts) > 1:  # Copy the previous batch back while this one computes.
                 parts[-2] = distributed.to_host(parts[-2])
         parts[-1] = distributed.to_host(parts[-1])
@@ -197,13 +212,14 @@ class ErrorScorer:
         keep = out.pop("valid")
         out = {k: v[keep] for k, v in out.items()}
         scored = out["scored"].astype(bool)
-        errors = scoring.SplitErrors(
+        missing = np.full(len(scored), np.nan)  # No errors computed (`errors` False).
+        split = scoring.SplitErrors(
             names=list(table.video_names or [str(v) for v in range(table.num_videos)]),
             video=out["video_index"].astype(np.int32),
             frame=out["frame_index"].astype(np.int32),
             scored=scored,
-            rgb=np.where(scored, out["rgb"], 0.0).astype(np.float64),
-            flow=np.where(scored, out["flow"], 0.0).astype(np.float64),
+            rgb=np.where(scored, out["rgb"], 0.0).astype(np.float64) if errors else missing,
+            flow=np.where(scored, out["flow"], 0.0).astype(np.float64) if errors else missing,
             label=out["label"].astype(np.int32) if labels else None,
             maps=(
                 {"rgb": out["rgb_map"], "flow": out["flow_map"], "mask": out["mask"]}
@@ -217,9 +233,9 @@ class ErrorScorer:
             ),
         )
         items = table.num_frames if objects is None else len(objects)
-        if len(errors.video) != items:
-            raise AssertionError(f"scored {len(errors.video)} of {items} samples")
-        return errors, seconds
+        if len(split.video) != items:
+            raise AssertionError(f"scored {len(split.video)} of {items} samples")
+        return split, seconds
 
 
 def frames_only(
