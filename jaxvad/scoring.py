@@ -60,7 +60,9 @@ class SplitErrors:
 
     `video` `[N]` int32 (0-based index into `names`), `frame` `[N]` int32 (1-based),
     `scored` `[N]` bool (False: no prediction), `rgb`, `flow` `[N]` float64 (E; 0 where not
-    scored), `label` `[N]` int32 0/1 or None (an unlabeled split), `maps`: None or
+    scored; NaN throughout where only deep features were computed,
+    `ErrorScorer.split_errors(errors=False)`), `label` `[N]` int32 0/1 or None (an unlabeled
+    split), `maps`: None or
     {"rgb", "flow": `[N, S, S]` float16, "mask": `[N, S, S]` uint8}, `features`: None or
     `[N, D]` float32, the model's deep feature of each row (`VadModel.features`; NaN where
     not scored).
