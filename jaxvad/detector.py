@@ -186,7 +186,7 @@ class Detector:
         error or a deep component the model scores the objects' samples, cut from `table` (the
         split `objects` were read from; with `maps`, the error maps give `detail`), in one pass
         that gives the errors and the deep features (`SplitObjects.deep` of the result's
-        objects).
+        objects); without the error component it runs only as far as the deep features.
 
         `changed_inputs`: the model inputs (of `frames`, `flows`, `target_frame`, `target_flow`)
         in which `table`'s samples differ from those `objects.deep` was computed from. The
@@ -204,7 +204,6 @@ class Detector:
                     "the error and deep components need the objects' table (their frames)"
                 )
             o = self.config.objects
-            # Without the error component the model runs only as far as the deep features.
             errors = object_errors(
                 self.scorer,
                 self.params,
